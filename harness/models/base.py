@@ -1,0 +1,131 @@
+"""The one interface both models implement.
+
+Stages and the engine only ever call these methods, so they never branch on model type:
+
+    raw      = runner.load_inputs(sample)          # stage 1: data loading (events / video frames)
+    prepared = runner.preprocess(raw, question)    # stage 2: tokenization + image transforms
+    embeds   = runner.encode_vision(prepared)      # stage 3: vision tower + projector, spliced into
+                                                   #          the prompt's token embeddings -> (1, L, D)
+    cache, logits = runner.prefill(embeds)         # stage 4: KV cache + next-token logits (V,)
+    logits   = runner.decode(token, cache)         # stage 5: one step -> (V,)
+    logits   = runner.verify(tokens, cache)        # k tokens in one forward -> (k, V)
+    runner.crop(cache, length)                     # drop cache entries past `length`
+
+Logits come back as float32 on the model's device. Token arguments are 1-D LongTensors (or ints).
+`CausalLMRunner` implements stages 4-5 for any transformers causal LM that accepts `inputs_embeds`;
+the two VLM runners only add stages 1-3. `TextRunner` is a text-only runner (the tester used by
+engine tests: any Llama-shaped LM, any size).
+"""
+from __future__ import annotations
+
+import inspect
+from typing import Any
+
+import torch
+from transformers import DynamicCache
+
+
+def _cache_kwarg(model: torch.nn.Module) -> str:
+    # transformers >= 5.2x renamed `past_key_values` to `cache`; the GPU image runs an older 5.x.
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def greedy(logits: torch.Tensor) -> torch.Tensor:
+    """Greedy selection; the engine takes a `select` function so sampling can be plugged in later."""
+    return logits.argmax(dim=-1)
+
+
+class CausalLMRunner:
+    role: str = "model"          # "drafter" | "target"
+    modality: str = "text"       # "events" | "video" | "text"
+
+    def __init__(self, model: torch.nn.Module, tokenizer: Any, *, name: str | None = None):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+        self.name = name or type(model).__name__
+        self._cache_kw = _cache_kwarg(model)
+
+    # -- properties -------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.model.get_input_embeddings().weight.dtype
+
+    @property
+    def config(self):
+        return self.model.config
+
+    @property
+    def eos_token_id(self) -> int | None:
+        return getattr(self.tokenizer, "eos_token_id", None)
+
+    def memory_footprint(self) -> int:
+        """Bytes held by parameters and buffers (4-bit weights counted packed)."""
+        return int(self.model.get_memory_footprint())
+
+    # -- stages 1-3 (subclasses) --------------------------------------------------------------------
+    def load_inputs(self, sample: Any) -> Any:
+        raise NotImplementedError
+
+    def preprocess(self, raw: Any, question: str) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    # -- stages 4-5: shared by every causal LM -----------------------------------------------------
+    def _forward(self, cache: DynamicCache, *, input_ids=None, inputs_embeds=None, keep: int = 1):
+        out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=True,
+                         logits_to_keep=keep, **{self._cache_kw: cache})
+        return out.logits[0].float()
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache()
+
+    @torch.inference_mode()
+    def prefill(self, inputs_embeds: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:
+        cache = self.new_cache()
+        logits = self._forward(cache, inputs_embeds=inputs_embeds, keep=1)
+        return cache, logits[-1]
+
+    @torch.inference_mode()
+    def decode(self, token: torch.Tensor | int, cache: DynamicCache) -> torch.Tensor:
+        ids = torch.as_tensor(token, device=self.device).reshape(1, 1)
+        return self._forward(cache, input_ids=ids, keep=1)[-1]
+
+    @torch.inference_mode()
+    def verify(self, tokens: torch.Tensor, cache: DynamicCache) -> torch.Tensor:
+        ids = torch.as_tensor(tokens, device=self.device).reshape(1, -1)
+        return self._forward(cache, input_ids=ids, keep=ids.shape[1])
+
+    @staticmethod
+    def cache_len(cache: DynamicCache) -> int:
+        return int(cache.get_seq_length())
+
+    @staticmethod
+    def crop(cache: DynamicCache, length: int) -> None:
+        # Negative `crop` means "remove this many" in every transformers 5.x; positive changed meaning.
+        extra = int(cache.get_seq_length()) - int(length)
+        if extra < 0:
+            raise ValueError(f"cannot crop a cache of {cache.get_seq_length()} to {length}")
+        if extra:
+            cache.crop(-extra)
+
+
+class TextRunner(CausalLMRunner):
+    """Text-only runner over any causal LM: the 'sample' is just the prompt text."""
+
+    def load_inputs(self, sample: Any) -> str:
+        return sample if isinstance(sample, str) else sample.question
+
+    def preprocess(self, raw: str, question: str | None = None) -> dict[str, torch.Tensor]:
+        ids = self.tokenizer(raw, return_tensors="pt").input_ids
+        return {"input_ids": ids.to(self.device)}
+
+    @torch.inference_mode()
+    def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.model.get_input_embeddings()(prepared["input_ids"])
