@@ -1,0 +1,105 @@
+"""Video frames, Video-LLaVA-style: n frames (default 8) sampled uniformly over the clip.
+
+Time mapping: `timestamps.txt` holds one absolute µs timestamp per video frame (like DSEC's image
+timestamps, same clock as `t_offset`); video presentation time 0 is the recording's `t_offset`, so
+frame i is shown at (timestamps[i] - t_offset) µs of video time, which is also the relative clock of
+events/t and of the samples' t0_us/t1_us.
+
+Sampling: the frames whose timestamps fall in [t0, t1) are taken in order and
+np.linspace(0, n_in_clip - 1, n_frames) picks from them (Video-LLaVA's uniform sampling over the
+clip's frames). Decoding seeks to the keyframe before the first wanted frame, then decodes forward
+only until the last wanted frame.
+"""
+from __future__ import annotations
+
+from fractions import Fraction
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import av
+import numpy as np
+
+from harness.data.dsec import read_t_offset
+from harness.errors import DataError
+
+if TYPE_CHECKING:
+    from harness.data.dataset import Sample
+
+DEFAULT_N_FRAMES = 8
+
+
+def read_frame_timestamps(path: str | Path, *, sample: str | None = None) -> np.ndarray:
+    """Absolute µs timestamps, one per frame, strictly increasing."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("frame timestamps file not found", path=path, sample=sample)
+    try:
+        ts = np.loadtxt(path, dtype=np.int64, ndmin=1, comments="#")
+    except ValueError as e:
+        raise DataError(f"frame timestamps unreadable: {e}", path=path, sample=sample) from e
+    if ts.size == 0 or np.any(np.diff(ts) <= 0):
+        raise DataError("frame timestamps empty or not strictly increasing", path=path, sample=sample)
+    return ts
+
+
+def sample_frame_indices(frame_times_us: np.ndarray, t0_us: int, t1_us: int,
+                         n_frames: int = DEFAULT_N_FRAMES, *, path: object = None,
+                         sample: str | None = None) -> np.ndarray:
+    """Indices (into frame_times_us) of n_frames uniformly sampled frames of the clip [t0, t1)."""
+    in_clip = np.flatnonzero((frame_times_us >= t0_us) & (frame_times_us < t1_us))
+    if len(in_clip) < n_frames:
+        raise DataError(f"clip [{t0_us}, {t1_us}) µs has {len(in_clip)} distinct frames, "
+                        f"needs {n_frames}", path=path, sample=sample)
+    return in_clip[np.linspace(0, len(in_clip) - 1, n_frames).astype(np.int64)]
+
+
+def _frame_time_us(frame: av.VideoFrame, time_base: Fraction) -> int:
+    return round(frame.pts * time_base * 1_000_000)
+
+
+def decode_frames(path: str | Path, times_us: np.ndarray, *, tolerance_us: int,
+                  sample: str | None = None) -> np.ndarray:
+    """RGB uint8 (n, H, W, 3) frames shown at the given (increasing) video times, matched within
+    tolerance_us."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("video file not found", path=path, sample=sample)
+    times_us = np.asarray(times_us, dtype=np.int64)
+    found: dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError("no video stream", path=path, sample=sample)
+            stream = container.streams.video[0]
+            tb = stream.time_base
+            container.seek(int(Fraction(int(times_us[0]), 1_000_000) / tb), stream=stream,
+                           backward=True, any_frame=False)
+            for frame in container.decode(stream):
+                if frame.pts is None:
+                    continue
+                ft = _frame_time_us(frame, tb)
+                k = int(np.argmin(np.abs(times_us - ft)))
+                if abs(int(times_us[k]) - ft) <= tolerance_us and k not in found:
+                    found[k] = frame.to_ndarray(format="rgb24")
+                if len(found) == len(times_us) or ft > times_us[-1] + tolerance_us:
+                    break
+    except DataError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot decode video: {e}", path=path, sample=sample) from e
+    missing = [int(times_us[k]) for k in range(len(times_us)) if k not in found]
+    if missing:
+        raise DataError(f"video has no frames at {missing} µs (too short or corrupt)",
+                        path=path, sample=sample)
+    return np.stack([found[k] for k in range(len(times_us))])
+
+
+def load_video_frames(sample: "Sample", n_frames: int = DEFAULT_N_FRAMES) -> np.ndarray:
+    """Stage 1 for the target: (n_frames, H, W, 3) RGB uint8."""
+    ts = read_frame_timestamps(sample.timestamps_path, sample=sample.id)
+    rel = ts - read_t_offset(sample.events_path, sample=sample.id)
+    idx = sample_frame_indices(rel, sample.t0_us, sample.t1_us, n_frames,
+                               path=sample.video_path, sample=sample.id)
+    period = int(np.min(np.diff(rel))) if len(rel) > 1 else 1_000_000
+    return decode_frames(sample.video_path, rel[idx], tolerance_us=max(period // 2 - 1, 0),
+                         sample=sample.id)
