@@ -1,0 +1,83 @@
+"""`ppbench` command line (also `python -m harness`). Thin: parses options, delegates."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import pipeline
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--profile", choices=["tiny", "7b-shaped", "real"], default="tiny",
+                   help="tiny: random tiny checkpoints (CPU-friendly); 7b-shaped: real 7B/CLIP-L shapes "
+                        "with random weights (timing only); real: local checkpoints")
+    p.add_argument("--drafter-path", help="EventGPT-7B checkpoint directory (profile real)")
+    p.add_argument("--target-path", help="Video-LLaVA-7B-hf checkpoint directory (profile real)")
+    p.add_argument("--data-root", help="DSEC-format dataset root (default: the embedded synthetic dataset)")
+    p.add_argument("--durations", default=",".join(pipeline.DEFAULT_DURATIONS),
+                   help="comma-separated duration datasets, e.g. 500ms,4s,20s")
+    p.add_argument("--samples-per-duration", type=int, default=2)
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:0 ... (auto: cuda if available)")
+    p.add_argument("--drafter-device", help="put the drafter on another device (e.g. cuda:1)")
+    p.add_argument("--quant", choices=["nf4", "none"], default=None,
+                   help="default: nf4 on CUDA, none (fp32) on CPU")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
+                   help="compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
+    p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--stop-at-eos", action="store_true", help="stop decoding at EOS (default: fixed length)")
+    p.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up samples")
+    p.add_argument("--engine", choices=["on", "off"], default="on",
+                   help="also run the parallel-prefill engine and its baselines per sample")
+    p.add_argument("--gammas", default="adaptive", help="engine draft lengths, e.g. adaptive,1,4")
+    p.add_argument("--alphas", default="",
+                   help="simulated acceptance rates to sweep, e.g. 0,0.35,0.7,0.9 (labelled simulated)")
+    p.add_argument("--assisted", choices=["on", "off"], default="on",
+                   help="try transformers' assisted generation as a baseline")
+    p.add_argument("--out", help="output directory (default runs/<run id>)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping recorded samples")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ppbench", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="time the five stages and the engine, then write the report")
+    _add_run_options(run)
+
+    rep = sub.add_parser("report", help="rebuild the report from saved records")
+    rep.add_argument("records", help="records.jsonl of a run")
+    rep.add_argument("--out", help="output directory (default: the records' directory)")
+
+    ds = sub.add_parser("dataset", help="the embedded synthetic DSEC-format dataset")
+    ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
+    build = ds_sub.add_parser("build", help="build the dataset")
+    build.add_argument("--root", help="where to build (default: the cache directory)")
+    build.add_argument("--seed", type=int, default=0)
+    build.add_argument("--samples-per-duration", type=int, default=None)
+    build.add_argument("--force", action="store_true")
+
+    cmp_ = sub.add_parser("compare", help="statistical regression gate between two saved benchmark runs",
+                          add_help=False)
+    cmp_.add_argument("args", nargs=argparse.REMAINDER)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["compare"]:
+        from .compare import main_compare
+
+        return main_compare(argv[1:])
+    args = build_parser().parse_args(argv)
+    if args.command == "run":
+        return pipeline.run_main(args)
+    if args.command == "report":
+        return pipeline.report_main(args)
+    if args.command == "dataset":
+        return pipeline.dataset_main(args)
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

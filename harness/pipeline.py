@@ -1,0 +1,201 @@
+"""The main job: dataset -> models -> five timed stages -> engine runs -> report.
+
+Used by `ppbench run` and by the pytest plugin, so both measure the same way.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from .records import RecordWriter, done_keys, load_records, repair_torn_tail
+
+DEFAULT_DURATIONS = ("500ms", "1s", "2s", "4s", "5s", "8s", "10s", "16s", "20s")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# -- settings ---------------------------------------------------------------------------------------
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def resolve_precision(device: torch.device, quant: str | None, dtype: str | None):
+    quant = quant or ("nf4" if device.type == "cuda" else "none")
+    dtype = dtype or ("bfloat16" if device.type == "cuda" else "float32")
+    return quant, _DTYPES[dtype]
+
+
+def git_commit() -> str | None:
+    try:
+        here = Path(__file__).resolve().parent.parent
+        out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(["git", "-C", str(here), "status", "--porcelain", "--untracked-files=no"],
+                               capture_output=True, text=True, timeout=5).stdout.strip()
+        return (out.stdout.strip() + ("-dirty" if dirty else "")) or None
+    except Exception:
+        return None
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version(), "torch": torch.__version__}
+    for name in ("transformers", "bitsandbytes", "av", "h5py"):
+        try:
+            out[name] = __import__(name).__version__
+        except Exception:
+            out[name] = None
+    out["cuda"] = torch.version.cuda
+    return out
+
+
+def device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+
+
+PROFILE_LABELS = {
+    "tiny": "tiny random-weight checkpoints (cost of a tiny model only; no quality, no 7B timings)",
+    "7b-shaped": "7B-shaped random-weight models (real 7B/CLIP-L shapes; timings only, no quality)",
+    "real": "real checkpoints",
+}
+
+
+# -- the main job -------------------------------------------------------------------------------------
+def run_main(args) -> int:
+    from tqdm import tqdm
+
+    from . import data
+    from .models.profiles import load_pair
+    from .stages import run_stage_pipeline, warm_up
+
+    device = resolve_device(args.device)
+    quant, dtype = resolve_precision(device, args.quant, args.dtype)
+    durations = [d.strip() for d in args.durations.split(",") if d.strip()]
+    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = Path(args.out) if args.out else Path("runs") / run_id
+    if args.resume and not (out / "records.jsonl").exists():
+        print(f"--resume: no records in {out}; starting a new run there", file=sys.stderr)
+    out.mkdir(parents=True, exist_ok=True)
+    _link_latest(out)
+
+    # Data: the embedded synthetic dataset unless the user points at theirs.
+    t = time.perf_counter()
+    if args.data_root:
+        root, data_source = Path(args.data_root), f"user dataset at {args.data_root}"
+    else:
+        from fixtures.synthetic_dsec import ensure_default_dataset
+
+        root = ensure_default_dataset(progress=not args.no_progress)
+        data_source = "embedded synthetic DSEC-format dataset (generated, seed 0)"
+    samples, missing = [], []
+    for d in durations:
+        try:
+            samples += data.load_samples(root, d, limit=args.samples_per_duration)
+        except Exception as exc:  # a missing manifest is reported, other durations still run
+            missing.append(f"{d}: {exc}")
+            print(f"warning: {exc}", file=sys.stderr)
+    print(f"dataset: {root} ({len(samples)} samples over {len(durations)} durations, "
+          f"{time.perf_counter() - t:.1f} s)")
+
+    t = time.perf_counter()
+    drafter, target = load_pair(args.profile, device=device, quant=quant, dtype=dtype,
+                                drafter_path=args.drafter_path, target_path=args.target_path,
+                                drafter_device=args.drafter_device)
+    print(f"models: {drafter.name} + {target.name} ({args.profile}, {quant}, {dtype}) "
+          f"loaded in {time.perf_counter() - t:.1f} s")
+
+    meta = {
+        "run_id": run_id, "profile": args.profile, "profile_label": PROFILE_LABELS[args.profile],
+        "device": device_name(device), "drafter_device": str(drafter.device),
+        "target_device": str(target.device), "dtype": str(dtype).replace("torch.", ""), "quant": quant,
+        "data_source": data_source, "data_root": str(root),
+        "versions": versions(), "commit": git_commit(),
+        "command": "ppbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos,
+        "memory_bytes": {"drafter": drafter.memory_footprint(), "target": target.memory_footprint()},
+        "missing_datasets": missing,
+    }
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    record_meta = {"run_id": run_id, "profile": args.profile, "device": meta["device"],
+                   "dtype": meta["dtype"], "quant": quant}
+
+    records_path = out / "records.jsonl"
+    repair_torn_tail(records_path)
+    done = done_keys(load_records(records_path)) if args.resume else set()
+    if not args.resume and records_path.exists() and records_path.stat().st_size:
+        raise SystemExit(f"{records_path} already holds records; pass --resume or another --out")
+
+    if samples and args.warmup:
+        for s in samples[: args.warmup]:
+            warm_up([drafter, target], s)
+
+    with RecordWriter(records_path) as writer:
+        bar = tqdm(total=len(samples), desc="stages", unit="sample", disable=args.no_progress)
+        run_stage_pipeline([drafter, target], samples, writer, done=done,
+                           max_new_tokens=args.max_new_tokens, stop_at_eos=args.stop_at_eos,
+                           meta=record_meta, progress=lambda s: bar.update(1))
+        bar.close()
+        if args.engine == "on":
+            from .engine_suite import run_engine_suite
+
+            run_engine_suite(drafter, target, samples, writer, done=done, args=args,
+                             meta=record_meta, progress=not args.no_progress)
+
+    return _write_report(records_path, out, meta)
+
+
+def _link_latest(out: Path) -> None:
+    latest = out.parent / "latest"
+    try:
+        if latest.is_symlink() or latest.exists():
+            latest.unlink()
+        latest.symlink_to(out.resolve(), target_is_directory=True)
+    except OSError:
+        pass
+
+
+def _write_report(records_path: Path, out: Path, meta: dict) -> int:
+    from .report import write_report
+
+    records = load_records(records_path)
+    path = write_report(records, out, meta)
+    failed = sum(1 for r in records if r.get("error"))
+    print(f"report: {path} ({len(records)} records, {failed} failed)")
+    return 0
+
+
+def report_main(args) -> int:
+    records_path = Path(args.records)
+    if not records_path.exists():
+        raise SystemExit(f"no such records file: {records_path}")
+    out = Path(args.out) if args.out else records_path.parent
+    meta_path = records_path.parent / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    return _write_report(records_path, out, meta)
+
+
+def dataset_main(args) -> int:
+    from fixtures import synthetic_dsec
+
+    t = time.perf_counter()
+    kwargs = {"seed": args.seed}
+    if args.samples_per_duration is not None:
+        kwargs["samples_per_duration"] = args.samples_per_duration
+    if args.root:
+        root = synthetic_dsec.build_dataset(args.root, **kwargs)
+    else:
+        root = synthetic_dsec.ensure_default_dataset(force=args.force, **kwargs)
+    print(f"dataset built at {root} in {time.perf_counter() - t:.1f} s")
+    return 0
