@@ -1,0 +1,443 @@
+"""Pure functions from records (docs/DESIGN.md) to tables. No I/O; report.py renders these.
+
+Definitions (the report's methodology section restates them):
+- "to prefill end" = load + preprocess + vision + prefill, i.e. stages 1-4 summed: the time at which
+  a model that starts at t=0 has its KV cache and the logits for token 1.
+- overlap window (per sample) = target to-prefill-end - drafter to-prefill-end, both models started
+  together. Signed; negative means the drafter finishes prefill after the target.
+- hidden tokens = the largest n with sum(drafter decode_token_ms[:n]) <= window (0 if window <= 0):
+  drafter tokens fully produced, by measured per-token time, before the target could start
+  verifying. This is a count of *drafted* tokens; it says nothing about acceptance.
+- TTFT (vLLM: request start to first output token). Token 1 is selected from the prefill logits
+  and decode_token_ms[0] is that selection's time (stages.greedy_decode), so
+  TTFT = stages 1-4 + decode_token_ms[0].
+- TPOT (vLLM: mean time per output token after the first) = mean(decode_token_ms[1:]).
+- speedup = mean target total / mean drafter total over paired samples (ratio of means).
+- acceptance (engine records, vLLM definitions): rate = accepted / drafted, mean acceptance length =
+  1 + accepted / verify_steps, pooled over the records of a group.
+- seed formulas: kept as labelled *models* of wall clock, never shown as measurements.
+"""
+from __future__ import annotations
+
+import math
+import re
+from typing import Iterable, Sequence
+
+import numpy as np
+import pandas as pd
+
+from .errors import DataError
+
+STAGES = ("load", "preprocess", "vision", "prefill", "decode")
+PREFIX_STAGES = STAGES[:4]
+PERCENTILES = (50, 90, 99)
+MODELS = ("drafter", "target")
+
+
+# -- per-sample scalar definitions -------------------------------------------------------------------
+def to_prefill_end(stages_ms: dict) -> float:
+    return float(sum(stages_ms[s] for s in PREFIX_STAGES))
+
+
+def total_ms(stages_ms: dict) -> float:
+    return float(sum(stages_ms[s] for s in STAGES))
+
+
+def overlap_window(drafter_stages: dict, target_stages: dict) -> float:
+    """Signed: target to-prefill-end minus drafter to-prefill-end."""
+    return to_prefill_end(target_stages) - to_prefill_end(drafter_stages)
+
+
+def hidden_tokens(decode_token_ms: Sequence[float], window_ms: float) -> int:
+    """Drafter tokens whose cumulative measured decode time fits in the window."""
+    if not window_ms > 0 or len(decode_token_ms) == 0:
+        return 0
+    cum = np.cumsum(np.asarray(decode_token_ms, dtype=float))
+    # Tiny tolerance so a window that equals a cumulative sum exactly is not lost to float rounding.
+    return int(np.searchsorted(cum, window_ms * (1 + 1e-12), side="right"))
+
+
+def ttft_ms(stages_ms: dict, decode_token_ms: Sequence[float]) -> float:
+    if len(decode_token_ms) == 0:
+        return math.nan
+    return to_prefill_end(stages_ms) + float(decode_token_ms[0])
+
+
+def tpot_ms(decode_token_ms: Sequence[float]) -> float:
+    rest = decode_token_ms[1:]
+    return float(np.mean(rest)) if len(rest) else math.nan
+
+
+def seed_parallel_model(d_prefix: float, t_prefix: float, d_decode: float, t_decode: float,
+                        window: float) -> float:
+    """MODEL (the seed system's formula, not a measurement):
+    max(EGPT_prefill, VL_prefill) + max(EGPT_decode - overlap, VL_decode)."""
+    return max(d_prefix, t_prefix) + max(d_decode - max(window, 0.0), t_decode)
+
+
+def seed_sequential_model(d_total: float, t_total: float) -> float:
+    """MODEL (the seed system's formula, not a measurement): EGPT_total + VL_total."""
+    return d_total + t_total
+
+
+def summarize(values: Iterable[float]) -> dict:
+    v = np.asarray([x for x in values if x is not None and not math.isnan(x)], dtype=float)
+    if v.size == 0:
+        return {"count": 0, "mean": math.nan, **{f"p{p}": math.nan for p in PERCENTILES}}
+    return {"count": int(v.size), "mean": float(v.mean()),
+            **{f"p{p}": float(np.percentile(v, p)) for p in PERCENTILES}}
+
+
+def duration_sort_key(label: str) -> tuple:
+    """'500ms' < '1s' < '20s'; unknown labels sort after, alphabetically."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*(ms|s|min)\s*", str(label))
+    if not m:
+        return (1, math.inf, str(label))
+    scale = {"ms": 1.0, "s": 1e3, "min": 6e4}[m.group(2)]
+    return (0, float(m.group(1)) * scale, str(label))
+
+
+def duration_ms(label: str) -> float:
+    return duration_sort_key(label)[1]
+
+
+def sort_datasets(labels: Iterable[str]) -> list[str]:
+    return sorted(set(labels), key=duration_sort_key)
+
+
+# -- record validation and frames ---------------------------------------------------------------------
+def _key(r: dict) -> tuple:
+    if r.get("kind") == "engine":
+        return ("engine", r["dataset"], r["sample_id"], r["mode"], str(r.get("gamma")),
+                r.get("alpha_simulated"))
+    return ("stages", r["dataset"], r["sample_id"], r["model"])
+
+
+def _check(r: dict, i: int) -> None:
+    sample = r.get("sample_id") if isinstance(r, dict) else None
+    if not isinstance(r, dict) or r.get("kind") not in ("stages", "engine"):
+        raise DataError(f"record {i} has no known kind (expected 'stages' or 'engine')", sample=sample)
+    need = ["dataset", "sample_id"] + (["model", "stages_ms"] if r["kind"] == "stages"
+                                       else ["mode", "e2e_ms"])
+    missing = [k for k in need if k not in r]
+    if missing:
+        raise DataError(f"record {i} ({r['kind']}) lacks {missing}", sample=sample)
+    if r["kind"] == "stages":
+        if r["model"] not in MODELS:
+            raise DataError(f"record {i}: unknown model {r['model']!r}", sample=sample)
+        if r.get("error") is None:
+            absent = [s for s in STAGES if not isinstance(r["stages_ms"].get(s), (int, float))]
+            if absent:
+                raise DataError(f"record {i}: successful record lacks stage times {absent}",
+                                sample=sample)
+
+
+def dedupe(records: Iterable[dict]) -> list[dict]:
+    """Validates, then keeps the last record per measurement key (a resumed run may re-append)."""
+    out: dict[tuple, dict] = {}
+    for i, r in enumerate(records):
+        _check(r, i)
+        out[_key(r)] = r
+    return list(out.values())
+
+
+STAGE_COLUMNS = ["run_id", "dataset", "sample_id", "model", "profile", "device", "dtype", "quant",
+                 "ok", "n_prompt_tokens", "n_visual_tokens", "n_output_tokens", "peak_mem_bytes",
+                 "error_stage", "error_type", "error_message", *[f"{s}_ms" for s in STAGES],
+                 "to_prefill_end_ms", "total_ms", "ttft_ms", "tpot_ms", "decode_token_ms"]
+
+
+def stage_frame(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per stage record; timing columns are NaN for failed records."""
+    rows = []
+    for r in records:
+        if r.get("kind") != "stages":
+            continue
+        err = r.get("error")
+        ok = err is None
+        st = r.get("stages_ms") or {}
+        tok = list(r.get("decode_token_ms") or [])
+        row = {"run_id": r.get("run_id"), "dataset": r["dataset"], "sample_id": r["sample_id"],
+               "model": r["model"], "profile": r.get("profile"), "device": r.get("device"),
+               "dtype": r.get("dtype"), "quant": r.get("quant"), "ok": ok,
+               "n_prompt_tokens": r.get("n_prompt_tokens"),
+               "n_visual_tokens": r.get("n_visual_tokens"),
+               "n_output_tokens": r.get("n_output_tokens"),
+               "peak_mem_bytes": r.get("peak_mem_bytes"),
+               "error_stage": err.get("stage") if err else None,
+               "error_type": err.get("type") if err else None,
+               "error_message": err.get("message") if err else None}
+        for s in STAGES:
+            row[f"{s}_ms"] = float(st[s]) if ok else math.nan
+        row["to_prefill_end_ms"] = to_prefill_end(st) if ok else math.nan
+        row["total_ms"] = total_ms(st) if ok else math.nan
+        row["ttft_ms"] = ttft_ms(st, tok) if ok else math.nan
+        row["tpot_ms"] = tpot_ms(tok) if ok else math.nan
+        row["decode_token_ms"] = tok
+        rows.append(row)
+    return pd.DataFrame(rows, columns=STAGE_COLUMNS)
+
+
+def pair_frame(stages: pd.DataFrame) -> pd.DataFrame:
+    """One row per sample whose drafter and target records both succeeded."""
+    ok = stages[stages["ok"]]
+    d = ok[ok["model"] == "drafter"].set_index(["dataset", "sample_id"])
+    t = ok[ok["model"] == "target"].set_index(["dataset", "sample_id"])
+    both = d.index.intersection(t.index)
+    rows = []
+    for key in both:
+        dr, tr = d.loc[key], t.loc[key]
+        window = tr["to_prefill_end_ms"] - dr["to_prefill_end_ms"]
+        rows.append({
+            "dataset": key[0], "sample_id": key[1],
+            "drafter_total_ms": dr["total_ms"], "target_total_ms": tr["total_ms"],
+            "drafter_to_prefill_end_ms": dr["to_prefill_end_ms"],
+            "target_to_prefill_end_ms": tr["to_prefill_end_ms"],
+            "drafter_prefill_ms": dr["prefill_ms"], "target_prefill_ms": tr["prefill_ms"],
+            "drafter_decode_ms": dr["decode_ms"], "target_decode_ms": tr["decode_ms"],
+            "window_ms": window, "window_clipped_ms": max(window, 0.0),
+            "hidden_tokens": hidden_tokens(dr["decode_token_ms"], window),
+            "drafter_n_output_tokens": dr["n_output_tokens"],
+            "model_parallel_ms": seed_parallel_model(dr["to_prefill_end_ms"],
+                                                     tr["to_prefill_end_ms"], dr["decode_ms"],
+                                                     tr["decode_ms"], window),
+            "model_sequential_ms": seed_sequential_model(dr["total_ms"], tr["total_ms"]),
+        })
+    cols = ["dataset", "sample_id", "drafter_total_ms", "target_total_ms", "window_ms",
+            "window_clipped_ms", "hidden_tokens"]
+    return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
+
+
+def samples_table(stages: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per sample x model (samples.csv): stage times, totals, window, hidden tokens, error.
+    window/hidden are per-sample values, repeated on both models' rows; empty when unpaired."""
+    base = stages.drop(columns=["decode_token_ms"], errors="ignore")
+    if len(pairs):
+        base = base.merge(pairs[["dataset", "sample_id", "window_ms", "hidden_tokens"]],
+                          on=["dataset", "sample_id"], how="left")
+    else:
+        base = base.assign(window_ms=math.nan, hidden_tokens=math.nan)
+    base["paired"] = base["window_ms"].notna()
+    order = {d: i for i, d in enumerate(sort_datasets(base["dataset"]))} if len(base) else {}
+    base = base.assign(_o=base["dataset"].map(order)).sort_values(["_o", "sample_id", "model"])
+    return base.drop(columns="_o").reset_index(drop=True)
+
+
+# -- tables -----------------------------------------------------------------------------------------
+def stage_summary(stages: pd.DataFrame) -> pd.DataFrame:
+    """dataset x model x stage: count/mean/p50/p90/p99 over successful records. "to_prefill_end"
+    (stages 1-4) and "total" (all five) are included as pseudo-stages."""
+    ok = stages[stages["ok"]]
+    rows = []
+    for (ds, model), g in ok.groupby(["dataset", "model"]):
+        for s in (*STAGES, "to_prefill_end", "total", "ttft", "tpot"):
+            rows.append({"dataset": ds, "model": model, "stage": s, **summarize(g[f"{s}_ms"])})
+    return _sorted(pd.DataFrame(rows, columns=["dataset", "model", "stage", "count", "mean",
+                                              *[f"p{p}" for p in PERCENTILES]]))
+
+
+def overall_stage_means(stages: pd.DataFrame) -> pd.DataFrame:
+    """model x stage over every dataset: the 5-stage breakdown (mean/p50/p90)."""
+    ok = stages[stages["ok"]]
+    rows = []
+    for model, g in ok.groupby("model"):
+        for s in (*STAGES, "to_prefill_end", "total"):
+            rows.append({"model": model, "stage": s, **summarize(g[f"{s}_ms"])})
+    return pd.DataFrame(rows, columns=["model", "stage", "count", "mean",
+                                       *[f"p{p}" for p in PERCENTILES]])
+
+
+def stage_comparison(overall: pd.DataFrame) -> pd.DataFrame:
+    """Per stage: which model is faster on the mean, and by what ratio (slower / faster)."""
+    rows = []
+    for s in (*STAGES, "to_prefill_end", "total"):
+        m = overall[overall["stage"] == s].set_index("model")["mean"]
+        d, t = m.get("drafter", math.nan), m.get("target", math.nan)
+        if math.isnan(d) or math.isnan(t):
+            continue
+        winner = "tie" if d == t else ("drafter" if d < t else "target")
+        lo, hi = min(d, t), max(d, t)
+        rows.append({"stage": s, "drafter_mean_ms": d, "target_mean_ms": t, "winner": winner,
+                     "ratio": hi / lo if lo > 0 else math.inf})
+    return pd.DataFrame(rows, columns=["stage", "drafter_mean_ms", "target_mean_ms", "winner",
+                                       "ratio"])
+
+
+def failures(records: Iterable[dict]) -> pd.DataFrame:
+    """dataset x kind x who (model or engine mode) x failed stage x error type: record counts."""
+    rows = [{"dataset": r["dataset"], "kind": r["kind"],
+             "who": r.get("model") if r["kind"] == "stages" else r.get("mode"),
+             "stage": (r["error"] or {}).get("stage"), "type": (r["error"] or {}).get("type")}
+            for r in records if r.get("error") is not None]
+    cols = ["dataset", "kind", "who", "stage", "type"]
+    if not rows:
+        return pd.DataFrame(columns=[*cols, "count"])
+    df = pd.DataFrame(rows).fillna("?")
+    return _sorted(df.groupby(cols).size().reset_index(name="count"))
+
+
+def dataset_summary(stages: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
+    """One row per dataset. Samples/Failed count distinct samples among stage records (a sample is
+    failed if any of its stage records has an error); timings are over paired samples."""
+    rows = []
+    for ds in sort_datasets(stages["dataset"]):
+        s = stages[stages["dataset"] == ds]
+        p = pairs[pairs["dataset"] == ds] if len(pairs) else pairs
+        failed = s.loc[~s["ok"], "sample_id"].nunique()
+        row = {"dataset": ds, "duration_ms": duration_ms(ds), "samples": s["sample_id"].nunique(),
+               "failed": int(failed), "paired": len(p)}
+        if len(p):
+            dm, tm = p["drafter_total_ms"].mean(), p["target_total_ms"].mean()
+            dpre, tpre = p["drafter_to_prefill_end_ms"].mean(), p["target_to_prefill_end_ms"].mean()
+            dllm, tllm = p["drafter_prefill_ms"].mean(), p["target_prefill_ms"].mean()
+            row.update(
+                drafter_total_ms=dm, target_total_ms=tm, speedup=tm / dm,
+                drafter_to_prefill_end_ms=dpre, target_to_prefill_end_ms=tpre,
+                prefill_speedup=tpre / dpre, llm_prefill_speedup=tllm / dllm,
+                drafter_decode_ms=p["drafter_decode_ms"].mean(),
+                target_decode_ms=p["target_decode_ms"].mean(),
+                window_ms=p["window_ms"].mean(), window_clipped_ms=p["window_clipped_ms"].mean(),
+                window_positive_frac=float((p["window_ms"] > 0).mean()),
+                hidden_tokens=p["hidden_tokens"].mean(),
+                drafter_n_output_tokens=p["drafter_n_output_tokens"].mean(),
+                model_parallel_ms=p["model_parallel_ms"].mean(),
+                model_sequential_ms=p["model_sequential_ms"].mean())
+        for model in MODELS:
+            g = s[s["ok"] & (s["model"] == model)]
+            row[f"{model}_ttft_ms"] = g["ttft_ms"].mean() if len(g) else math.nan
+            row[f"{model}_tpot_ms"] = g["tpot_ms"].mean() if len(g) else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def peak_memory(stages: pd.DataFrame) -> pd.DataFrame:
+    """Per model: max and mean of recorded peak memory (null on CPU runs)."""
+    rows = []
+    for model in MODELS:
+        v = pd.to_numeric(stages.loc[stages["model"] == model, "peak_mem_bytes"], errors="coerce")
+        v = v.dropna()
+        rows.append({"model": model, "count": len(v),
+                     "max_bytes": float(v.max()) if len(v) else math.nan,
+                     "mean_bytes": float(v.mean()) if len(v) else math.nan})
+    return pd.DataFrame(rows)
+
+
+# -- engine records ---------------------------------------------------------------------------------
+def alpha_label(alpha) -> str:
+    return "real" if alpha is None or (isinstance(alpha, float) and math.isnan(alpha)) \
+        else f"{float(alpha):g}"
+
+
+def engine_frame(records: Iterable[dict]) -> pd.DataFrame:
+    rows = []
+    for r in records:
+        if r.get("kind") != "engine":
+            continue
+        rows.append({"dataset": r["dataset"], "sample_id": r["sample_id"], "mode": r["mode"],
+                     "gamma": str(r.get("gamma")), "alpha": alpha_label(r.get("alpha_simulated")),
+                     "ok": r.get("error") is None,
+                     **{k: r.get(k) for k in ("e2e_ms", "ttft_ms", "tpot_ms", "n_output_tokens",
+                                              "window_ms", "hidden_drafted", "hidden_accepted",
+                                              "drafted", "accepted", "verify_steps",
+                                              "token_match_rate", "ideal_e2e_ms")},
+                     "accept_per_position": r.get("accept_per_position") or []})
+    return pd.DataFrame(rows)
+
+
+def _num(g: pd.DataFrame, col: str) -> pd.Series:
+    return pd.to_numeric(g[col], errors="coerce")
+
+
+def _ratio(a: float, b: float) -> float:
+    return a / b if b and not math.isnan(b) else math.nan
+
+
+def engine_summary(engine: pd.DataFrame) -> pd.DataFrame:
+    """dataset (and "all") x mode x gamma x alpha. Speedup vs target_only = mean target_only e2e of
+    the same dataset / mean e2e of the group (ratio of means). "all" pools every dataset, its
+    baseline pooling the same datasets' target_only records."""
+    if engine.empty:
+        return pd.DataFrame()
+    ok = engine[engine["ok"]]
+    frames = [ok, ok.assign(dataset="all")]
+    rows = []
+    for ds_frame in frames:
+        for (ds, mode, gamma, alpha), g in ds_frame.groupby(["dataset", "mode", "gamma", "alpha"]):
+            base = ds_frame[(ds_frame["dataset"] == ds) & (ds_frame["mode"] == "target_only")]
+            base_e2e = _num(base, "e2e_ms").mean() if len(base) else math.nan
+            e2e = _num(g, "e2e_ms").mean()
+            ideal = _num(g, "ideal_e2e_ms").mean()
+            drafted, accepted = _num(g, "drafted").sum(), _num(g, "accepted").sum()
+            steps = _num(g, "verify_steps").sum()
+            rows.append({
+                "dataset": ds, "mode": mode, "gamma": gamma, "alpha": alpha, "count": len(g),
+                "e2e_ms": e2e, "ttft_ms": _num(g, "ttft_ms").mean(),
+                "tpot_ms": _num(g, "tpot_ms").mean(), "target_only_e2e_ms": base_e2e,
+                "speedup_vs_target_only": _ratio(base_e2e, e2e),
+                "ideal_e2e_ms": ideal, "ideal_speedup": _ratio(base_e2e, ideal),
+                # measured speedup / ideal speedup, i.e. the fraction of the ideal achieved
+                "measured_over_ideal": _ratio(ideal, e2e),
+                "drafted": drafted, "accepted": accepted, "verify_steps": steps,
+                "acceptance_rate": _ratio(accepted, drafted),
+                "mean_acceptance_length": 1 + accepted / steps if steps > 0 else math.nan,
+                "hidden_drafted": _num(g, "hidden_drafted").mean(),
+                "hidden_accepted": _num(g, "hidden_accepted").mean(),
+                "window_ms": _num(g, "window_ms").mean(),
+                "token_match_rate": _num(g, "token_match_rate").mean()})
+    return _sorted(pd.DataFrame(rows))
+
+
+def per_position_acceptance(engine: pd.DataFrame) -> pd.DataFrame:
+    """mode x gamma x alpha x draft position, pooled over datasets: accepted / drafted."""
+    if engine.empty:
+        return pd.DataFrame()
+    acc: dict[tuple, list[float]] = {}
+    for _, r in engine[engine["ok"]].iterrows():
+        for pos, pair in enumerate(r["accept_per_position"]):
+            a, d = pair
+            slot = acc.setdefault((r["mode"], r["gamma"], r["alpha"], pos), [0.0, 0.0])
+            slot[0] += a
+            slot[1] += d
+    rows = [{"mode": k[0], "gamma": k[1], "alpha": k[2], "position": k[3], "accepted": v[0],
+             "drafted": v[1], "rate": _ratio(v[0], v[1])} for k, v in sorted(acc.items())]
+    return pd.DataFrame(rows)
+
+
+def headline_acceptance(summary: pd.DataFrame, dataset: str) -> dict | None:
+    """The results table's Acceptance cell: real drafter tokens, parallel mode, all gammas pooled.
+    None when no such measurement exists (the report then says "not measured")."""
+    if summary.empty:
+        return None
+    g = summary[(summary["dataset"] == dataset) & (summary["mode"] == "parallel")
+                & (summary["alpha"] == "real")]
+    if g.empty or g["drafted"].sum() == 0:
+        return None
+    return {"acceptance_rate": g["accepted"].sum() / g["drafted"].sum(),
+            "mean_acceptance_length": (1 + g["accepted"].sum() / g["verify_steps"].sum()
+                                       if g["verify_steps"].sum() > 0 else math.nan),
+            "count": int(g["count"].sum())}
+
+
+def _sorted(df: pd.DataFrame) -> pd.DataFrame:
+    """Datasets by duration ("all" last); rows keep their generated order within a dataset."""
+    if df.empty or "dataset" not in df:
+        return df.reset_index(drop=True)
+    key = df["dataset"].map(lambda d: (2, 0.0, "") if d == "all" else duration_sort_key(d))
+    order = sorted(range(len(df)), key=lambda i: key.iloc[i])  # sorted() is stable
+    return df.iloc[order].reset_index(drop=True)
+
+
+# -- everything -------------------------------------------------------------------------------------
+def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
+    records = dedupe(records)
+    stages = stage_frame(records)
+    pairs = pair_frame(stages)
+    engine = engine_frame(records)
+    overall = overall_stage_means(stages)
+    return {
+        "stages": stages, "pairs": pairs, "samples": samples_table(stages, pairs),
+        "datasets": dataset_summary(stages, pairs), "stage_summary": stage_summary(stages),
+        "stage_overall": overall, "stage_comparison": stage_comparison(overall),
+        "failures": failures(records), "peak_memory": peak_memory(stages),
+        "engine": engine_summary(engine), "engine_positions": per_position_acceptance(engine),
+    }
