@@ -1,0 +1,529 @@
+"""report.md, results.json, samples.csv and plots from records.
+
+Every number in report.md is computed here from the records (via harness.metrics) or taken from
+`meta`; findings are templates that are emitted only when the data they cite exists.
+
+`meta` keys (all optional; missing ones print as "not given"): profile, device, dtype,
+quantization, versions {torch, transformers, bitsandbytes, ...}, git_commit, command, run_id,
+date, warmup (unrecorded warm-up runs per model), max_new_tokens,
+memory_footprint_bytes {drafter: int, target: int}, model_names {drafter: str, target: str}.
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import metrics as M
+from .plots import all_plots
+
+DEFAULT_NAMES = {"drafter": "EventGPT", "target": "Video-LLaVA"}
+STAGE_TITLES = {"load": "Stage 1: Data loading", "preprocess": "Stage 2: Preprocessing",
+                "vision": "Stage 3: Vision encoding", "prefill": "Stage 4: LLM prefill",
+                "decode": "Stage 5: LLM decode"}
+RESULTS_COLUMNS = ["Dataset", "Samples", "Failed", "Timed", "{drafter} ms", "{target} ms",
+                   "Speedup", "Overlap window", "Hidden tokens", "Acceptance"]
+
+
+# -- formatting ---------------------------------------------------------------------------------------
+def _bad(x) -> bool:
+    return x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x)))
+
+
+def ms(x) -> str:
+    return "n/a" if _bad(x) else f"{x:,.1f} ms"
+
+
+def num(x, nd: int = 1) -> str:
+    return "n/a" if _bad(x) else f"{x:,.{nd}f}"
+
+
+def ratio(x) -> str:
+    return "n/a" if _bad(x) else f"{x:.2f}x"
+
+
+def pct(x) -> str:
+    return "n/a" if _bad(x) else f"{100 * x:.1f}%"
+
+
+def gib(x) -> str:
+    return "n/a" if _bad(x) else f"{x / 2**30:.2f} GiB"
+
+
+def alpha_text(a: str) -> str:
+    return "real drafter" if a == "real" else f"simulated α={a}"
+
+
+def md_table(header: list[str], rows: list[list]) -> str:
+    out = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    out += ["| " + " | ".join(str(c) for c in r) + " |" for r in rows]
+    return "\n".join(out)
+
+
+# -- sections -----------------------------------------------------------------------------------------
+def _profile(meta: dict, tables: dict) -> str:
+    if meta.get("profile"):
+        return str(meta["profile"])
+    seen = sorted(set(tables["stages"]["profile"].dropna()))
+    return ", ".join(seen) if seen else "unknown profile"
+
+
+def _device(meta: dict, tables: dict) -> str:
+    if meta.get("device"):
+        return str(meta["device"])
+    seen = sorted(set(tables["stages"]["device"].dropna()))
+    return ", ".join(seen) if seen else "unknown device"
+
+
+def header(meta: dict, tables: dict, now: str) -> str:
+    prof, dev = _profile(meta, tables), _device(meta, tables)
+    banner = f"> **Numbers from: {prof} on {dev}"
+    if prof != "real":
+        banner += "; random-weight models measure cost only, not quality.**"
+    else:
+        banner += ".**"
+    if not tables["engine"].empty and (tables["engine"]["alpha"] != "real").any():
+        banner += ("\n> Speculative results marked *simulated α* use a drafter whose tokens are "
+                   "accepted with a set probability α, not real EventGPT outputs.")
+    return "\n".join([
+        "# Parallel Prefill Benchmark Report", "", banner, "",
+        f"**Generated:** {now}  ", f"**Run:** {meta.get('run_id', 'not given')}  ",
+        f"**Benchmark date:** {meta.get('date', 'not given')}  ",
+        f"**Command:** `{meta.get('command', 'not given')}`", ""])
+
+
+def executive_summary(tables: dict, names: dict) -> str:
+    p, ds = tables["pairs"], tables["datasets"]
+    n_samples = int(ds["samples"].sum()) if len(ds) else 0
+    n_failed = int(ds["failed"].sum()) if len(ds) else 0
+    lines = ["## Executive summary", "",
+             f"This run compares **{names['drafter']}** (drafter) with **{names['target']}** "
+             f"(target) over {len(ds)} duration dataset(s) with the five-stage pipeline.", "",
+             "### Key metrics", "",
+             f"- **Samples:** {n_samples} ({n_failed} failed in at least one stage, "
+             f"{len(p)} timed with both models)"]
+    if len(p):
+        sp = p["target_total_ms"].mean() / p["drafter_total_ms"].mean()
+        lines += [
+            f"- **Speedup ({names['drafter']} vs {names['target']}, mean total ÷ mean total, all "
+            f"paired samples):** {ratio(sp)}",
+            f"- **Overlap window (mean, signed):** {ms(p['window_ms'].mean())} "
+            f"(clipped at 0: {ms(p['window_clipped_ms'].mean())})",
+            f"- **Hidden drafter tokens (mean per sample):** {num(p['hidden_tokens'].mean())}"]
+    head = M.headline_acceptance(tables["engine"], "all")
+    if head:
+        lines.append(f"- **Acceptance rate (real drafter, parallel mode, vLLM definition):** "
+                     f"{pct(head['acceptance_rate'])}, mean acceptance length "
+                     f"{num(head['mean_acceptance_length'], 2)}")
+    else:
+        lines.append("- **Acceptance rate:** not measured (no engine records with real drafter "
+                     "tokens)")
+    return "\n".join(lines) + "\n"
+
+
+def results_table(tables: dict, names: dict) -> str:
+    rows = []
+    for _, r in tables["datasets"].iterrows():
+        head = M.headline_acceptance(tables["engine"], r["dataset"])
+        acc = (f"{pct(head['acceptance_rate'])} (MAL {num(head['mean_acceptance_length'], 2)})"
+               if head else "not measured")
+        rows.append([r["dataset"], r["samples"], r["failed"], r["paired"],
+                     num(r.get("drafter_total_ms")), num(r.get("target_total_ms")),
+                     ratio(r.get("speedup")), num(r.get("window_ms")),
+                     num(r.get("hidden_tokens")), acc])
+    hdr = [c.format(**names) for c in RESULTS_COLUMNS]
+    return "\n".join([
+        "## Results summary", "",
+        md_table(hdr, rows), "",
+        f"Times are means over *Timed* samples (both models succeeded). {names['drafter']} ms and "
+        f"{names['target']} ms are five-stage totals; Speedup = target mean ÷ drafter mean; "
+        "Overlap window is the signed mean in ms; Acceptance is accepted ÷ drafted from engine "
+        "records with real drafter tokens (parallel mode, all γ pooled), MAL = mean acceptance "
+        "length.", ""])
+
+
+def stage_breakdown(tables: dict, names: dict) -> str:
+    ov, cmp_ = tables["stage_overall"], tables["stage_comparison"].set_index("stage")
+    out = ["## 5-stage pipeline breakdown", "",
+           "All datasets pooled; successful records only.", ""]
+    for s in M.STAGES:
+        out.append(f"### {STAGE_TITLES[s]}")
+        for model in M.MODELS:
+            g = ov[(ov["model"] == model) & (ov["stage"] == s)]
+            if g.empty:
+                continue
+            g = g.iloc[0]
+            out.append(f"- **{names[model]}:** mean {ms(g['mean'])}, p50 {ms(g['p50'])}, "
+                       f"p90 {ms(g['p90'])} (n={g['count']})")
+        if s in cmp_.index:
+            c = cmp_.loc[s]
+            if c["winner"] == "tie":
+                out.append("- **Winner:** tie on the mean")
+            else:
+                out.append(f"- **Winner:** {names[c['winner']]} ({ratio(c['ratio'])} faster on "
+                           "the mean)")
+        out.append("")
+    rows = []
+    for _, r in tables["stage_summary"].iterrows():
+        if r["stage"] in ("total", "ttft", "tpot"):
+            rows.append([r["dataset"], names[r["model"]], r["stage"], r["count"], num(r["mean"]),
+                         num(r["p50"]), num(r["p90"]), num(r["p99"])])
+    if rows:
+        out += ["### Per-dataset totals, TTFT and TPOT (ms)", "",
+                md_table(["Dataset", "Model", "Quantity", "n", "mean", "p50", "p90", "p99"], rows),
+                "", "Per-stage percentiles for every dataset are in `results.json` "
+                    "(`stage_summary`).", ""]
+    return "\n".join(out)
+
+
+def ascii_timeline(tables: dict, names: dict, width: int = 60) -> str:
+    """Bars scaled from measured means (one common scale across datasets)."""
+    ds = tables["datasets"].dropna(subset=["drafter_total_ms"]) \
+        if "drafter_total_ms" in tables["datasets"] else pd.DataFrame()
+    ss = tables["stage_summary"]
+    if ds.empty:
+        return ""
+    scale = width / max(ds["drafter_total_ms"].max(), ds["target_total_ms"].max())
+    letters = dict(zip(M.STAGES, "LPVFD"))
+    lab = max(len(names["drafter"]), len(names["target"])) + 1
+    lines = [f"Legend: L=load P=preprocess V=vision F=prefill D=decode; "
+             f"1 char = {1 / scale:,.1f} ms (stage means per dataset)", ""]
+    for _, r in ds.iterrows():
+        ends = {}
+        for model in M.MODELS:
+            m = ss[(ss["dataset"] == r["dataset"]) & (ss["model"] == model)].set_index("stage")
+            bar, cum = "", 0.0
+            for s in M.STAGES:
+                cum += m.loc[s, "mean"]
+                bar += letters[s] * (round(cum * scale) - len(bar))
+                if s == "prefill":
+                    ends[model] = len(bar)
+            lines.append(f"{r['dataset']:>6} {names[model]:<{lab}}|{bar}")
+        a, b = ends["drafter"], ends["target"]
+        gap = (" " * a + "|" + "-" * max(b - a - 1, 0) + "|") if b > a else ""
+        lines.append(f"{'':>6} {'window':<{lab}} {gap}  {num(r['window_ms'])} ms signed mean, "
+                     f"{num(r['hidden_tokens'])} hidden tokens")
+        lines.append("")
+    return "```\n" + "\n".join(lines).rstrip() + "\n```"
+
+
+def parallel_prefill(tables: dict, names: dict) -> str:
+    d, t = names["drafter"], names["target"]
+    p = tables["pairs"]
+    out = ["## Parallel prefill analysis", "",
+           "### Token hiding", "",
+           f"Both models start together. The overlap window is {t}'s time to the end of prefill "
+           f"(stages 1-4) minus {d}'s; the drafter's *hidden tokens* are those whose measured "
+           "cumulative per-token decode time fits in that window. Hidden tokens are drafted, not "
+           "accepted: acceptance stops at the first mismatch, so they are not multiplied by an "
+           "acceptance rate here.", ""]
+    if len(p):
+        out += [f"Over {len(p)} paired samples: {d} reaches the end of prefill at "
+                f"{ms(p['drafter_to_prefill_end_ms'].mean())}, {t} at "
+                f"{ms(p['target_to_prefill_end_ms'].mean())}; window {ms(p['window_ms'].mean())} "
+                f"(signed), positive in {pct((p['window_ms'] > 0).mean())} of samples; "
+                f"{num(p['hidden_tokens'].mean())} hidden tokens on average.", "",
+                ascii_timeline(tables, names), ""]
+    out += speculative_section(tables, names)
+    out += seed_models_section(tables, names)
+    return "\n".join(out)
+
+
+def speculative_section(tables: dict, names: dict) -> list[str]:
+    e = tables["engine"]
+    out = ["### Measured speculative decoding", ""]
+    if e.empty:
+        return out + ["Not measured: this run has no engine records, so there is no acceptance "
+                      "rate, acceptance length or measured speculative speedup.", ""]
+    spec = e[e["mode"] != "target_only"]
+    rows = [[r["dataset"], r["mode"], r["gamma"], alpha_text(r["alpha"]), r["count"],
+             ms(r["e2e_ms"]), ratio(r["speedup_vs_target_only"]), ratio(r["ideal_speedup"]),
+             pct(r["measured_over_ideal"]), pct(r["acceptance_rate"]),
+             num(r["mean_acceptance_length"], 2), num(r["hidden_drafted"]),
+             num(r["hidden_accepted"]), pct(r["token_match_rate"])]
+            for _, r in spec.iterrows()]
+    out += [md_table(["Dataset", "Mode", "γ", "Drafter", "n", "e2e", "Speedup vs target_only",
+                      "Ideal speedup", "Measured ÷ ideal", "Acceptance rate", "MAL",
+                      "Hidden drafted", "Hidden accepted", "Token match"], rows), "",
+            "Speedup = mean target_only e2e ÷ mean e2e of the configuration (same dataset); "
+            "ideal speedup uses the engine's ideal_e2e_ms model; acceptance rate = accepted ÷ "
+            "drafted; MAL = 1 + accepted ÷ verify steps. Rows marked *simulated α* are not real "
+            "drafter outputs.", ""]
+    pos = tables["engine_positions"]
+    if not pos.empty:
+        prow = []
+        for (mode, gamma, alpha), g in pos.groupby(["mode", "gamma", "alpha"]):
+            prow.append([mode, gamma, alpha_text(alpha),
+                         " / ".join(pct(x) for x in g.sort_values("position")["rate"])])
+        out += ["Per-position acceptance (all datasets pooled; position 1 first):", "",
+                md_table(["Mode", "γ", "Drafter", "Acceptance by draft position"], prow), ""]
+    return out
+
+
+def seed_models_section(tables: dict, names: dict) -> list[str]:
+    ds = tables["datasets"]
+    if "model_parallel_ms" not in ds or ds["model_parallel_ms"].isna().all():
+        return []
+    e = tables["engine"]
+    rows = []
+    for _, r in ds.dropna(subset=["model_parallel_ms"]).iterrows():
+        meas_t, meas_p = "not measured", "not measured"
+        if not e.empty:
+            g = e[e["dataset"] == r["dataset"]]
+            to = g[g["mode"] == "target_only"]
+            if len(to):
+                meas_t = ms(to["e2e_ms"].iloc[0])
+            par = g[(g["mode"] == "parallel") & (g["alpha"] == "real")]
+            if len(par):
+                meas_p = "; ".join(f"γ={x['gamma']}: {ms(x['e2e_ms'])}" for _, x in par.iterrows())
+        rows.append([r["dataset"], ms(r["model_parallel_ms"]), ms(r["model_sequential_ms"]),
+                     meas_t, meas_p])
+    return ["### Wall-clock models (seed formulas) next to measurements", "",
+            "MODEL, not measurement: parallel = max(EGPT_prefill, VL_prefill) + "
+            "max(EGPT_decode − overlap, VL_decode); sequential = EGPT_total + VL_total, with "
+            "'prefill' = stages 1-4 and overlap = the clipped window, evaluated per sample from "
+            "isolated stage times and averaged.", "",
+            md_table(["Dataset", "Model: parallel", "Model: sequential",
+                      "Measured target_only e2e", "Measured parallel e2e (real drafter)"], rows),
+            ""]
+
+
+def _slope(x: pd.Series, y: pd.Series) -> float:
+    ok = x.notna() & y.notna() & np.isfinite(x)
+    if ok.sum() < 2 or x[ok].nunique() < 2:
+        return math.nan
+    return float(np.polyfit(x[ok] / 1e3, y[ok], 1)[0])
+
+
+def scaling(tables: dict, names: dict, plots: dict) -> str:
+    ds = tables["datasets"]
+    out = ["## Scaling with duration", ""]
+    if "drafter_total_ms" in ds and ds["drafter_total_ms"].notna().any():
+        d = ds.dropna(subset=["drafter_total_ms"])
+        out += [md_table(["Dataset", f"{names['drafter']} total", f"{names['target']} total",
+                          "Speedup", "Prefill speedup (stages 1-4)", "LLM-prefill speedup",
+                          "Window", "Hidden tokens"],
+                         [[r["dataset"], ms(r["drafter_total_ms"]), ms(r["target_total_ms"]),
+                           ratio(r["speedup"]), ratio(r["prefill_speedup"]),
+                           ratio(r["llm_prefill_speedup"]), ms(r["window_ms"]),
+                           num(r["hidden_tokens"])] for _, r in d.iterrows()]), ""]
+        slopes = {m: _slope(d["duration_ms"], d[f"{m}_total_ms"]) for m in M.MODELS}
+        if not any(_bad(v) for v in slopes.values()):
+            out += [f"Least-squares slope of mean total vs duration: {names['drafter']} "
+                    f"{num(slopes['drafter'], 2)} ms/s, {names['target']} "
+                    f"{num(slopes['target'], 2)} ms/s.", ""]
+    for key, title in (("stage_bars", "Stage breakdown"), ("latency_vs_duration", "Latency"),
+                       ("hidden_vs_duration", "Hidden tokens"),
+                       ("speedup_vs_alpha", "Speedup vs simulated α"),
+                       ("timeline", "Engine timeline (one sample)")):
+        if key in plots:
+            out += [f"![{title}]({plots[key].name})", ""]
+    return "\n".join(out)
+
+
+def configuration(meta: dict, tables: dict, names: dict) -> str:
+    v = meta.get("versions") or {}
+    foot = meta.get("memory_footprint_bytes") or {}
+    out = ["## Model configuration", "",
+           f"- **Profile:** {_profile(meta, tables)}",
+           f"- **Device:** {_device(meta, tables)}",
+           f"- **dtype:** {meta.get('dtype', 'not given')}",
+           f"- **Quantization:** {meta.get('quantization', 'not given')}",
+           f"- **Versions:** " + (", ".join(f"{k} {v[k]}" for k in sorted(v)) or "not given"),
+           f"- **Git commit:** {meta.get('git_commit', 'not given')}",
+           f"- **Max new tokens:** {meta.get('max_new_tokens', 'not given')}"]
+    for m in M.MODELS:
+        if m in foot:
+            out.append(f"- **{names[m]} weights footprint:** {gib(foot[m])}")
+    pm = tables["peak_memory"]
+    for _, r in pm.iterrows():
+        if r["count"]:
+            out.append(f"- **{names[r['model']]} peak memory (max over {r['count']} samples):** "
+                       f"{gib(r['max_bytes'])}, mean {gib(r['mean_bytes'])}")
+    if not (pm["count"] > 0).any():
+        out.append("- **Peak memory:** not recorded (CPU run or not measured)")
+    return "\n".join(out) + "\n"
+
+
+def findings(tables: dict, names: dict) -> list[str]:
+    """Templated statements, each emitted only when the values it cites exist."""
+    out = []
+    ov, p, ds, e = tables["stage_overall"], tables["pairs"], tables["datasets"], tables["engine"]
+    for model in M.MODELS:
+        g = ov[(ov["model"] == model) & ov["stage"].isin(M.STAGES)]
+        tot = ov[(ov["model"] == model) & (ov["stage"] == "total")]
+        if len(g) and len(tot) and tot["mean"].iloc[0] > 0:
+            top = g.loc[g["mean"].idxmax()]
+            out.append(f"{top['stage'].capitalize()} dominates {names[model]} latency: "
+                       f"{ms(top['mean'])} of a {ms(tot['mean'].iloc[0])} mean total "
+                       f"({pct(top['mean'] / tot['mean'].iloc[0])}).")
+    if "speedup" in ds and ds["speedup"].notna().any():
+        s = ds["speedup"].dropna()
+        faster = int((s > 1).sum())
+        out.append(f"{names['drafter']} is faster end to end than {names['target']} in {faster} "
+                   f"of {len(s)} datasets (speedup {ratio(s.min())} to {ratio(s.max())}).")
+    if len(p):
+        pre = p["target_to_prefill_end_ms"].mean() / p["drafter_to_prefill_end_ms"].mean()
+        llm = p["target_prefill_ms"].mean() / p["drafter_prefill_ms"].mean()
+        out.append(f"{names['drafter']} reaches the end of prefill {ratio(pre)} sooner than "
+                   f"{names['target']} (stages 1-4; LLM prefill alone: {ratio(llm)}).")
+        nout = p["drafter_n_output_tokens"].mean()
+        share = f", {pct(p['hidden_tokens'].mean() / nout)} of its mean {num(nout)} output " \
+                "tokens" if nout and nout > 0 else ""
+        out.append(f"The overlap window is positive in {pct((p['window_ms'] > 0).mean())} of "
+                   f"{len(p)} paired samples (mean {ms(p['window_ms'].mean())}), hiding "
+                   f"{num(p['hidden_tokens'].mean())} drafter tokens per sample{share}.")
+    if "duration_ms" in ds and "target_total_ms" in ds:
+        d = ds.dropna(subset=["target_total_ms"])
+        if d["duration_ms"].replace(math.inf, np.nan).nunique() >= 3:
+            sl = _slope(d["duration_ms"], d["target_total_ms"])
+            sw = _slope(d["duration_ms"], d["window_ms"])
+            if not _bad(sl):
+                out.append(f"Across {len(d)} durations ({d['dataset'].iloc[0]} to "
+                           f"{d['dataset'].iloc[-1]}), {names['target']}'s mean total changes by "
+                           f"{num(sl, 2)} ms per second of duration and the window by "
+                           f"{num(sw, 2)} ms/s (least squares).")
+    st = tables["stages"]
+    okst = st[st["ok"]]
+    if len(okst):
+        tt = okst.groupby("model")[["ttft_ms", "tpot_ms"]].mean()
+        if set(M.MODELS) <= set(tt.index):
+            out.append(f"Mean TTFT is {ms(tt.loc['drafter', 'ttft_ms'])} for {names['drafter']} "
+                       f"vs {ms(tt.loc['target', 'ttft_ms'])} for {names['target']}; mean TPOT "
+                       f"{ms(tt.loc['drafter', 'tpot_ms'])} vs {ms(tt.loc['target', 'tpot_ms'])}.")
+    head = M.headline_acceptance(e, "all")
+    if head:
+        out.append(f"With real drafter tokens ({head['count']} parallel-mode records, all γ), "
+                   f"{pct(head['acceptance_rate'])} of drafted tokens are accepted; mean "
+                   f"acceptance length {num(head['mean_acceptance_length'], 2)}.")
+    if not e.empty:
+        spec = e[(e["dataset"] == "all") & (e["mode"] != "target_only")].dropna(
+            subset=["speedup_vs_target_only"])
+        if len(spec):
+            b = spec.loc[spec["speedup_vs_target_only"].idxmax()]
+            extra = (f", {pct(b['measured_over_ideal'])} of its ideal speedup"
+                     if not _bad(b["measured_over_ideal"]) else "")
+            out.append(f"The fastest measured speculative configuration is {b['mode']} γ="
+                       f"{b['gamma']} ({alpha_text(b['alpha'])}) at "
+                       f"{ratio(b['speedup_vs_target_only'])} vs target_only{extra}.")
+    f = tables["failures"]
+    if len(f):
+        total = int(ds["samples"].sum())
+        failed = int(ds["failed"].sum())
+        top = f.groupby("stage")["count"].sum()
+        out.append(f"{failed} of {total} samples failed in at least one stage; most failures "
+                   f"occurred in {top.idxmax()} ({int(top.max())} records).")
+    return out
+
+
+def failures_section(tables: dict, names: dict) -> str:
+    f = tables["failures"]
+    out = ["## Failures", ""]
+    if f.empty:
+        return "\n".join(out + ["No record has an error.", ""])
+    rows = [[r["dataset"], r["kind"], names.get(r["who"], r["who"]), r["stage"], r["type"],
+             r["count"]] for _, r in f.iterrows()]
+    return "\n".join(out + [md_table(["Dataset", "Kind", "Model / mode", "Stage", "Error",
+                                      "Records"], rows),
+                            "", "Failed records are excluded from every timing statistic.", ""])
+
+
+def methodology(meta: dict, tables: dict, names: dict) -> str:
+    warm = meta.get("warmup")
+    warm_text = (f"{warm} unrecorded warm-up run(s) per model precede measurement"
+                 if warm is not None else "warm-up runs: not stated in meta")
+    prof = _profile(meta, tables)
+    prof_text = ("models are the real checkpoints" if prof == "real" else
+                 f"profile '{prof}' uses random weights: these numbers measure compute and data "
+                 "cost only; token agreement and acceptance from such models say nothing about "
+                 "real model quality")
+    return "\n".join([
+        "## Methodology", "",
+        f"- **Models:** drafter {names['drafter']}, target {names['target']}; {prof_text}.",
+        "- **Five stages** per model per sample, run in isolation (no overlap): 1 load (event "
+        "images / 8 video frames from disk), 2 preprocess (tokenization + image transforms), "
+        "3 vision (vision tower + projector), 4 prefill (KV cache + first logits), 5 decode "
+        "(greedy, per-token times).",
+        "- **Timing:** on CUDA each stage boundary synchronizes the device before reading the "
+        "host clock; per-token decode times use CUDA events read after the loop. On CPU, "
+        "perf_counter.",
+        f"- **Warm-up:** {warm_text}.",
+        "- **Overlap window** = target time to end of prefill − drafter time to end of prefill "
+        "(stages 1-4 summed, both starting at t=0), signed; derived from isolated stage costs, so "
+        "it ignores contention when both models share a device (the engine measures that).",
+        "- **Hidden tokens** = largest n with sum(drafter decode_token_ms[:n]) ≤ window; 0 when "
+        "the window ≤ 0. These are drafted tokens, not accepted ones.",
+        "- **TTFT** = stages 1-4 + decode_token_ms[0] (token 1 is selected from the prefill "
+        "logits); **TPOT** = mean of decode_token_ms[1:].",
+        "- **Speedup** = mean target total ÷ mean drafter total over paired samples; prefill "
+        "speedup uses stages 1-4, LLM-prefill speedup stage 4 alone.",
+        "- **Acceptance** (engine records only, vLLM definitions): rate = accepted ÷ drafted; "
+        "mean acceptance length = 1 + accepted ÷ verify steps; per-position = accepted ÷ drafted "
+        "at each draft position. Never a text-similarity score; without engine records it is "
+        "reported as not measured. Results with a set acceptance probability are labelled "
+        "*simulated α*.",
+        "- **Wall-clock formulas** from the seed system are shown as models, never as "
+        "measurements.",
+        "- **Failures:** a record with an error counts in Failed and is excluded from timing "
+        "statistics; a sample is timed only when both models succeeded. Percentiles are numpy "
+        "linear interpolation.", ""])
+
+
+def dataset_status(tables: dict) -> str:
+    ds = tables["datasets"]
+    lines = ["## Dataset status", ""]
+    for _, r in ds.iterrows():
+        mark = "complete" if r["failed"] == 0 and r["paired"] == r["samples"] else \
+            f"{r['failed']} failed, {r['samples'] - r['paired']} not timed"
+        lines.append(f"- **{r['dataset']}:** {r['samples']} samples, {mark}")
+    lines.append(f"\n**Total:** {int(ds['samples'].sum()) if len(ds) else 0} samples across "
+                 f"{len(ds)} dataset(s)")
+    return "\n".join(lines) + "\n"
+
+
+# -- outputs ------------------------------------------------------------------------------------------
+def _jsonable(df: pd.DataFrame) -> list[dict]:
+    df = df.drop(columns=["decode_token_ms", "accept_per_position"], errors="ignore")
+    recs = df.astype(object).where(df.notna(), None).to_dict(orient="records")
+    return [{k: (v.item() if hasattr(v, "item") else v) for k, v in r.items()} for r in recs]
+
+
+def _clean(x):
+    if isinstance(x, float) and (math.isnan(x) or math.isinf(x)):
+        return None
+    return x
+
+
+def write_report(records: list[dict], out_dir, meta: dict | None = None) -> Path:
+    """Writes report.md, results.json, samples.csv and PNG plots into out_dir; returns report.md."""
+    meta = dict(meta or {})
+    names = {**DEFAULT_NAMES, **(meta.get("model_names") or {})}
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tables = M.compute_all(records)
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+
+    tables["samples"].to_csv(out_dir / "samples.csv", index=False)
+    plots = all_plots(tables, M.dedupe(records), names, out_dir)
+    find = findings(tables, names)
+    results = {"generated": now, "meta": meta, "findings": find,
+               "plots": {k: v.name for k, v in plots.items()},
+               **{k: _jsonable(v) for k, v in tables.items() if k != "stages"}}
+    (out_dir / "results.json").write_text(
+        json.dumps(results, indent=1, default=str, allow_nan=False), encoding="utf-8")
+
+    parts = [header(meta, tables, now), executive_summary(tables, names), "---",
+             results_table(tables, names), "---", stage_breakdown(tables, names), "---",
+             parallel_prefill(tables, names), "---", scaling(tables, names, plots), "---",
+             configuration(meta, tables, names), "---",
+             "## Key findings\n\n" + ("\n".join(f"{i}. {s}" for i, s in enumerate(find, 1))
+                                      or "No findings: no successful records.") + "\n",
+             "---", failures_section(tables, names), "---", methodology(meta, tables, names),
+             "---", dataset_status(tables)]
+    path = out_dir / "report.md"
+    path.write_text("\n".join(parts), encoding="utf-8")
+    return path
