@@ -1,0 +1,614 @@
+"""Parallel-prefill speculative decoding, gpt-fast style: one file, readable top to bottom.
+
+Both pipelines start at the same instant. The target (Video-LLaVA) runs stages 1-4 in a worker
+thread (its own CUDA stream, or its own device); meanwhile the drafter (EventGPT) runs its stages
+1-4, then keeps drafting greedy tokens until the target's prefill is done. Those "hidden" tokens
+cost nothing on the critical path; the target checks the first against its own first token and
+verifies the rest in ONE forward. Decoding then continues as ordinary speculative decoding with a
+fixed or adaptive draft length. Output is always the target's own greedy output (lossless).
+
+Bookkeeping conventions (the two models have different prompt lengths Pd and Pt):
+  * `out` is the output so far; out[-1] is the target's pending token (not yet in its cache), so
+    the target cache always holds Pt + len(out) - 1 positions.
+  * The drafter may lag: `pending` is the suffix of `out` it has not yet processed, so its cache
+    holds Pd + len(out) - len(pending) positions. Its next forward feeds all of `pending` at once.
+  * Acceptance uses vLLM's definitions: drafted / accepted counts, acceptance rate =
+    accepted / drafted, mean acceptance length = 1 + accepted / verify_steps, per position
+    [accepted, drafted]. The hidden block counts as one verify step (position 0 is checked by the
+    prefill logits, positions 1.. by one verify forward), so every block yields 1 + accepted tokens
+    and  tokens produced == verify_steps + accepted + decode_steps  (before EOS/max truncation).
+
+Times are ms from the sample's common start.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import statistics
+import threading
+import time
+from collections import Counter
+from dataclasses import asdict, dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+
+from harness.models.base import CausalLMRunner, TextRunner, greedy
+
+STAGES = ("load", "preprocess", "vision", "prefill")
+MAX_GAMMA = 8
+
+
+# -- timing -----------------------------------------------------------------------------------------
+def now_ms(device: torch.device | str | None = None) -> float:
+    """Wall clock in ms, after the work queued on `device` by this thread has finished.
+
+    Synchronizes only the calling thread's current stream: a device-wide torch.cuda.synchronize
+    would make the drafter wait for the target's stream and erase the overlap being measured."""
+    if device is not None and torch.device(device).type == "cuda":
+        torch.cuda.current_stream(device).synchronize()
+    return time.perf_counter() * 1e3
+
+
+def _sync_all(*runners: CausalLMRunner) -> None:
+    for r in runners:
+        if r.device.type == "cuda":
+            torch.cuda.synchronize(r.device)
+
+
+def _own_stream(runner: CausalLMRunner):
+    if runner.device.type == "cuda":
+        return torch.cuda.stream(torch.cuda.Stream(runner.device))
+    return contextlib.nullcontext()
+
+
+def _question(sample: Any) -> str:
+    return getattr(sample, "question", sample)
+
+
+# -- stages 1-4 -----------------------------------------------------------------------------------
+def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None = None, *,
+                      t0: float | None = None):
+    """Stages 1-4 -> (cache, first_logits, {stage: end_ms}); end times are relative to `t0`."""
+    question = _question(sample) if question is None else question
+    t0 = now_ms(runner.device) if t0 is None else t0
+    ends = {}
+    raw = runner.load_inputs(sample)
+    ends["load"] = now_ms(runner.device) - t0
+    prepared = runner.preprocess(raw, question)
+    ends["preprocess"] = now_ms(runner.device) - t0
+    embeds = runner.encode_vision(prepared)
+    ends["vision"] = now_ms(runner.device) - t0
+    cache, logits = runner.prefill(embeds)
+    ends["prefill"] = now_ms(runner.device) - t0
+    return cache, logits, ends
+
+
+# -- measured acceptance and costs ------------------------------------------------------------------
+@dataclass
+class Acceptance:
+    drafted: int = 0
+    accepted: int = 0
+    verify_steps: int = 0
+    rejections: int = 0                       # blocks that stopped at a mismatch
+    per_position: list = field(default_factory=list)   # [[accepted, drafted], ...]
+
+    def add_block(self, n_drafted: int, n_accepted: int) -> None:
+        self.drafted += n_drafted
+        self.accepted += n_accepted
+        self.verify_steps += 1
+        self.rejections += int(n_accepted < n_drafted)
+        while len(self.per_position) < n_drafted:
+            self.per_position.append([0, 0])
+        for i in range(n_drafted):
+            self.per_position[i][1] += 1
+            self.per_position[i][0] += int(i < n_accepted)
+
+    def alpha_hat(self, prior: tuple[float, float] = (1.0, 1.0)) -> float:
+        # Blocks stop at the first mismatch, so the per-token MLE is accepted / (accepted + misses);
+        # a Beta(1, 1) prior keeps the first blocks from deciding everything.
+        a, b = prior
+        return (self.accepted + a) / (self.accepted + self.rejections + a + b)
+
+
+@dataclass
+class Costs:
+    draft_ms: list = field(default_factory=list)     # one drafter forward of 1-2 tokens
+    verify_ms: dict = field(default_factory=dict)    # k tokens -> [ms]; k == 1 is a plain decode
+
+    def add_verify(self, k: int, ms: float) -> None:
+        self.verify_ms.setdefault(int(k), []).append(ms)
+
+    def draft(self) -> float | None:
+        return statistics.fmean(self.draft_ms) if self.draft_ms else None
+
+    def verify(self, k: int) -> float | None:
+        """Mean measured cost of a k-token target forward; unmeasured k from a least-squares line."""
+        if k in self.verify_ms:
+            return statistics.fmean(self.verify_ms[k])
+        points = [(kk, statistics.fmean(v)) for kk, v in self.verify_ms.items()]
+        if not points:
+            return None
+        if len(points) == 1:
+            return points[0][1]          # optimistic (memory-bound): a bigger block costs the same
+        slope, intercept = statistics.linear_regression(*zip(*points))
+        return max(intercept + slope * k, min(p[1] for p in points))
+
+
+def expected_tokens(alpha: float, gamma: int) -> float:
+    """E[tokens per verify] for i.i.d. per-token acceptance alpha and draft length gamma."""
+    if alpha >= 1.0:
+        return gamma + 1.0
+    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
+
+
+def choose_gamma(alpha: float, draft_ms: float, verify_ms: Callable[[int], float], decode_ms: float,
+                 *, max_gamma: int = MAX_GAMMA, min_gain: float = 0.02) -> int:
+    """Draft length maximizing tokens per ms; 0 (plain decoding) unless speculation beats plain
+    decoding's 1/decode_ms by more than `min_gain`, so a bad drafter costs at most a few probes."""
+    best, best_rate = 0, 1.0 / decode_ms
+    for g in range(1, max_gamma + 1):
+        rate = expected_tokens(alpha, g) / (g * draft_ms + verify_ms(g + 1))
+        if rate > best_rate * (1.0 + min_gain) and rate > best_rate:
+            best, best_rate = g, rate
+    return best
+
+
+def _next_gamma(gamma: int | str, acc: Acceptance, costs: Costs, remaining: int) -> int:
+    if gamma != "adaptive":
+        g = int(gamma)
+    else:
+        decode = costs.verify(1)
+        if decode is None:
+            g = 0                            # one plain step measures the decode cost
+        elif costs.draft() is None:
+            g = 1 if acc.alpha_hat() >= 0.5 else 0   # probe the draft cost once
+        else:
+            g = choose_gamma(acc.alpha_hat(), costs.draft(), costs.verify, decode)
+    return max(0, min(g, remaining - 1))
+
+
+# -- simulated acceptance -----------------------------------------------------------------------------
+class _Emitter:
+    """Turns drafter logits into the token it emits at output position `pos`.
+
+    Simulated mode: the drafter still runs (real cost), but emits the target's reference token with
+    probability alpha, otherwise a token guaranteed to differ from it."""
+
+    def __init__(self, select, alpha: float | None, reference: Sequence[int] | None, seed: int):
+        self.select, self.alpha, self.reference = select, alpha, reference
+        self.rng = random.Random(seed)
+
+    def __call__(self, logits: torch.Tensor, pos: int) -> int:
+        own = int(self.select(logits))
+        if self.alpha is None or pos >= len(self.reference):
+            return own
+        ref = int(self.reference[pos])
+        if self.rng.random() < self.alpha:
+            return ref
+        vocab = logits.shape[-1]
+        return (ref + 1 + self.rng.randrange(vocab - 1)) % vocab
+
+
+# -- result ---------------------------------------------------------------------------------------
+@dataclass
+class EngineResult:
+    mode: str
+    gamma: int | str = 0
+    alpha_simulated: float | None = None
+    output_tokens: list = field(default_factory=list)
+    e2e_ms: float | None = None
+    ttft_ms: float | None = None
+    tpot_ms: float | None = None
+    window_ms: float | None = None
+    hidden_drafted: int = 0
+    hidden_accepted: int = 0
+    drafted: int = 0
+    accepted: int = 0
+    verify_steps: int = 0
+    accept_per_position: list = field(default_factory=list)
+    token_match_rate: float | None = None
+    ideal_e2e_ms: float | None = None
+    timeline: dict = field(default_factory=lambda: {
+        "drafter_stage_end_ms": {}, "target_stage_end_ms": {}, "draft_token_ms": [], "verify_ms": []})
+    error: dict | None = None
+    note: str | None = None
+    # not in the record, kept for analysis and tests
+    decode_steps: int = 0
+    produced: int = 0                      # tokens produced before EOS / max_new_tokens truncation
+    gamma_trace: list = field(default_factory=list)   # draft length used at each step after the window
+    n_prompt_tokens: dict = field(default_factory=dict)
+    costs: Costs = field(default_factory=Costs)
+
+    @property
+    def acceptance_rate(self) -> float | None:
+        return self.accepted / self.drafted if self.drafted else None
+
+    @property
+    def mean_acceptance_length(self) -> float | None:
+        return 1.0 + self.accepted / self.verify_steps if self.verify_steps else None
+
+
+def _finish(result: EngineResult, out: list[int], eos: set[int], max_new_tokens: int,
+            reference: Sequence[int] | None) -> None:
+    result.produced = len(out)
+    out = out[:max_new_tokens]
+    for i, tok in enumerate(out):
+        if tok in eos:
+            out = out[:i + 1]
+            break
+    result.output_tokens = out
+    if result.e2e_ms is not None and result.ttft_ms is not None and len(out) > 1:
+        result.tpot_ms = (result.e2e_ms - result.ttft_ms) / (len(out) - 1)
+    elif result.ttft_ms is not None:
+        result.tpot_ms = 0.0
+    if reference is not None:
+        result.token_match_rate = token_match_rate(out, reference)
+
+
+def token_match_rate(out: Sequence[int], reference: Sequence[int]) -> float:
+    n = max(len(out), len(reference))
+    return sum(a == b for a, b in zip(out, reference)) / n if n else 1.0
+
+
+def _eos_set(runner: CausalLMRunner, stop_at_eos: bool) -> set[int]:
+    eos = runner.eos_token_id if stop_at_eos else None
+    if eos is None:
+        return set()
+    return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
+
+
+# -- plain greedy decoding (baselines) -------------------------------------------------------------
+def greedy_decode(runner: CausalLMRunner, cache, logits: torch.Tensor, n: int, *, eos: set[int],
+                  select=greedy, t0: float = 0.0, costs: Costs | None = None):
+    """Plain decode up to n tokens (token 1 from the prefill logits) -> (tokens, times_ms)."""
+    tokens, times = [int(select(logits))], [now_ms(runner.device) - t0]
+    while len(tokens) < n and tokens[-1] not in eos:
+        start = now_ms(runner.device)
+        logits = runner.decode(tokens[-1], cache)
+        tokens.append(int(select(logits)))
+        end = now_ms(runner.device)
+        times.append(end - t0)
+        if costs is not None:
+            costs.add_verify(1, end - start)
+    return tokens, times
+
+
+@torch.inference_mode()
+def target_only(target: CausalLMRunner, sample: Any, *, max_new_tokens: int = 50,
+                stop_at_eos: bool = False, select=greedy) -> EngineResult:
+    """Target stages 1-4 + plain greedy decode."""
+    _sync_all(target)
+    t0 = now_ms(target.device)
+    cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0)
+    res = EngineResult(mode="target_only", gamma=0, n_prompt_tokens={"target": target.cache_len(cache)})
+    tokens, times = greedy_decode(target, cache, logits, max_new_tokens,
+                                  eos=_eos_set(target, stop_at_eos), select=select, t0=t0,
+                                  costs=res.costs)
+    ends["decode"] = times[-1]
+    res.timeline["target_stage_end_ms"] = ends
+    res.ttft_ms, res.e2e_ms = times[0], times[-1]
+    res.decode_steps = len(tokens) - 1
+    _finish(res, tokens, set(), max_new_tokens, None)
+    return res
+
+
+@torch.inference_mode()
+def sequential(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
+               max_new_tokens: int = 50, stop_at_eos: bool = False, select=greedy) -> EngineResult:
+    """The naive cascade: the drafter runs stages 1-5 to completion, then the target runs 1-5.
+    The output is the target's; the drafter's answer is only timed (it is not used as a draft)."""
+    _sync_all(drafter, target)
+    t0 = now_ms(drafter.device)
+    dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
+    _, d_times = greedy_decode(drafter, dcache, dlogits, max_new_tokens,
+                               eos=_eos_set(drafter, stop_at_eos), select=select, t0=t0)
+    d_ends["decode"] = d_times[-1]
+    del dcache
+    tcache, tlogits, t_ends = run_stages_1_to_4(target, sample, t0=t0)
+    res = EngineResult(mode="sequential", gamma=0, note="drafter stages 1-5, then target stages 1-5",
+                       n_prompt_tokens={"target": target.cache_len(tcache)})
+    tokens, times = greedy_decode(target, tcache, tlogits, max_new_tokens,
+                                  eos=_eos_set(target, stop_at_eos), select=select, t0=t0,
+                                  costs=res.costs)
+    t_ends["decode"] = times[-1]
+    res.timeline.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends)
+    res.ttft_ms, res.e2e_ms = times[0], times[-1]
+    res.decode_steps = len(tokens) - 1
+    _finish(res, tokens, set(), max_new_tokens, None)
+    return res
+
+
+# -- parallel prefill -------------------------------------------------------------------------------
+def _target_pipeline(target, sample, t0, select, box, ready: threading.Event) -> None:
+    """Worker thread: target stages 1-4 on its own stream; signals the drafter when done."""
+    try:
+        with torch.inference_mode(), _own_stream(target):
+            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0)
+            t1 = int(select(logits))
+            box.update(cache=cache, t1=t1, ends=ends, t1_ms=now_ms(target.device) - t0)
+    except BaseException as exc:  # re-raised on the main thread after join
+        box["error"] = exc
+    finally:
+        ready.set()
+
+
+def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t0, costs):
+    """Draft greedily from the drafter's prefill until the target is ready or n_max tokens."""
+    tokens, times = [emit(logits, 0)], [now_ms(drafter.device) - t0]
+    while len(tokens) < n_max and not ready.is_set():
+        start = now_ms(drafter.device)
+        logits = drafter.decode(tokens[-1], cache)
+        tokens.append(emit(logits, len(tokens)))
+        times.append(now_ms(drafter.device) - t0)
+        costs.draft_ms.append(times[-1] + t0 - start)
+    return tokens, times
+
+
+def _draft_block(drafter, cache, pending, gamma, pos, emit, t0, costs):
+    """Feed the drafter's pending tokens, then draft `gamma` tokens for output positions pos..."""
+    tokens, times = [], []
+    for i in range(gamma):
+        start = now_ms(drafter.device)
+        if i == 0:
+            logits = drafter.verify(pending, cache)[-1] if len(pending) > 1 else drafter.decode(pending[0], cache)
+        else:
+            logits = drafter.decode(tokens[-1], cache)
+        tokens.append(emit(logits, pos + i))
+        times.append(now_ms(drafter.device) - t0)
+        if i > 0 or len(pending) <= 2:       # a long catch-up forward is not a typical draft step
+            costs.draft_ms.append(times[-1] + t0 - start)
+    return tokens, times
+
+
+def _n_accepted(draft: Sequence[int], choices: Sequence[int]) -> int:
+    m = 0
+    while m < len(draft) and draft[m] == choices[m]:
+        m += 1
+    return m
+
+
+def _verify(target, tcache, pt, out, block, select, t0, res) -> int:
+    """One target forward over [pending, *block]; extends `out` by the accepted prefix + bonus."""
+    start = now_ms(target.device)
+    logits = target.verify([out[-1], *block], tcache)
+    choices = [int(c) for c in select(logits).tolist()]
+    end = now_ms(target.device)
+    res.timeline["verify_ms"].append([start - t0, end - t0])
+    res.costs.add_verify(len(block) + 1, end - start)
+    m = _n_accepted(block, choices)
+    out.extend(block[:m])
+    out.append(choices[m])
+    target.crop(tcache, pt + len(out) - 1)
+    return m
+
+
+def _realign_drafter(drafter, dcache, pd, out) -> list[int]:
+    """Drop drafter cache entries past the output; return the output suffix it has not processed."""
+    length = min(drafter.cache_len(dcache), pd + len(out) - 1)
+    drafter.crop(dcache, length)
+    return out[length - pd:]
+
+
+@torch.inference_mode()
+def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
+                            max_new_tokens: int = 50, gamma: int | str = "adaptive",
+                            hidden_cap: int = 64, stop_at_eos: bool = False,
+                            alpha: float | None = None, reference_tokens: Sequence[int] | None = None,
+                            seed: int = 0, select=greedy,
+                            debug_hook: Callable[[dict], None] | None = None) -> EngineResult:
+    """Parallel prefill + hidden drafting + speculative decoding; see the module docstring.
+
+    alpha: simulated acceptance (the drafter emits the reference token with this probability).
+    reference_tokens: the target's plain greedy output for this sample; computed with
+    `target_only` when alpha is given without it. debug_hook(state) is called after every step."""
+    if max_new_tokens < 1 or hidden_cap < 1:
+        raise ValueError(f"max_new_tokens ({max_new_tokens}) and hidden_cap ({hidden_cap}) must be >= 1")
+    if gamma != "adaptive" and not 0 <= int(gamma) <= 64:
+        raise ValueError(f"gamma must be 'adaptive' or an int in 0..64, got {gamma!r}")
+    if alpha is not None and not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if alpha is not None and reference_tokens is None:
+        reference_tokens = target_only(target, sample, max_new_tokens=max_new_tokens,
+                                       stop_at_eos=stop_at_eos, select=select).output_tokens
+    emit = _Emitter(select, alpha, reference_tokens, seed)
+    eos = _eos_set(target, stop_at_eos)
+    res = EngineResult(mode="parallel", gamma=gamma, alpha_simulated=alpha)
+    acc, costs, tl = Acceptance(), res.costs, res.timeline
+
+    # Stages 1-4 of both models from one common start; the drafter drafts while it waits.
+    _sync_all(drafter, target)
+    ready, box = threading.Event(), {}
+    t0 = now_ms()
+    worker = threading.Thread(target=_target_pipeline, args=(target, sample, t0, select, box, ready),
+                              name="ppbench-target", daemon=True)
+    worker.start()
+    try:
+        with _own_stream(drafter):
+            dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
+            hidden, hidden_ms = _draft_hidden(drafter, dcache, dlogits, min(hidden_cap, max_new_tokens),
+                                              ready, emit, t0, costs)
+    finally:
+        worker.join()
+    if "error" in box:
+        raise box["error"]
+    _sync_all(drafter, target)
+    tcache, t1 = box["cache"], box["t1"]
+    pt = target.cache_len(tcache)
+    pd = drafter.cache_len(dcache) - (len(hidden) - 1)
+    res.n_prompt_tokens = {"drafter": pd, "target": pt}
+    tl.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=box["ends"], draft_token_ms=list(hidden_ms))
+    res.window_ms = box["ends"]["prefill"] - d_ends["prefill"]
+    res.ttft_ms = box["t1_ms"]
+
+    def state(step: str) -> dict:
+        return {"step": step, "out": list(out), "pending": list(pending), "target_prompt": pt,
+                "drafter_prompt": pd, "target_cache": target.cache_len(tcache),
+                "drafter_cache": drafter.cache_len(dcache)}
+
+    # The hidden block: d1 is checked against t1 by the prefill logits, the rest by one forward.
+    out = [t1]
+    m = _verify(target, tcache, pt, out, hidden[1:], select, t0, res) if hidden[0] == t1 else -1
+    acc.add_block(len(hidden), m + 1)
+    res.hidden_drafted, res.hidden_accepted = len(hidden), m + 1
+    pending = _realign_drafter(drafter, dcache, pd, out)
+    if debug_hook:
+        debug_hook(state("hidden"))
+
+    # Speculative decoding with a fixed or adaptive draft length; gamma 0 = plain target decode.
+    while len(out) < max_new_tokens and not eos.intersection(out):
+        g = _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
+        res.gamma_trace.append(g)
+        if g == 0:
+            start = now_ms(target.device)
+            logits = target.decode(out[-1], tcache)
+            out.append(int(select(logits)))
+            costs.add_verify(1, now_ms(target.device) - start)
+            res.decode_steps += 1
+        else:
+            block, times = _draft_block(drafter, dcache, pending, g, len(out), emit, t0, costs)
+            tl["draft_token_ms"].extend(times)
+            m = _verify(target, tcache, pt, out, block, select, t0, res)
+            acc.add_block(g, m)
+        pending = _realign_drafter(drafter, dcache, pd, out)
+        if debug_hook:
+            debug_hook(state("decode" if g == 0 else "verify"))
+
+    res.e2e_ms = now_ms(target.device) - t0
+    res.drafted, res.accepted, res.verify_steps = acc.drafted, acc.accepted, acc.verify_steps
+    res.accept_per_position = [list(p) for p in acc.per_position]
+    _finish(res, out, eos, max_new_tokens, reference_tokens)
+    res.ideal_e2e_ms = _ideal_for(res, hidden_cap, max_new_tokens)
+    return res
+
+
+# -- HF assisted generation baseline ------------------------------------------------------------------
+@torch.inference_mode()
+def assisted_generation(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
+                        max_new_tokens: int = 50, gamma: int | str = "adaptive",
+                        stop_at_eos: bool = False) -> EngineResult:
+    """transformers generate(assistant_model=...) on the same sample, where it can run at all."""
+    res = EngineResult(mode="assisted", gamma=gamma)
+    why = _assisted_unsupported(drafter, target)
+    if why:
+        res.error = {"stage": "assisted", "type": "Unsupported", "message": why}
+        res.note = why
+        return res
+    ids = target.preprocess(target.load_inputs(sample), _question(sample))["input_ids"]
+    if not torch.equal(ids.cpu(), drafter.preprocess(drafter.load_inputs(sample), _question(sample))["input_ids"].cpu()):
+        why = ("transformers assisted generation feeds the target's input_ids to the assistant, but "
+               "the two tokenizers give different prompts for this sample")
+        res.error, res.note = {"stage": "assisted", "type": "Unsupported", "message": why}, why
+        return res
+    gen_cfg = _plain_greedy_config(target, max_new_tokens, stop_at_eos)
+    assistant_cfg = drafter.model.generation_config
+    saved = assistant_cfg.to_dict()
+    if gamma != "adaptive":
+        assistant_cfg.num_assistant_tokens = int(gamma)
+        assistant_cfg.num_assistant_tokens_schedule = "constant"
+        assistant_cfg.assistant_confidence_threshold = 0.0
+    try:
+        _sync_all(drafter, target)
+        t0 = now_ms(target.device)
+        seq = target.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
+                                    assistant_model=drafter.model, generation_config=gen_cfg)
+        res.e2e_ms = now_ms(target.device) - t0
+    finally:
+        for key, value in saved.items():
+            setattr(assistant_cfg, key, value)
+    res.note = "transformers assisted generation; only e2e is observable"
+    res.n_prompt_tokens = {"target": ids.shape[1], "drafter": ids.shape[1]}
+    _finish(res, [int(t) for t in seq[0, ids.shape[1]:]], _eos_set(target, stop_at_eos),
+            max_new_tokens, None)
+    return res
+
+
+def _assisted_unsupported(drafter: CausalLMRunner, target: CausalLMRunner) -> str | None:
+    if isinstance(drafter, TextRunner) and isinstance(target, TextRunner):
+        return None
+    return (f"transformers assisted generation runs the assistant on the target's own inputs "
+            f"(one input_ids / pixel_values_videos, one prompt length), but the drafter "
+            f"{drafter.name} takes {drafter.modality} inputs and the target {target.name} takes "
+            f"{target.modality} inputs with different prompts and prompt lengths (different visual "
+            f"token counts), which assisted generation does not support")
+
+
+def _plain_greedy_config(target: CausalLMRunner, max_new_tokens: int, stop_at_eos: bool):
+    import copy
+    cfg = copy.deepcopy(target.model.generation_config)
+    cfg.do_sample, cfg.num_beams = False, 1
+    cfg.max_new_tokens, cfg.min_new_tokens = max_new_tokens, None
+    cfg.eos_token_id = target.eos_token_id if stop_at_eos else None
+    cfg.pad_token_id = target.eos_token_id if target.eos_token_id is not None else 0
+    return cfg
+
+
+# -- ideal speedup model ------------------------------------------------------------------------------
+def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: float,
+                 verify_ms: Callable[[int], float], decode_ms: float,
+                 accept_per_position: Sequence[Sequence[int]], n_tokens: int, gamma: int,
+                 hidden_cap: int = 64) -> float:
+    """E2E of a perfect parallel-prefill engine with these measured costs (no overhead, no contention).
+
+    r_j = accepted_j / drafted_j, the measured probability that draft position j is accepted
+    (0 beyond the measured positions). D = drafter ready, T = target ready, c_d = draft step,
+    c_v(k) = k-token verify, c_1 = plain decode, N = tokens:
+      hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, T - D) / c_d))
+      hidden block   yields  E_h = 1 + sum_{j<n_h} r_j  tokens, costing  r_0 * c_v(n_h)  after T
+      rest           R = max(0, N - E_h) tokens: gamma = 0 -> R * c_1;
+                     else R / (1 + sum_{j<gamma} r_j) blocks of  gamma * c_d + c_v(gamma + 1)
+      ideal = T + r_0 * c_v(n_h) + rest."""
+    r = [a / d if d else 0.0 for a, d in accept_per_position]
+    rate = lambda j: r[j] if j < len(r) else 0.0
+    window = max(0.0, target_ready_ms - drafter_ready_ms)
+    n_h = int(min(hidden_cap, n_tokens, 1 + window // draft_ms)) if draft_ms > 0 else min(hidden_cap, n_tokens)
+    tokens_h = 1 + sum(rate(j) for j in range(n_h))
+    hidden_cost = rate(0) * verify_ms(n_h)
+    rest = max(0.0, n_tokens - tokens_h)
+    if gamma == 0:
+        rest_cost = rest * decode_ms
+    else:
+        per_block = 1 + sum(rate(j) for j in range(gamma))
+        rest_cost = rest / per_block * (gamma * draft_ms + verify_ms(gamma + 1))
+    return target_ready_ms + hidden_cost + rest_cost
+
+
+def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | None:
+    c = res.costs
+    decode = c.verify(1)
+    if decode is None:
+        return None
+    draft = c.draft() if c.draft() is not None else 0.0
+    used = [g for g in res.gamma_trace if g > 0] or [0]
+    gamma = Counter(used).most_common(1)[0][0]
+    return ideal_e2e_ms(drafter_ready_ms=res.timeline["drafter_stage_end_ms"]["prefill"],
+                        target_ready_ms=res.timeline["target_stage_end_ms"]["prefill"],
+                        draft_ms=draft, verify_ms=c.verify, decode_ms=decode,
+                        accept_per_position=res.accept_per_position, n_tokens=n_tokens,
+                        gamma=gamma, hidden_cap=hidden_cap)
+
+
+# -- records ---------------------------------------------------------------------------------------
+RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "window_ms",
+               "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
+               "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline", "error", "note")
+META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant")
+
+
+def to_record(result: EngineResult, **meta: Any) -> dict:
+    """The engine record of docs/DESIGN.md; meta supplies run_id, dataset, sample_id, profile, ..."""
+    unknown = set(meta) - set(META_KEYS)
+    if unknown:
+        raise ValueError(f"unknown engine record fields: {sorted(unknown)}")
+    rec = {"kind": "engine", **{k: meta.get(k) for k in META_KEYS}}
+    data = asdict(result)
+    rec.update({k: data[k] for k in RECORD_KEYS})
+    rec["n_output_tokens"] = len(result.output_tokens)
+    rec["output_tokens"] = [int(t) for t in result.output_tokens]
+    return rec
+
+
+def error_result(mode: str, stage: str, exc: BaseException, **fields: Any) -> EngineResult:
+    """An EngineResult for a run that failed, so a long benchmark records it and carries on."""
+    return EngineResult(mode=mode, error={"stage": stage, "type": type(exc).__name__,
+                                          "message": str(exc)}, **fields)

@@ -1,0 +1,56 @@
+"""Tiny random Llama TextRunner pairs for engine tests: built in-process, fp32, CPU, milliseconds."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from harness.models.base import TextRunner
+
+VOCAB = 96
+
+
+class CharTokenizer:
+    """Stand-in tokenizer: one id per character, after an optional fixed prefix of ids.
+
+    A prefix lets drafter and target see the same question with different prompt lengths,
+    as EventGPT and Video-LLaVA do."""
+
+    def __init__(self, vocab: int = VOCAB, prefix: tuple[int, ...] = (1,), eos_token_id: int | None = 2):
+        self.vocab, self.prefix, self.eos_token_id = vocab, tuple(prefix), eos_token_id
+
+    def __call__(self, text: str, return_tensors: str = "pt"):
+        ids = list(self.prefix) + [3 + ord(c) % (self.vocab - 3) for c in text]
+        return SimpleNamespace(input_ids=torch.tensor([ids], dtype=torch.long))
+
+
+def tiny_llama(seed: int, *, vocab: int = VOCAB, hidden: int = 32, layers: int = 2) -> LlamaForCausalLM:
+    torch.manual_seed(seed)
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=hidden, intermediate_size=2 * hidden,
+                      num_hidden_layers=layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=1024, tie_word_embeddings=False)
+    model = LlamaForCausalLM(cfg).float().eval()
+    # Random init gives near-uniform logits; sharpen them so greedy ties cannot flip between a
+    # 1-token decode and a k-token verify (different fp32 summation order).
+    with torch.no_grad():
+        model.lm_head.weight.mul_(20.0)
+    return model
+
+
+def runner(model, *, prefix=(1,), eos_token_id: int | None = 2, name: str | None = None) -> TextRunner:
+    return TextRunner(model, CharTokenizer(prefix=prefix, eos_token_id=eos_token_id), name=name)
+
+
+def same_pair(seed: int = 0, eos_token_id: int | None = 2):
+    """Drafter == target: one model, one prompt."""
+    model = tiny_llama(seed)
+    return (runner(model, eos_token_id=eos_token_id, name="drafter"),
+            runner(model, eos_token_id=eos_token_id, name="target"))
+
+
+def random_pair(seed: int = 0, drafter_prefix=(1, 5, 6, 7), eos_token_id: int | None = 2):
+    """Independent random drafter and target with different prompt lengths."""
+    return (runner(tiny_llama(seed + 1000, layers=1), prefix=drafter_prefix, eos_token_id=eos_token_id,
+                   name="drafter"),
+            runner(tiny_llama(seed), eos_token_id=eos_token_id, name="target"))
