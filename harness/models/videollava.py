@@ -1,0 +1,95 @@
+"""Video-LLaVA (the target) through transformers' VideoLlavaForConditionalGeneration.
+
+Stage 3 does what VideoLlavaModel.get_video_features + forward do (8 frames through the video
+tower, hidden state of `vision_feature_layer` (-2) with the CLS token kept, i.e. the "full"
+strategy that the video path always uses, then multi_modal_projector, masked_scatter into the
+placeholder positions) but calls the submodules directly: get_video_features' signature and
+return type changed across transformers 5.x, the submodule names did not.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from harness.models.base import CausalLMRunner
+from harness.models.eventgpt import clip_pixels, tokens_per_image
+
+VIDEO_TOKEN = "<video>"
+N_FRAMES = 8
+# Weights the bitsandbytes quantizer leaves in the compute dtype (see harness.models.quant).
+SKIP_QUANT = ["model.video_tower", "model.image_tower", "model.multi_modal_projector", "lm_head"]
+
+
+def _vision_config(config):
+    return config.vision_config
+
+
+def visual_token_count(config, n_frames: int = N_FRAMES) -> int:
+    """n_frames x ((S/P)^2 + 1): 8 x 257 = 2056 for CLIP ViT-L/14 at 224 px."""
+    return n_frames * tokens_per_image(_vision_config(config))
+
+
+def video_token_id(config) -> int:
+    return int(getattr(config, "video_token_index", None) or config.video_token_id)
+
+
+def videollava_prompt(question: str) -> str:
+    return f"USER: {VIDEO_TOKEN}\n{question} ASSISTANT:"
+
+
+def expand_placeholder(ids: list[int], token_id: int, n: int) -> list[int]:
+    """The HF processor repeats '<video>' n times in the text; repeating the id is the same."""
+    if ids.count(token_id) != 1:
+        raise ValueError(f"expected one video token ({token_id}) in the tokenized prompt, found {ids.count(token_id)}")
+    i = ids.index(token_id)
+    return ids[:i] + [token_id] * n + ids[i + 1:]
+
+
+def legacy_key(key: str) -> str:
+    """Pre-5.x Video-LLaVA checkpoint layout (e.g. LanguageBind/Video-LLaVA-7B-hf) -> module names."""
+    if key.startswith("language_model.lm_head."):
+        return key[len("language_model."):]
+    if key.startswith("language_model.model."):
+        return "model.language_model." + key[len("language_model.model."):]
+    for head in ("video_tower.", "image_tower.", "multi_modal_projector."):
+        if key.startswith(head):
+            return "model." + key
+    return key
+
+
+class VideoLlavaRunner(CausalLMRunner):
+    role = "target"
+    modality = "video"
+    n_frames = N_FRAMES
+
+    @property
+    def n_visual_tokens(self) -> int:
+        return visual_token_count(self.config, self.n_frames)
+
+    def load_inputs(self, sample: Any) -> np.ndarray:
+        from harness.data import load_video_frames  # the data layer is optional for model-only use
+
+        return load_video_frames(sample, self.n_frames)
+
+    def preprocess(self, raw, question: str) -> dict[str, torch.Tensor]:
+        tower = self.model.model.video_tower
+        frames = clip_pixels(raw, _vision_config(self.config).image_size, device=self.device, dtype=tower.dtype)
+        ids = self.tokenizer(videollava_prompt(question)).input_ids
+        ids = expand_placeholder(ids, video_token_id(self.config), visual_token_count(self.config, len(frames)))
+        return {"input_ids": torch.tensor([ids], device=self.device), "pixel_values_videos": frames[None]}
+
+    @torch.inference_mode()
+    def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+        inner = self.model.model
+        videos = prepared["pixel_values_videos"]
+        out = inner.video_tower(videos.flatten(0, 1).to(inner.video_tower.dtype), output_hidden_states=True)
+        feats = out.hidden_states[self.config.vision_feature_layer]          # (T, P + 1, C): "full"
+        feats = inner.multi_modal_projector(feats)                           # (T, P + 1, D)
+        ids = prepared["input_ids"]
+        embeds = self.model.get_input_embeddings()(ids)
+        mask = (ids == video_token_id(self.config)).unsqueeze(-1)
+        if int(mask.sum()) != feats.shape[0] * feats.shape[1]:
+            raise ValueError(f"{int(mask.sum())} video placeholders for {feats.shape[0] * feats.shape[1]} features")
+        return embeds.masked_scatter(mask, feats.to(embeds.dtype))
