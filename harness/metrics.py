@@ -53,8 +53,7 @@ def hidden_tokens(decode_token_ms: Sequence[float], window_ms: float) -> int:
     if not window_ms > 0 or len(decode_token_ms) == 0:
         return 0
     cum = np.cumsum(np.asarray(decode_token_ms, dtype=float))
-    # Tiny tolerance so a window that equals a cumulative sum exactly is not lost to float rounding.
-    return int(np.searchsorted(cum, window_ms * (1 + 1e-12), side="right"))
+    return int(np.searchsorted(cum, window_ms, side="right"))
 
 
 def ttft_ms(stages_ms: dict, decode_token_ms: Sequence[float]) -> float:
@@ -130,6 +129,10 @@ def _check(r: dict, i: int) -> None:
             if absent:
                 raise DataError(f"record {i}: successful record lacks stage times {absent}",
                                 sample=sample)
+            times = [*r["stages_ms"].values(), *(r.get("decode_token_ms") or [])]
+            if any(not isinstance(t, (int, float)) or t < 0 or t != t for t in times):
+                raise DataError(f"record {i}: stage or token time is negative or not a number",
+                                sample=sample)
 
 
 def dedupe(records: Iterable[dict]) -> list[dict]:
@@ -175,7 +178,8 @@ def stage_frame(records: Iterable[dict]) -> pd.DataFrame:
         row["tpot_ms"] = tpot_ms(tok) if ok else math.nan
         row["decode_token_ms"] = tok
         rows.append(row)
-    return pd.DataFrame(rows, columns=STAGE_COLUMNS)
+    df = pd.DataFrame(rows, columns=STAGE_COLUMNS)
+    return df.astype({"ok": bool})  # an empty frame's object dtype would select columns, not rows
 
 
 def pair_frame(stages: pd.DataFrame) -> pd.DataFrame:

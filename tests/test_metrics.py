@@ -1,0 +1,213 @@
+"""Metric definitions against simple reference implementations and hand-built records."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from harness import metrics as M
+from harness.errors import DataError
+from record_factory import dataset_records, engine_record, stage_record
+
+SETTINGS = settings(max_examples=60, deadline=None)
+times = st.floats(0.0, 1e4, allow_nan=False, allow_infinity=False)
+stage_dicts = st.fixed_dictionaries({s: times for s in M.STAGES})
+
+
+def hidden_ref(token_ms, window):
+    if window <= 0:
+        return 0
+    n, acc = 0, 0.0
+    for t in token_ms:
+        acc += t
+        if acc > window:
+            break
+        n += 1
+    return n
+
+
+@SETTINGS
+@given(st.lists(st.floats(-1e6, 1e6, allow_nan=False), min_size=1, max_size=200))
+def test_summary_matches_numpy(values):
+    s = M.summarize(values)
+    v = np.asarray(values)
+    assert s["count"] == len(values)
+    assert s["mean"] == pytest.approx(v.mean(), rel=1e-9, abs=1e-6)
+    for p in M.PERCENTILES:
+        assert s[f"p{p}"] == pytest.approx(np.percentile(v, p), rel=1e-9, abs=1e-6)
+
+
+def test_summary_ignores_nan_and_handles_empty():
+    assert M.summarize([1.0, math.nan, 3.0])["count"] == 2
+    empty = M.summarize([])
+    assert empty["count"] == 0 and math.isnan(empty["p50"])
+
+
+@SETTINGS
+@given(stage_dicts, stage_dicts)
+def test_overlap_window_is_difference_of_stage_1_to_4_sums(d, t):
+    expect = sum(t[s] for s in M.STAGES[:4]) - sum(d[s] for s in M.STAGES[:4])
+    assert M.overlap_window(d, t) == pytest.approx(expect, abs=1e-6)
+    # decode must not enter the window
+    assert M.overlap_window({**d, "decode": d["decode"] + 7}, t) == M.overlap_window(d, t)
+
+
+@SETTINGS
+@given(st.lists(times, max_size=64), st.floats(-1e3, 2e5, allow_nan=False))
+def test_hidden_tokens_matches_loop_reference(token_ms, window):
+    assert M.hidden_tokens(token_ms, window) == hidden_ref(token_ms, window)
+
+
+@SETTINGS
+@given(st.lists(st.floats(0.01, 100), min_size=1, max_size=30), st.data())
+def test_hidden_tokens_window_on_exact_cumulative_sum(token_ms, data):
+    n = data.draw(st.integers(1, len(token_ms)))
+    window = float(np.cumsum(token_ms)[n - 1])
+    assert M.hidden_tokens(token_ms, window) >= n
+
+
+def test_hidden_tokens_edge_cases():
+    assert M.hidden_tokens([5.0, 5.0], 0.0) == 0
+    assert M.hidden_tokens([5.0, 5.0], -3.0) == 0
+    assert M.hidden_tokens([], 100.0) == 0
+    assert M.hidden_tokens([5.0, 5.0, 5.0], 10.0) == 2
+    assert M.hidden_tokens([5.0, 5.0, 5.0], 9.999) == 1
+    assert M.hidden_tokens([5.0, 5.0], 1e9) == 2
+
+
+def test_drafter_slower_than_target_hides_nothing():
+    fast = {s: 1.0 for s in M.STAGES}
+    slow = {s: 10.0 for s in M.STAGES}
+    recs = [stage_record("1s", "a", "drafter", stages_ms=slow, decode_token_ms=[0.1, 1.0]),
+            stage_record("1s", "a", "target", stages_ms=fast, decode_token_ms=[0.1, 1.0])]
+    pairs = M.compute_all(recs)["pairs"]
+    row = pairs.iloc[0]
+    assert row["window_ms"] == pytest.approx(4.0 - 40.0)
+    assert row["window_clipped_ms"] == 0.0
+    assert row["hidden_tokens"] == 0
+
+
+def test_pair_window_and_hidden_from_records():
+    d = {"load": 1.0, "preprocess": 2.0, "vision": 3.0, "prefill": 4.0, "decode": 30.0}
+    t = {"load": 10.0, "preprocess": 10.0, "vision": 10.0, "prefill": 10.0, "decode": 5.0}
+    recs = [stage_record("2s", "x", "drafter", stages_ms=d, decode_token_ms=[0.5, 10, 10, 10]),
+            stage_record("2s", "x", "target", stages_ms=t, decode_token_ms=[0.5, 4.5])]
+    row = M.compute_all(recs)["pairs"].iloc[0]
+    assert row["window_ms"] == pytest.approx(30.0)
+    assert row["hidden_tokens"] == 3                       # 0.5 + 10 + 10 = 20.5 <= 30 < 30.5
+    assert row["model_parallel_ms"] == pytest.approx(max(10, 40) + max(30 - 30, 5))
+    assert row["model_sequential_ms"] == pytest.approx(40 + 45)
+
+
+def test_ttft_and_tpot_definitions():
+    stages = {"load": 1.0, "preprocess": 2.0, "vision": 3.0, "prefill": 4.0, "decode": 21.0}
+    assert M.ttft_ms(stages, [0.5, 10.0, 12.0]) == pytest.approx(10.5)
+    assert M.tpot_ms([0.5, 10.0, 12.0]) == pytest.approx(11.0)
+    assert math.isnan(M.tpot_ms([0.5]))
+    assert math.isnan(M.ttft_ms(stages, []))
+
+
+def test_failed_records_are_counted_and_excluded():
+    recs = dataset_records(datasets=("1s",), n_samples=3,
+                           failures={("1s", 0): ("target", "prefill")})
+    t = M.compute_all(recs)
+    ds = t["datasets"].iloc[0]
+    assert (ds["samples"], ds["failed"], ds["paired"]) == (3, 1, 2)
+    ss = t["stage_summary"].set_index(["model", "stage"])
+    assert ss.loc[("target", "total"), "count"] == 2
+    assert ss.loc[("drafter", "total"), "count"] == 3
+    f = t["failures"].iloc[0]
+    assert (f["who"], f["stage"], f["count"]) == ("target", "prefill", 1)
+    ok_target = [r for r in recs if r["model"] == "target" and r["error"] is None]
+    expect = np.mean([sum(r["stages_ms"].values()) for r in ok_target])
+    assert ss.loc[("target", "total"), "mean"] == pytest.approx(expect)
+
+
+def test_speedups_are_ratios_of_means():
+    recs = dataset_records(datasets=("500ms", "4s"), n_samples=5, seed=3)
+    t = M.compute_all(recs)
+    for _, row in t["datasets"].iterrows():
+        mine = [r for r in recs if r["dataset"] == row["dataset"]]
+        tot = {m: np.mean([sum(r["stages_ms"].values()) for r in mine if r["model"] == m])
+               for m in M.MODELS}
+        pre = {m: np.mean([sum(r["stages_ms"][s] for s in M.STAGES[:4])
+                           for r in mine if r["model"] == m]) for m in M.MODELS}
+        llm = {m: np.mean([r["stages_ms"]["prefill"] for r in mine if r["model"] == m])
+               for m in M.MODELS}
+        assert row["speedup"] == pytest.approx(tot["target"] / tot["drafter"])
+        assert row["prefill_speedup"] == pytest.approx(pre["target"] / pre["drafter"])
+        assert row["llm_prefill_speedup"] == pytest.approx(llm["target"] / llm["drafter"])
+
+
+def test_stage_summary_percentiles_per_group():
+    recs = dataset_records(datasets=("1s", "2s"), n_samples=7, seed=5)
+    ss = M.compute_all(recs)["stage_summary"]
+    for (ds, model, stage), g in ss.set_index(["dataset", "model", "stage"]).iterrows():
+        if stage not in M.STAGES:
+            continue
+        v = [r["stages_ms"][stage] for r in recs if r["dataset"] == ds and r["model"] == model]
+        assert g["p90"] == pytest.approx(np.percentile(v, 90))
+        assert g["p99"] == pytest.approx(np.percentile(v, 99))
+        assert g["count"] == 7
+
+
+def test_engine_acceptance_definitions():
+    recs = [engine_record("1s", "a", "target_only", e2e_ms=300.0),
+            engine_record("1s", "b", "target_only", e2e_ms=500.0),
+            engine_record("1s", "a", "parallel", gamma=3, e2e_ms=200.0, verify_steps=4,
+                          accept_per_position=[[3, 4], [2, 4], [0, 4]]),
+            engine_record("1s", "b", "parallel", gamma=3, e2e_ms=300.0, verify_steps=2,
+                          accept_per_position=[[2, 2], [1, 2], [1, 2]]),
+            engine_record("1s", "a", "parallel", gamma=3, alpha=0.5, e2e_ms=250.0,
+                          verify_steps=1, accept_per_position=[[1, 1], [0, 1], [0, 1]])]
+    t = M.compute_all(recs)
+    e = t["engine"]
+    real = e[(e["dataset"] == "1s") & (e["mode"] == "parallel") & (e["alpha"] == "real")].iloc[0]
+    assert real["acceptance_rate"] == pytest.approx((5 + 4) / (12 + 6))
+    assert real["mean_acceptance_length"] == pytest.approx(1 + 9 / 6)
+    assert real["speedup_vs_target_only"] == pytest.approx(400.0 / 250.0)
+    assert real["measured_over_ideal"] == pytest.approx(
+        np.mean([200 * 0.8, 300 * 0.8]) / 250.0)          # factory: ideal = 0.8 * e2e
+    sim = e[(e["dataset"] == "1s") & (e["alpha"] == "0.5")].iloc[0]
+    assert sim["acceptance_rate"] == pytest.approx(1 / 3)
+    pos = t["engine_positions"]
+    rp = pos[pos["alpha"] == "real"].sort_values("position")["rate"].tolist()
+    assert rp == pytest.approx([5 / 6, 3 / 6, 1 / 6])
+    head = M.headline_acceptance(e, "1s")
+    assert head["acceptance_rate"] == pytest.approx(9 / 18)
+    assert M.headline_acceptance(e, "20s") is None
+
+
+def test_failed_engine_record_excluded():
+    recs = [engine_record("1s", "a", "target_only", e2e_ms=300.0),
+            engine_record("1s", "a", "parallel", e2e_ms=100.0,
+                          error={"stage": "verify", "type": "RuntimeError", "message": "x"}),
+            engine_record("1s", "b", "parallel", e2e_ms=200.0)]
+    t = M.compute_all(recs)
+    par = t["engine"][(t["engine"]["dataset"] == "1s") & (t["engine"]["mode"] == "parallel")]
+    assert par.iloc[0]["e2e_ms"] == 200.0 and par.iloc[0]["count"] == 1
+    assert t["failures"].iloc[0]["kind"] == "engine"
+
+
+def test_dedupe_keeps_last_and_rejects_bad_records():
+    a = stage_record("1s", "a", "drafter")
+    b = stage_record("1s", "a", "drafter", rng=np.random.default_rng(9))
+    assert M.dedupe([a, b]) == [b]
+    with pytest.raises(DataError, match="sample a"):
+        M.dedupe([{**a, "stages_ms": {"load": 1.0}}])
+    with pytest.raises(DataError, match="negative"):
+        M.dedupe([{**a, "decode_token_ms": [1.0, -2.0]}])
+    with pytest.raises(DataError):
+        M.dedupe([{"kind": "bogus", "sample_id": "q"}])
+
+
+def test_dataset_order_follows_duration():
+    assert M.sort_datasets(["20s", "500ms", "1s", "10s", "2s", "weird"]) == \
+        ["500ms", "1s", "2s", "10s", "20s", "weird"]
+
+
+def test_no_records_gives_empty_tables():
+    t = M.compute_all([])
+    assert t["datasets"].empty and t["engine"].empty and t["pairs"].empty
