@@ -1,0 +1,245 @@
+"""Plain functions behind the pytest plugin (harness/plugin.py keeps only hooks and fixtures)."""
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+from . import pipeline
+from .records import RecordWriter
+from .stages import STAGES, run_stage_pipeline, warm_up
+
+
+# -- measured times into pytest-benchmark ------------------------------------------------------------
+class MeasuredTimes:
+    """A pytest-benchmark timer that replays times already measured on the device.
+
+    pytest-benchmark reads `timer()` before and after each round; this returns a clock that advances
+    by exactly the next measured duration, so each round's stats hold that device time.
+    """
+
+    def __init__(self, seconds: list[float], source: str):
+        self._seconds = list(seconds)
+        self._now = 0.0
+        self._started = False
+        self.__name__ = f"ppbench.measured[{source}]"
+
+    def __call__(self) -> float:
+        if not self._started:
+            self._started = True
+            return self._now
+        self._started = False
+        self._now += self._seconds.pop(0)
+        return self._now
+
+    def __repr__(self) -> str:
+        return self.__name__
+
+
+def record_rounds(benchmark, seconds: list[float], source: str) -> None:
+    """One benchmark round per measured value (seconds). With --benchmark-disable this is a no-op
+    run; with an empty list it fails the test, since a benchmark with no data must not pass."""
+    if not seconds:
+        raise AssertionError("no successful measurement to record (every sample failed?)")
+    benchmark._timer = MeasuredTimes(seconds, source)  # pytest-benchmark has no public replay API
+    benchmark.pedantic(lambda: None, rounds=len(seconds), iterations=1, warmup_rounds=0)
+
+
+# -- machine info -------------------------------------------------------------------------------------
+def machine_info_extra() -> dict:
+    info = {"ppbench_versions": pipeline.versions()}
+    if torch.cuda.is_available():
+        i = torch.cuda.current_device()
+        props = torch.cuda.get_device_properties(i)
+        info["gpu"] = {"name": props.name, "count": torch.cuda.device_count(),
+                       "memory_bytes": int(props.total_memory),
+                       "capability": f"{props.major}.{props.minor}",
+                       "driver": _nvidia_driver(), "cuda": torch.version.cuda}
+    else:
+        info["gpu"] = None
+    return info
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        import subprocess
+
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
+    except Exception:
+        return None
+
+
+# -- the session -------------------------------------------------------------------------------------
+def _inject_delay(runners, spec: str | None) -> str | None:
+    """--ppbench-inject-delay STAGE:MS: wraps the runner method of STAGE with a real host sleep."""
+    if not spec:
+        return None
+    stage, ms = spec.split(":")
+    method = {"load": "load_inputs", "preprocess": "preprocess", "vision": "encode_vision",
+              "prefill": "prefill", "decode": "decode"}[stage]
+    delay = float(ms) / 1e3
+    for runner in runners:
+        inner = getattr(runner, method)
+
+        def slowed(*a, _inner=inner, **k):
+            time.sleep(delay)
+            return _inner(*a, **k)
+
+        setattr(runner, method, slowed)
+    return f"{stage}+{ms}ms"
+
+
+class BenchSession:
+    """Dataset + both models, loaded once; each duration measured once, on first use."""
+
+    def __init__(self, opts: SimpleNamespace):
+        from . import data
+
+        self.opts = opts
+        device = pipeline.resolve_device(opts.device)
+        quant, dtype = pipeline.resolve_precision(device, opts.quant, opts.dtype)
+        if opts.data_root:
+            self.root, source = Path(opts.data_root), f"user dataset at {opts.data_root}"
+        else:
+            from fixtures.synthetic_dsec import ensure_default_dataset
+
+            self.root, source = ensure_default_dataset(progress=False), \
+                "embedded synthetic DSEC-format dataset (generated, seed 0)"
+        self.durations = opts.durations
+        self.samples = {d: data.load_samples(self.root, d, limit=opts.samples) for d in self.durations}
+
+        from .models.profiles import load_pair
+
+        self.drafter, self.target = load_pair(opts.profile, device=device, quant=quant, dtype=dtype,
+                                              drafter_path=opts.drafter_path,
+                                              target_path=opts.target_path,
+                                              drafter_device=opts.drafter_device)
+        injected = _inject_delay([self.drafter, self.target], opts.inject_delay)
+        self.meta = {
+            "profile": opts.profile, "profile_label": pipeline.PROFILE_LABELS[opts.profile],
+            "device": pipeline.device_name(device), "dtype": str(dtype).replace("torch.", ""),
+            "quant": quant, "data_source": source, "data_root": str(self.root),
+            "versions": pipeline.versions(), "commit": pipeline.git_commit(),
+            "samples_per_duration": opts.samples, "max_new_tokens": opts.max_new_tokens,
+            "memory_bytes": {"drafter": self.drafter.memory_footprint(),
+                             "target": self.target.memory_footprint()},
+            "injected_delay": injected, "run_id": time.strftime("pytest-%Y%m%d-%H%M%S"),
+            "command": "pytest (ppbench plugin)",
+        }
+        self.record_meta = {"run_id": self.meta["run_id"], "profile": opts.profile,
+                            "device": self.meta["device"], "dtype": self.meta["dtype"], "quant": quant}
+        self.out = Path(opts.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.records: list[dict] = []
+        self._writer = RecordWriter(self.out / f"records-{self.meta['run_id']}.jsonl")
+        self._stages: dict[str, list[dict]] = {}
+        self._engine: dict[str, list[dict]] = {}
+        self._warm = False
+
+    @classmethod
+    def from_config(cls, config) -> "BenchSession":
+        g = config.getoption
+        durations = g("--ppbench-durations")
+        opts = SimpleNamespace(
+            profile=g("--ppbench-profile"), drafter_path=g("--ppbench-drafter-path"),
+            target_path=g("--ppbench-target-path"), data_root=g("--ppbench-data-root"),
+            device=g("--ppbench-device"), drafter_device=g("--ppbench-drafter-device"),
+            quant=g("--ppbench-quant"), dtype=g("--ppbench-dtype"), samples=g("--ppbench-samples"),
+            durations=durations.split(",") if durations else list(pipeline.DEFAULT_DURATIONS),
+            max_new_tokens=g("--ppbench-max-new-tokens"),
+            out=g("--ppbench-out") or os.path.join(".benchmarks", "ppbench-report"),
+            inject_delay=g("--ppbench-inject-delay"))
+        return cls(opts)
+
+    def _append(self, record: dict) -> None:
+        self.records.append(record)
+        self._writer.write(record)
+
+    def _warm_up(self) -> None:
+        if not self._warm:
+            first = next(s for d in self.durations for s in self.samples[d])
+            warm_up([self.drafter, self.target], first)
+            self._warm = True
+
+    def stages(self, duration: str) -> list[dict]:
+        if duration not in self._stages:
+            self._warm_up()
+            sink = SimpleNamespace(write=self._append)
+            before = len(self.records)
+            run_stage_pipeline([self.drafter, self.target], self.samples[duration], sink,
+                               max_new_tokens=self.opts.max_new_tokens, meta=self.record_meta)
+            self._stages[duration] = self.records[before:]
+        return self._stages[duration]
+
+    def engine(self, duration: str) -> list[dict]:
+        if duration not in self._engine:
+            from .engine_suite import engine_records_for
+
+            self._warm_up()
+            before = len(self.records)
+            for record in engine_records_for(self.drafter, self.target, self.samples[duration],
+                                             max_new_tokens=self.opts.max_new_tokens,
+                                             meta=self.record_meta):
+                self._append(record)
+            self._engine[duration] = self.records[before:]
+        return self._engine[duration]
+
+    def close(self) -> None:
+        self._writer.close()
+
+
+def stage_seconds(records: list[dict], model: str, stage: str) -> tuple[list[float], list[str]]:
+    ok = [r for r in records if r["model"] == model and not r.get("error")]
+    return [r["stages_ms"][stage] / 1e3 for r in ok], [r["sample_id"] for r in ok]
+
+
+def load_session_bounds(config, bench: BenchSession):
+    from . import bounds
+
+    path = config.getoption("--ppbench-bounds")
+    if path:
+        return bounds.load_bounds_file(path)
+    return bounds.load_bounds(bench.opts.profile, bounds.device_class())
+
+
+def finish_session(session) -> None:
+    """Writes the summary report from this session's measurements, then runs the gate if asked."""
+    config = session.config
+    bench = getattr(config, "_ppbench_session", None)
+    if bench is not None and bench.records:
+        from .report import write_report
+
+        path = write_report(bench.records, bench.out, bench.meta)
+        (bench.out / "meta.json").write_text(json.dumps(bench.meta, indent=2))
+        _terminal(config, f"ppbench report: {path}")
+    base = config.getoption("--ppbench-gate")
+    saved = getattr(config, "_ppbench_saved_json", None)
+    if base:
+        if saved is None:
+            _terminal(config, "ppbench gate: no benchmark JSON from this session "
+                              "(run with --benchmark-autosave or --benchmark-json)")
+            session.exitstatus = 1
+            return
+        from .compare import main_compare
+
+        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
+            json.dump(saved, fh)
+        code = main_compare([base, fh.name])
+        if code != 0:
+            _terminal(config, f"ppbench gate: exit {code} against {base}")
+            session.exitstatus = code
+
+
+def _terminal(config, line: str) -> None:
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if tr is not None:
+        tr.write_line(line)
+    else:
+        print(line)

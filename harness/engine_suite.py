@@ -1,0 +1,150 @@
+"""Which engine runs a sample gets, and how they become records: shared by `ppbench run` and the
+pytest benchmarks so both measure the same configurations.
+
+Per sample, in this order (same inputs for all):
+  target_only  - the baseline; its output is the reference every other mode must reproduce
+  sequential   - drafter stages 1-5, then target stages 1-5
+  parallel     - parallel prefill + speculative decoding, real drafter tokens, for each gamma
+  parallel     - the same with simulated acceptance alpha (labelled), for each alpha x gamma
+  assisted     - transformers' assisted generation, or a record saying why it cannot run
+"""
+from __future__ import annotations
+
+from typing import Iterable, Iterator
+
+from . import engine
+from .stages import free_memory
+
+
+def _safe(mode: str, fn, **fields) -> engine.EngineResult:
+    try:
+        return fn()
+    except Exception as exc:  # recorded; the run goes on with the next configuration
+        return engine.error_result(mode, mode, exc, **fields)
+
+
+def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=("adaptive",),
+                   alphas=(), assisted: bool = True, stop_at_eos: bool = False,
+                   skip=lambda mode, gamma, alpha: False) -> Iterator[engine.EngineResult]:
+    kw = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
+    ref = _safe("target_only", lambda: engine.target_only(target, sample, **kw))
+    if not skip("target_only", 0, None):
+        yield ref
+    reference = ref.output_tokens if not ref.error else None
+
+    def finish(res):
+        if res.error:
+            free_memory(target.device)
+        elif reference is not None and res.token_match_rate is None:
+            res.token_match_rate = engine.token_match_rate(res.output_tokens, reference)
+        return res
+
+    if not skip("sequential", 0, None):
+        yield finish(_safe("sequential", lambda: engine.sequential(drafter, target, sample, **kw)))
+    for alpha in (None, *alphas):
+        if alpha is not None and reference is None:
+            continue  # simulated acceptance needs the target's reference output
+        for gamma in gammas:
+            if skip("parallel", gamma, alpha):
+                continue
+            yield finish(_safe("parallel", lambda: engine.parallel_prefill_decode(
+                drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference, **kw),
+                gamma=gamma, alpha_simulated=alpha))
+    if assisted and not skip("assisted", gammas[0], None):
+        yield finish(_safe("assisted", lambda: engine.assisted_generation(
+            drafter, target, sample, gamma=gammas[0], **kw), gamma=gammas[0]))
+
+
+def parse_gammas(text: str) -> tuple:
+    return tuple(g if g == "adaptive" else int(g) for g in (x.strip() for x in text.split(",")) if g)
+
+
+def parse_alphas(text: str) -> tuple:
+    return tuple(float(a) for a in (x.strip() for x in text.split(",")) if a)
+
+
+def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: int = 50,
+                       gammas=("adaptive",), alphas=(), assisted: bool = False,
+                       stop_at_eos: bool = False, meta: dict, done: set | None = None) -> Iterator[dict]:
+    from .records import record_key
+
+    for sample in samples:
+        base = dict(meta, dataset=sample.dataset, sample_id=sample.id)
+
+        def skip(mode, gamma, alpha):
+            key = ("engine", sample.dataset, sample.id, mode, str(gamma), alpha)
+            return done is not None and key in done
+
+        for res in engine_results(drafter, target, sample, max_new_tokens=max_new_tokens,
+                                  gammas=gammas, alphas=alphas, assisted=assisted,
+                                  stop_at_eos=stop_at_eos, skip=skip):
+            rec = engine.to_record(res, **base)
+            assert record_key(rec)[0] == "engine"
+            yield rec
+
+
+def run_engine_suite(drafter, target, samples, writer, *, done, args, meta, progress=True) -> int:
+    from tqdm import tqdm
+
+    samples = list(samples)
+    n = 0
+    bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
+    for sample in samples:
+        for rec in engine_records_for(drafter, target, [sample], max_new_tokens=args.max_new_tokens,
+                                      gammas=parse_gammas(args.gammas), alphas=parse_alphas(args.alphas),
+                                      assisted=args.assisted == "on", stop_at_eos=args.stop_at_eos,
+                                      meta=meta, done=done):
+            writer.write(rec)
+            n += 1
+        bar.update(1)
+    bar.close()
+    return n
+
+
+# -- what the benchmarks assert --------------------------------------------------------------------
+def summarize_engine(engine_records: list[dict], stage_records: list[dict]) -> dict:
+    """Per-duration numbers for a benchmark's extra_info and its bounds (medians over samples)."""
+    import statistics as st
+
+    def med(xs):
+        xs = [x for x in xs if x is not None]
+        return st.median(xs) if xs else None
+
+    by = {}
+    for r in engine_records:
+        if not r.get("error"):
+            by.setdefault(r["mode"], {})[r["sample_id"]] = r
+    par, ref = by.get("parallel", {}), by.get("target_only", {})
+    common = sorted(par.keys() & ref.keys())
+    drafted = sum(par[s]["drafted"] for s in par)
+    accepted = sum(par[s]["accepted"] for s in par)
+    d_pre = {r["sample_id"]: sum(r["stages_ms"][k] for k in ("load", "preprocess", "vision", "prefill"))
+             for r in stage_records if r["model"] == "drafter" and not r.get("error")}
+    t_pre = {r["sample_id"]: sum(r["stages_ms"][k] for k in ("load", "preprocess", "vision", "prefill"))
+             for r in stage_records if r["model"] == "target" and not r.get("error")}
+    both = sorted(d_pre.keys() & t_pre.keys())
+    return {
+        "samples": common,
+        "overall_speedup": med([ref[s]["e2e_ms"] / par[s]["e2e_ms"] for s in common]),
+        "drafter_prefill_speedup": med([t_pre[s] / d_pre[s] for s in both if d_pre[s] > 0]),
+        "acceptance_rate": accepted / drafted if drafted else None,
+        "drafted": drafted, "accepted": accepted,
+        "hidden_tokens": med([par[s]["hidden_drafted"] for s in par]),
+        "hidden_accepted": med([par[s]["hidden_accepted"] for s in par]),
+        "window_ms": med([par[s]["window_ms"] for s in par]),
+        "engine_efficiency": med([par[s]["ideal_e2e_ms"] / par[s]["e2e_ms"] for s in par
+                                  if par[s].get("ideal_e2e_ms")]),
+        "token_match_rate": med([par[s]["token_match_rate"] for s in par]),
+        "e2e_ms_parallel": med([par[s]["e2e_ms"] for s in par]),
+        "e2e_ms_target_only": med([ref[s]["e2e_ms"] for s in ref]),
+    }
+
+
+def check_engine_bounds(bounds: dict, summary: dict, duration: str) -> None:
+    """Asserts every bound the bounds file names that this summary measured."""
+    from .bounds import check_bound
+
+    for name in bounds.get("bounds", {}):
+        value = summary.get(name)
+        if value is not None:
+            check_bound(bounds, name, value, samples=summary["samples"], duration=duration)
