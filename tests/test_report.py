@@ -1,0 +1,187 @@
+"""write_report end to end on synthetic records: the results table must agree with samples.csv,
+samples.csv with the raw records, and acceptance must be measured or say it is not."""
+from __future__ import annotations
+
+import json
+import re
+
+import matplotlib.image as mpimg
+import numpy as np
+import pandas as pd
+import pytest
+
+from harness.report import write_report
+from record_factory import dataset_records, engine_records
+
+DATASETS = ("500ms", "2s", "8s")
+FAIL = {("2s", 1): ("target", "vision")}
+META = {"profile": "tiny", "device": "cpu", "dtype": "float32", "quantization": "none",
+        "versions": {"torch": "x", "transformers": "y"}, "run_id": "t1", "warmup": 1}
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def stage_recs():
+    return dataset_records(DATASETS, n_samples=5, seed=11, failures=FAIL)
+
+
+@pytest.fixture(scope="module")
+def eng_recs():
+    return engine_records(DATASETS, n_samples=3, alphas=(None, 0.6), gammas=(2, 4))
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory, stage_recs):
+    out = tmp_path_factory.mktemp("plain")
+    return write_report(stage_recs, out, META)
+
+
+@pytest.fixture(scope="module")
+def with_engine(tmp_path_factory, stage_recs, eng_recs):
+    out = tmp_path_factory.mktemp("engine")
+    return write_report(stage_recs + eng_recs, out, META)
+
+
+def md_table_after(text: str, heading: str) -> pd.DataFrame:
+    body = text.split(heading, 1)[1]
+    lines = [ln for ln in body.splitlines() if ln.startswith("|")]
+    block = []
+    for ln in body.splitlines()[body.splitlines().index(lines[0]):]:
+        if not ln.startswith("|"):
+            break
+        block.append([c.strip() for c in ln.strip("|").split("|")])
+    return pd.DataFrame(block[2:], columns=block[0])
+
+
+def number(cell: str) -> float:
+    return float(re.sub(r"[^0-9.\-]", "", cell.split("(")[0]))
+
+
+def test_results_table_matches_samples_csv(plain):
+    table = md_table_after(plain.read_text(), "## Results summary")
+    csv = pd.read_csv(plain.parent / "samples.csv")
+    assert list(table["Dataset"]) == list(DATASETS)
+    for _, row in table.iterrows():
+        s = csv[csv["dataset"] == row["Dataset"]]
+        timed = s[s["paired"]]
+        d = timed[timed["model"] == "drafter"]
+        t = timed[timed["model"] == "target"]
+        assert int(row["Samples"]) == s["sample_id"].nunique()
+        assert int(row["Failed"]) == s.loc[~s["ok"], "sample_id"].nunique()
+        assert int(row["Timed"]) == len(d) == len(t)
+        assert number(row["EventGPT ms"]) == pytest.approx(d["total_ms"].mean(), abs=0.051)
+        assert number(row["Video-LLaVA ms"]) == pytest.approx(t["total_ms"].mean(), abs=0.051)
+        assert number(row["Speedup"]) == pytest.approx(
+            t["total_ms"].mean() / d["total_ms"].mean(), abs=0.0051)
+        assert number(row["Overlap window"]) == pytest.approx(d["window_ms"].mean(), abs=0.051)
+        assert number(row["Hidden tokens"]) == pytest.approx(d["hidden_tokens"].mean(), abs=0.051)
+        assert row["Acceptance"] == "not measured"
+
+
+def test_samples_csv_matches_raw_records(plain, stage_recs):
+    csv = pd.read_csv(plain.parent / "samples.csv").set_index(["sample_id", "model"])
+    assert len(csv) == len(stage_recs)
+    by = {(r["sample_id"], r["model"]): r for r in stage_recs}
+    for sid in {r["sample_id"] for r in stage_recs}:
+        d, t = by[(sid, "drafter")], by[(sid, "target")]
+        if d["error"] or t["error"]:
+            assert not csv.loc[(sid, "drafter"), "paired"]
+            continue
+        pre = {m: sum(r["stages_ms"][s] for s in ("load", "preprocess", "vision", "prefill"))
+               for m, r in (("d", d), ("t", t))}
+        window = pre["t"] - pre["d"]
+        cum, hidden = 0.0, 0
+        for x in d["decode_token_ms"]:
+            cum += x
+            if window <= 0 or cum > window:
+                break
+            hidden += 1
+        row = csv.loc[(sid, "drafter")]
+        assert row["total_ms"] == pytest.approx(sum(d["stages_ms"].values()))
+        assert row["window_ms"] == pytest.approx(window)
+        assert row["hidden_tokens"] == hidden
+
+
+def test_failed_record_counted_and_excluded(plain, stage_recs):
+    csv = pd.read_csv(plain.parent / "samples.csv")
+    bad = csv[(csv["sample_id"] == "2s-1") & (csv["model"] == "target")].iloc[0]
+    assert not bad["ok"] and bad["error_stage"] == "vision" and np.isnan(bad["total_ms"])
+    res = json.loads((plain.parent / "results.json").read_text())
+    tot = [r for r in res["stage_summary"]
+           if r["dataset"] == "2s" and r["model"] == "target" and r["stage"] == "total"][0]
+    ok = [sum(r["stages_ms"].values()) for r in stage_recs
+          if r["dataset"] == "2s" and r["model"] == "target" and r["error"] is None]
+    assert tot["count"] == len(ok) == 4
+    assert tot["mean"] == pytest.approx(np.mean(ok))
+    text = plain.read_text()
+    assert "| 2s | stages | Video-LLaVA | vision | RuntimeError | 1 |" in text
+
+
+def test_plots_are_valid_pngs(plain, with_engine):
+    for path, names in ((plain, ["stage_bars", "latency_vs_duration", "hidden_vs_duration"]),
+                        (with_engine, ["stage_bars", "latency_vs_duration",
+                                       "hidden_vs_duration", "speedup_vs_alpha", "timeline"])):
+        for n in names:
+            png = path.parent / f"{n}.png"
+            assert png.read_bytes()[:8] == PNG_MAGIC
+            img = mpimg.imread(png)
+            assert img.ndim == 3 and img.shape[0] > 100 and img.shape[1] > 100
+            assert f"]({n}.png)" in path.read_text()
+    assert not (plain.parent / "speedup_vs_alpha.png").exists()
+
+
+def test_acceptance_appears_with_engine_records(with_engine, eng_recs):
+    text = with_engine.read_text()
+    table = md_table_after(text, "## Results summary")
+    for _, row in table.iterrows():
+        real = [r for r in eng_recs if r["dataset"] == row["Dataset"]
+                and r["mode"] == "parallel" and r["alpha_simulated"] is None]
+        rate = sum(r["accepted"] for r in real) / sum(r["drafted"] for r in real)
+        assert row["Acceptance"] != "not measured"
+        assert number(row["Acceptance"]) == pytest.approx(100 * rate, abs=0.051)
+    assert "Acceptance rate:** not measured" not in text
+    res = json.loads((with_engine.parent / "results.json").read_text())
+    assert res["engine"] and res["engine_positions"]
+
+
+def test_not_measured_without_engine_records(plain):
+    text = plain.read_text()
+    assert "Acceptance rate:** not measured" in text
+    assert "Not measured: this run has no engine records" in text
+    assert "simulated α=" not in text
+
+
+def test_simulated_alpha_is_labelled(with_engine):
+    text = with_engine.read_text()
+    spec = md_table_after(text, "### Measured speculative decoding")
+    sim = spec[spec["Drafter"] != "real drafter"]
+    assert len(sim) and sim["Drafter"].str.startswith("simulated α=").all()
+    assert "simulated α" in text.split("## Executive summary")[0]   # banner
+
+
+def test_banner_and_meta(plain, tmp_path, stage_recs):
+    text = plain.read_text()
+    assert text.splitlines()[2].startswith("> **Numbers from: tiny on cpu; random-weight models")
+    assert "- **Versions:** torch x, transformers y" in text
+    real = write_report(stage_recs, tmp_path, {**META, "profile": "real"}).read_text()
+    assert "Numbers from: real on cpu" in real and "random-weight" not in real.split("\n\n")[1]
+    assert "nan" not in text.lower().replace("nanosecond", "")
+
+
+def test_findings_cite_computed_numbers(plain):
+    res = json.loads((plain.parent / "results.json").read_text())
+    assert res["findings"]
+    for f in res["findings"]:
+        assert re.search(r"\d", f), f
+    ds = {r["dataset"]: r for r in res["datasets"]}
+    sp = [ds[d]["speedup"] for d in DATASETS]
+    assert f"speedup {min(sp):.2f}x to {max(sp):.2f}x" in plain.read_text()
+
+
+def test_report_with_only_engine_records(tmp_path, eng_recs):
+    text = write_report(eng_recs, tmp_path, META).read_text()
+    real = [r for r in eng_recs if r["mode"] == "parallel" and r["alpha_simulated"] is None]
+    rate = sum(r["accepted"] for r in real) / sum(r["drafted"] for r in real)
+    assert f"{100 * rate:.1f}%" in text.split("## Results summary")[0]
+    assert "### Measured speculative decoding" in text
+    assert (tmp_path / "samples.csv").exists() and (tmp_path / "timeline.png").exists()
