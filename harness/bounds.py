@@ -241,10 +241,12 @@ def _apply_margin(value: float, m: dict) -> dict:
     if "hi" in m:
         lo, hi = min(lo, m["hi"]), min(hi, m["hi"])
     out = {}
+    # Rounded for a readable file, but never past the measured value: a derived bound must pass
+    # the very run it was derived from.
     if side in ("min", "both"):
-        out["min"] = round(lo, 6)
+        out["min"] = min(round(lo, 6), value)
     if side in ("max", "both"):
-        out["max"] = round(hi, 6)
+        out["max"] = max(round(hi, 6), value)
     return out
 
 

@@ -11,8 +11,8 @@ Per benchmark present in both runs:
   ratio   = median(NEW rounds) / median(BASE rounds)
   p-value = two-sided Mann-Whitney U on the raw rounds
   CI      = seeded percentile bootstrap of the median ratio, level 1 - alpha
-  verdict = regressed  if ratio > 1 + threshold and p < alpha and CI low  > 1
-            improved   if ratio < 1 - threshold and p < alpha and CI high < 1
+  verdict = regressed  if ratio > 1 + threshold     and p < alpha and CI low  > 1
+            improved   if ratio < 1 / (1 + threshold) and p < alpha and CI high < 1
             unchanged  otherwise;  insufficient data below 3 rounds.
 A change must be both big (threshold) and real (p, CI): noise alone rarely clears both, and a
 significant-but-tiny shift is not worth failing a nightly run for.
@@ -22,9 +22,10 @@ summary stats (Welch t-test on mean/stddev, normal-approximation CI) and says so
 normal rounds, which timing data rarely is, so it is weaker.
 
 `extra_info` numbers are compared too, with a direction: higher-is-better keys (acceptance_rate,
-hidden_tokens, speedup*, ...) regress when they drop, lower-is-better keys (memory, *_ms) when they
-rise; keys of unknown direction are shown as "info" and never gate. A scalar is compared by
-threshold alone; a list of per-sample values gets the same test as timing rounds.
+hidden_tokens, speedup*, ...) regress when they drop (BASE / NEW > 1 + threshold, the same
+log-symmetric rule), lower-is-better keys (memory, *_ms) when they rise; keys of unknown direction
+are shown as "info" and never gate. A scalar is compared by threshold alone; a list of per-sample
+values gets the same test as timing rounds.
 
 Exit status: 1 on any regression, 0 otherwise, 2 on usage errors and machine mismatches.
 """
@@ -237,36 +238,39 @@ def direction(name: str, higher: list | None = None, lower: list | None = None) 
     return None
 
 
-def _seed(name: str, seed: int) -> int:
-    # Stable per benchmark, so a result does not depend on which other benchmarks ran.
-    return zlib.crc32(name.encode()) ^ seed
-
-
 def _ratio(base: float, new: float) -> float:
     if base == 0:
         return 1.0 if new == 0 else math.copysign(math.inf, new)
     return new / base
 
 
+def _resampled_medians(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
+    # The stream is keyed by the data itself, so a run's resamples do not depend on whether it is
+    # BASE or NEW: comparing B to A mirrors A to B exactly.
+    rng = np.random.default_rng([seed, zlib.crc32(x.tobytes())])
+    return np.median(x[rng.integers(0, x.size, (n_boot, x.size))], axis=1)
+
+
 def bootstrap_median_ratio_ci(base, new, *, level: float = 0.99, n_boot: int = N_BOOT,
                               seed: int = 0) -> tuple[float, float]:
     """Percentile bootstrap CI of median(new) / median(base), resampling each side independently."""
     base, new = np.asarray(base, float), np.asarray(new, float)
-    rng = np.random.default_rng(seed)
-    mb = np.median(base[rng.integers(0, base.size, (n_boot, base.size))], axis=1)
-    mn = np.median(new[rng.integers(0, new.size, (n_boot, new.size))], axis=1)
+    mb, mn = _resampled_medians(base, n_boot, seed), _resampled_medians(new, n_boot, seed)
     with np.errstate(divide="ignore", invalid="ignore"):
         ratios = np.where(mb == 0, np.where(mn == 0, 1.0, np.inf), mn / np.where(mb == 0, 1, mb))
     tail = (1 - level) / 2 * 100
-    lo, hi = np.percentile(ratios, [tail, 100 - tail])
+    # nearest rank keeps the CI of 1/ratio exactly the inverse of this one (no interpolation)
+    lo, hi = np.percentile(ratios, [tail, 100 - tail], method="nearest")
     return float(lo), float(hi)
 
 
 def _verdict(ratio, p, ci, threshold, alpha, better: str | None) -> str:
-    """Moves up or down count only when big enough and, if tested, significant."""
+    """Moves up or down count only when big enough and, if tested, significant. The threshold is
+    symmetric in log space (asv's rule): down means ratio < 1 / (1 + threshold), so swapping BASE
+    and NEW turns "regressed" into "improved" exactly."""
     tested = p is not None
     up = ratio > 1 + threshold and (not tested or (p < alpha and ci[0] > 1))
-    down = ratio < 1 - threshold and (not tested or (p < alpha and ci[1] < 1))
+    down = ratio * (1 + threshold) < 1 and (not tested or (p < alpha and ci[1] < 1))
     if better is None:
         return "info"
     if up:
@@ -294,7 +298,7 @@ def compare_samples(name, base, new, *, threshold=DEFAULT_THRESHOLD, alpha=DEFAU
     row.ratio = _ratio(row.base, row.new)
     p = sps.mannwhitneyu(new, base, alternative="two-sided").pvalue
     row.p_value = 1.0 if not np.isfinite(p) else float(p)   # all-tied samples give nan
-    row.ci = bootstrap_median_ratio_ci(base, new, level=1 - alpha, seed=_seed(name, seed))
+    row.ci = bootstrap_median_ratio_ci(base, new, level=1 - alpha, seed=seed)
     row.verdict = _verdict(row.ratio, row.p_value, row.ci, threshold, alpha, better)
     return row
 
