@@ -50,23 +50,26 @@ class EventReader:
         except OSError as e:  # truncated / not HDF5 / missing filter
             raise self._error(f"cannot open events file as HDF5: {e}") from e
         try:
-            missing = [name for name in _DATASETS if name not in self._f]
-            if missing:
-                raise self._error(f"not DSEC layout, missing datasets {missing}")
-            self._x, self._y = self._f["events/x"], self._f["events/y"]
-            self._t, self._p = self._f["events/t"], self._f["events/p"]
-            self._ms_to_idx = self._f["ms_to_idx"]
-            lengths = {len(d) for d in (self._x, self._y, self._t, self._p)}
-            if len(lengths) != 1:
-                raise self._error(f"events/x,y,t,p lengths differ: {sorted(lengths)}")
-            self.n_events = lengths.pop()
-            if self.n_events == 0:
-                raise self._error("events file holds no events")
-            self.t_offset = int(self._read(lambda: self._f["t_offset"][()]))
-            self.t_last = int(self._read(lambda: self._t[-1]))  # relative µs of the last event
+            self._open_datasets()
         except BaseException:
             self._f.close()
             raise
+
+    def _open_datasets(self) -> None:
+        # Corrupt object headers surface as KeyError/OSError here, not at h5py.File().
+        missing = self._read(lambda: [name for name in _DATASETS if name not in self._f])
+        if missing:
+            raise self._error(f"not DSEC layout, missing datasets {missing}")
+        self._x, self._y, self._t, self._p, self._ms_to_idx, t_offset = self._read(
+            lambda: [self._f[name] for name in _DATASETS])
+        lengths = {len(d) for d in (self._x, self._y, self._t, self._p)}
+        if len(lengths) != 1:
+            raise self._error(f"events/x,y,t,p lengths differ: {sorted(lengths)}")
+        self.n_events = lengths.pop()
+        if self.n_events == 0:
+            raise self._error("events file holds no events")
+        self.t_offset = int(self._read(lambda: t_offset[()]))
+        self.t_last = int(self._read(lambda: self._t[-1]))  # relative µs of the last event
 
     def _error(self, message: str, cls: type[DataError] = DataError) -> DataError:
         return cls(message, path=self.path, sample=self.sample)
@@ -75,7 +78,7 @@ class EventReader:
         # A truncated or corrupt file often opens fine and only fails when a chunk is read.
         try:
             return fn()
-        except (OSError, ValueError, KeyError) as e:
+        except (OSError, ValueError, KeyError, RuntimeError, TypeError) as e:
             raise self._error(f"cannot read events file: {e}") from e
 
     def close(self) -> None:
@@ -98,9 +101,8 @@ class EventReader:
             raise self._error(f"corrupt ms_to_idx: [{lo}, {hi}) for {self.n_events} events")
         return lo, hi
 
-    def slice(self, t_start: int, t_end: int, *, relative: bool = True,
-              allow_empty: bool = False) -> Events:
-        """Events with t_start <= t < t_end (µs; relative to t_offset unless relative=False)."""
+    def check_window(self, t_start: int, t_end: int, *, relative: bool = True) -> tuple[int, int]:
+        """The window as relative µs; DataError unless it is non-empty and inside [0, t_last]."""
         if not relative:
             t_start, t_end = t_start - self.t_offset, t_end - self.t_offset
         t_start, t_end = int(t_start), int(t_end)
@@ -109,6 +111,12 @@ class EventReader:
         if t_start < 0 or t_end > self.t_last + 1:
             raise self._error(f"window [{t_start}, {t_end}) µs (relative) outside the recording "
                               f"[0, {self.t_last + 1})")
+        return t_start, t_end
+
+    def slice(self, t_start: int, t_end: int, *, relative: bool = True,
+              allow_empty: bool = False) -> Events:
+        """Events with t_start <= t < t_end (µs; relative to t_offset unless relative=False)."""
+        t_start, t_end = self.check_window(t_start, t_end, relative=relative)
         lo, hi = self._index_bounds(t_start, t_end)
         t = self._read(lambda: self._t[lo:hi])
         if np.any(np.diff(t) < 0):
