@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
@@ -54,3 +55,13 @@ def random_pair(seed: int = 0, drafter_prefix=(1, 5, 6, 7), eos_token_id: int | 
     return (runner(tiny_llama(seed + 1000, layers=1), prefix=drafter_prefix, eos_token_id=eos_token_id,
                    name="drafter"),
             runner(tiny_llama(seed), eos_token_id=eos_token_id, name="target"))
+
+
+@pytest.fixture(autouse=False)
+def one_thread():
+    """Tiny models run several times faster on one intra-op thread (and the two pipelines already
+    take a core each)."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(saved)

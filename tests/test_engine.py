@@ -1,0 +1,288 @@
+"""Engine unit tests on tiny random Llama pairs (CPU, fp32)."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+
+from harness import engine as E
+from harness.errors import DataError
+from harness.models.base import CausalLMRunner
+
+from engine_testers import one_thread, random_pair, runner, same_pair, tiny_llama
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+PROMPT = "what is moving in front of the car?"
+
+
+@pytest.fixture(scope="module")
+def same():
+    return same_pair(0, eos_token_id=None)
+
+
+@pytest.fixture(scope="module")
+def rand():
+    return random_pair(0, eos_token_id=None)
+
+
+def _greedy(target, n, prompt=PROMPT):
+    return E.target_only(target, prompt, max_new_tokens=n).output_tokens
+
+
+# -- end-to-end behaviour -------------------------------------------------------------------------
+@pytest.mark.parametrize("gamma", [1, 4, "adaptive"])
+def test_identical_drafter_accepts_everything(same, gamma):
+    drafter, target = same
+    ref = _greedy(target, 40)
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=40, gamma=gamma)
+    assert res.output_tokens == ref
+    assert res.accepted == res.drafted > 0
+    assert res.hidden_accepted == res.hidden_drafted >= 1
+    assert res.acceptance_rate == 1.0
+    assert res.mean_acceptance_length == 1 + res.accepted / res.verify_steps
+
+
+def test_random_drafter_is_rejected_but_output_is_lossless(rand):
+    drafter, target = rand
+    ref = _greedy(target, 40)
+    assert ref != _greedy(drafter, 40)
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=40, gamma=3)
+    assert res.output_tokens == ref
+    assert res.drafted >= 3 * 10
+    assert res.acceptance_rate < 0.2
+    assert res.token_match_rate is None
+
+
+def test_prompt_lengths_are_tracked_per_model(rand):
+    drafter, target = rand
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=5, gamma=2)
+    n_target = len(target.tokenizer(PROMPT).input_ids[0])
+    assert res.n_prompt_tokens == {"drafter": n_target + 3, "target": n_target}
+
+
+def test_timeline_is_consistent(rand):
+    drafter, target = rand
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=20, gamma=3)
+    tl = res.timeline
+    for ends in (tl["drafter_stage_end_ms"], tl["target_stage_end_ms"]):
+        assert list(ends) == list(E.STAGES)
+        assert all(0 <= a <= b for a, b in zip(list(ends.values()), list(ends.values())[1:]))
+    assert len(tl["draft_token_ms"]) == res.drafted
+    assert tl["draft_token_ms"][0] >= tl["drafter_stage_end_ms"]["prefill"]
+    assert all(s <= e for s, e in tl["verify_ms"])
+    assert res.window_ms == pytest.approx(tl["target_stage_end_ms"]["prefill"] - tl["drafter_stage_end_ms"]["prefill"])
+    assert res.ttft_ms >= tl["target_stage_end_ms"]["prefill"]
+    assert res.e2e_ms >= res.ttft_ms and res.tpot_ms == pytest.approx((res.e2e_ms - res.ttft_ms) / 19)
+    assert res.ideal_e2e_ms is not None and res.ideal_e2e_ms > 0
+
+
+def test_gamma_zero_is_plain_decoding_after_the_window(rand):
+    drafter, target = rand
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=15, gamma=0)
+    assert res.output_tokens == _greedy(target, 15)
+    assert set(res.gamma_trace) <= {0}
+    assert res.drafted == res.hidden_drafted
+
+
+def test_hidden_cap_bounds_the_window_drafting():
+    target = runner(tiny_llama(0, hidden=64, layers=4), name="target")   # slower: a real window
+    drafter = runner(tiny_llama(0, layers=1), name="drafter")
+    res = E.parallel_prefill_decode(drafter, target, PROMPT * 2, max_new_tokens=20, gamma=2, hidden_cap=3)
+    assert 1 <= res.hidden_drafted <= 3
+    assert res.output_tokens == _greedy(target, 20, PROMPT * 2)
+
+
+def test_target_error_in_worker_thread_reaches_the_caller(rand):
+    drafter, target = rand
+
+    class Broken(type(target)):
+        def load_inputs(self, sample):
+            raise DataError("video unreadable", path="/nope/video.mp4", sample="s1")
+
+    broken = Broken(target.model, target.tokenizer, name="target")
+    with pytest.raises(DataError, match="s1"):
+        E.parallel_prefill_decode(drafter, broken, PROMPT, max_new_tokens=5)
+
+
+def test_bad_arguments_raise():
+    d, t = same_pair(0)
+    with pytest.raises(ValueError):
+        E.parallel_prefill_decode(d, t, PROMPT, gamma=-1)
+    with pytest.raises(ValueError):
+        E.parallel_prefill_decode(d, t, PROMPT, hidden_cap=0)
+    with pytest.raises(ValueError):
+        E.parallel_prefill_decode(d, t, PROMPT, alpha=1.5)
+
+
+# -- simulated acceptance -------------------------------------------------------------------------
+def _within(k: int, n: int, p: float, sigmas: float = 4.0) -> bool:
+    return abs(k - n * p) <= sigmas * math.sqrt(n * p * (1 - p)) + 1e-9
+
+
+@pytest.mark.parametrize("alpha", [0.3, 0.7])
+def test_simulated_alpha_converges(rand, alpha):
+    drafter, target = rand
+    n = 160
+    ref = _greedy(target, n)
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=n, gamma=4, alpha=alpha,
+                                    reference_tokens=ref, seed=1, hidden_cap=4)
+    assert res.output_tokens == ref and res.alpha_simulated == alpha
+    app = res.accept_per_position
+    # Each emitted draft token matches with probability alpha, independently: position 0 is
+    # Binomial(drafts, alpha); position j, given position j-1 accepted, is Binomial(acc_{j-1}, alpha).
+    assert app[0][1] >= 40
+    assert _within(app[0][0], app[0][1], alpha)
+    for j in range(1, len(app)):
+        assert _within(app[j][0], app[j - 1][0], alpha)
+    pooled_trials = sum(a for a, _ in app[:-1]) + app[0][1]
+    assert _within(sum(a for a, _ in app), pooled_trials, alpha)
+
+
+@pytest.mark.parametrize("alpha", [0.0, 1.0])
+def test_simulated_alpha_extremes(rand, alpha):
+    drafter, target = rand
+    ref = _greedy(target, 30)
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=30, gamma=3, alpha=alpha,
+                                    reference_tokens=ref)
+    assert res.output_tokens == ref
+    assert res.accepted == (res.drafted if alpha == 1.0 else 0)
+    assert res.token_match_rate == 1.0
+
+
+def test_simulated_alpha_computes_its_reference_when_missing(rand):
+    drafter, target = rand
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=12, gamma=2, alpha=1.0)
+    assert res.output_tokens == _greedy(target, 12) and res.accepted == res.drafted
+
+
+# -- adaptive gamma -------------------------------------------------------------------------------
+def flat(ms):
+    return lambda k: ms
+
+
+def test_choose_gamma_never_speculates_without_acceptance():
+    assert E.choose_gamma(0.0, 0.1, flat(10.0), 10.0) == 0
+    assert E.choose_gamma(0.0, 0.0, flat(10.0), 10.0) == 0
+
+
+def test_choose_gamma_speculates_when_drafts_are_cheap_and_good():
+    g = E.choose_gamma(0.9, 0.5, flat(10.0), 10.0)
+    assert 1 <= g <= E.MAX_GAMMA
+    assert E.choose_gamma(0.9, 0.5, flat(10.0), 10.0, max_gamma=3) == 3
+
+
+def test_choose_gamma_equal_size_drafter_does_not_pay():
+    # EventGPT and Video-LLaVA share a 7B LM: a draft step costs a decode step; only alpha = 1 ties.
+    for alpha in (0.5, 0.9, 0.99):
+        assert E.choose_gamma(alpha, 10.0, flat(10.0), 10.0) == 0
+
+
+def test_choose_gamma_accounts_for_verify_cost_growth():
+    linear = lambda k: 10.0 * k          # compute-bound verify: a k-token verify costs k decodes
+    assert E.choose_gamma(0.95, 1.0, linear, 10.0) == 0
+
+
+def test_expected_tokens():
+    assert E.expected_tokens(0.0, 5) == 1.0
+    assert E.expected_tokens(1.0, 5) == 6.0
+    assert E.expected_tokens(0.5, 2) == pytest.approx(1.75)
+
+
+def test_costs_interpolate_verify():
+    c = E.Costs()
+    assert c.verify(3) is None and c.draft() is None
+    c.add_verify(1, 10.0)
+    assert c.verify(5) == 10.0
+    c.add_verify(3, 14.0)
+    assert c.verify(2) == pytest.approx(12.0) and c.verify(5) == pytest.approx(18.0)
+
+
+def test_acceptance_bookkeeping():
+    acc = E.Acceptance()
+    acc.add_block(3, 3)
+    acc.add_block(3, 1)
+    acc.add_block(2, 0)
+    assert (acc.drafted, acc.accepted, acc.verify_steps, acc.rejections) == (8, 4, 3, 2)
+    assert acc.per_position == [[2, 3], [1, 3], [1, 2]]
+    assert acc.alpha_hat() == pytest.approx((4 + 1) / (4 + 2 + 2))
+
+
+# -- baselines ------------------------------------------------------------------------------------
+def test_sequential_runs_drafter_fully_then_target(rand):
+    drafter, target = rand
+    res = E.sequential(drafter, target, PROMPT, max_new_tokens=10)
+    assert res.output_tokens == _greedy(target, 10)
+    d, t = res.timeline["drafter_stage_end_ms"], res.timeline["target_stage_end_ms"]
+    assert d["decode"] <= t["load"] <= t["prefill"] <= t["decode"] == res.e2e_ms
+
+
+def test_assisted_generation_runs_on_a_text_pair(same):
+    drafter, target = same
+    for gamma in (3, "adaptive"):
+        res = E.assisted_generation(drafter, target, PROMPT, max_new_tokens=20, gamma=gamma)
+        assert res.error is None, res.error
+        assert res.output_tokens == _greedy(target, 20)
+        assert res.e2e_ms > 0
+    assert target.model.generation_config.num_assistant_tokens == drafter.model.generation_config.num_assistant_tokens
+
+
+def test_assisted_generation_explains_why_it_cannot_run(rand):
+    drafter, target = rand
+    res = E.assisted_generation(drafter, target, PROMPT, max_new_tokens=5)
+    assert res.error["type"] == "Unsupported" and "input_ids" in res.error["message"]
+
+    class VideoRunner(CausalLMRunner):
+        modality = "video"
+
+    res = E.assisted_generation(drafter, VideoRunner(target.model, target.tokenizer), PROMPT)
+    assert res.output_tokens == [] and "video" in res.error["message"] and res.note
+
+
+# -- ideal model and records ----------------------------------------------------------------------
+def test_ideal_e2e_plain_decoding():
+    ideal = E.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
+                           decode_ms=20, accept_per_position=[[0, 4]], n_tokens=11, gamma=0)
+    assert ideal == pytest.approx(100 + 10 * 20)
+
+
+def test_ideal_e2e_perfect_drafter():
+    # window 50 ms / 5 ms per draft -> 11 hidden tokens, all accepted: 12 tokens from one verify.
+    ideal = E.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
+                           decode_ms=20, accept_per_position=[[1, 1]] * 16, n_tokens=20, gamma=3,
+                           hidden_cap=64)
+    rest_blocks = (20 - 12) / 4
+    assert ideal == pytest.approx(100 + 20 + rest_blocks * (3 * 5 + 20))
+
+
+def test_to_record_matches_the_contract(rand):
+    drafter, target = rand
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=6, gamma=2,
+                                    reference_tokens=_greedy(target, 6))
+    rec = E.to_record(res, run_id="r1", dataset="4s", sample_id="s1", profile="tiny", device="cpu",
+                      dtype="float32", quant="none")
+    assert set(rec) == {
+        "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "mode",
+        "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "n_output_tokens",
+        "output_tokens", "window_ms", "hidden_drafted", "hidden_accepted", "drafted", "accepted",
+        "verify_steps", "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline",
+        "error", "note"}
+    assert rec["kind"] == "engine" and rec["mode"] == "parallel" and rec["n_output_tokens"] == 6
+    assert rec["token_match_rate"] == 1.0
+    assert set(rec["timeline"]) == {"drafter_stage_end_ms", "target_stage_end_ms", "draft_token_ms", "verify_ms"}
+    json.loads(json.dumps(rec))
+    with pytest.raises(ValueError):
+        E.to_record(res, sample="typo")
+
+
+def test_error_result_record():
+    rec = E.to_record(E.error_result("parallel", "load", DataError("bad", path="x.h5", sample="s")))
+    assert rec["error"] == {"stage": "load", "type": "DataError", "message": "bad (sample s, file x.h5)"}
+    assert rec["n_output_tokens"] == 0
+
+
+def test_now_ms_is_monotonic_on_cpu():
+    a = E.now_ms(torch.device("cpu"))
+    assert E.now_ms() >= a
