@@ -34,7 +34,7 @@ PERCENTILES = (50, 90, 99)
 MODELS = ("drafter", "target")
 
 
-# -- per-sample scalar definitions -------------------------------------------------------------------
+# -- per-sample scalar definitions -----------------------------------------------------------------
 def to_prefill_end(stages_ms: dict) -> float:
     return float(sum(stages_ms[s] for s in PREFIX_STAGES))
 
@@ -104,7 +104,7 @@ def sort_datasets(labels: Iterable[str]) -> list[str]:
     return sorted(set(labels), key=duration_sort_key)
 
 
-# -- record validation and frames ---------------------------------------------------------------------
+# -- record validation and frames ------------------------------------------------------------------
 def _key(r: dict) -> tuple:
     if r.get("kind") == "engine":
         return ("engine", r["dataset"], r["sample_id"], r["mode"], str(r.get("gamma")),
@@ -115,7 +115,8 @@ def _key(r: dict) -> tuple:
 def _check(r: dict, i: int) -> None:
     sample = r.get("sample_id") if isinstance(r, dict) else None
     if not isinstance(r, dict) or r.get("kind") not in ("stages", "engine"):
-        raise DataError(f"record {i} has no known kind (expected 'stages' or 'engine')", sample=sample)
+        raise DataError(f"record {i} has no known kind (expected 'stages' or 'engine')",
+                        sample=sample)
     need = ["dataset", "sample_id"] + (["model", "stages_ms"] if r["kind"] == "stages"
                                        else ["mode", "e2e_ms"])
     missing = [k for k in need if k not in r]
@@ -227,7 +228,7 @@ def samples_table(stages: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     return base.drop(columns="_o").reset_index(drop=True)
 
 
-# -- tables -----------------------------------------------------------------------------------------
+# -- tables ----------------------------------------------------------------------------------------
 def stage_summary(stages: pd.DataFrame) -> pd.DataFrame:
     """dataset x model x stage: count/mean/p50/p90/p99 over successful records. "to_prefill_end"
     (stages 1-4) and "total" (all five) are included as pseudo-stages."""
@@ -326,7 +327,7 @@ def peak_memory(stages: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-# -- engine records ---------------------------------------------------------------------------------
+# -- engine records --------------------------------------------------------------------------------
 def alpha_label(alpha) -> str:
     return "real" if alpha is None or (isinstance(alpha, float) and math.isnan(alpha)) \
         else f"{float(alpha):g}"
@@ -338,6 +339,8 @@ def engine_frame(records: Iterable[dict]) -> pd.DataFrame:
         if r.get("kind") != "engine":
             continue
         rows.append({"dataset": r["dataset"], "sample_id": r["sample_id"], "mode": r["mode"],
+                     "run_id": r.get("run_id"), "profile": r.get("profile"),
+                     "device": r.get("device"),
                      "gamma": str(r.get("gamma")), "alpha": alpha_label(r.get("alpha_simulated")),
                      "ok": r.get("error") is None,
                      **{k: r.get(k) for k in ("e2e_ms", "ttft_ms", "tpot_ms", "n_output_tokens",
@@ -431,7 +434,7 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     return df.iloc[order].reset_index(drop=True)
 
 
-# -- everything -------------------------------------------------------------------------------------
+# -- everything ------------------------------------------------------------------------------------
 def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
     records = dedupe(records)
     stages = stage_frame(records)
@@ -443,5 +446,6 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
         "datasets": dataset_summary(stages, pairs), "stage_summary": stage_summary(stages),
         "stage_overall": overall, "stage_comparison": stage_comparison(overall),
         "failures": failures(records), "peak_memory": peak_memory(stages),
-        "engine": engine_summary(engine), "engine_positions": per_position_acceptance(engine),
+        "engine_records": engine, "engine": engine_summary(engine),
+        "engine_positions": per_position_acceptance(engine),
     }

@@ -29,7 +29,7 @@ RESULTS_COLUMNS = ["Dataset", "Samples", "Failed", "Timed", "{drafter} ms", "{ta
                    "Speedup", "Overlap window", "Hidden tokens", "Acceptance"]
 
 
-# -- formatting ---------------------------------------------------------------------------------------
+# -- formatting ------------------------------------------------------------------------------------
 def _bad(x) -> bool:
     return x is None or (isinstance(x, float) and (math.isnan(x) or math.isinf(x)))
 
@@ -64,23 +64,29 @@ def md_table(header: list[str], rows: list[list]) -> str:
     return "\n".join(out)
 
 
-# -- sections -----------------------------------------------------------------------------------------
+# -- sections --------------------------------------------------------------------------------------
+def _from_records(tables: dict, col: str) -> list[str]:
+    seen = set(tables["stages"][col].dropna())
+    if col in tables["engine_records"]:
+        seen |= set(tables["engine_records"][col].dropna())
+    return sorted(str(x) for x in seen)
+
+
 def _profile(meta: dict, tables: dict) -> str:
     if meta.get("profile"):
         return str(meta["profile"])
-    seen = sorted(set(tables["stages"]["profile"].dropna()))
-    return ", ".join(seen) if seen else "unknown profile"
+    return ", ".join(_from_records(tables, "profile")) or "unknown profile"
 
 
 def _device(meta: dict, tables: dict) -> str:
     if meta.get("device"):
         return str(meta["device"])
-    seen = sorted(set(tables["stages"]["device"].dropna()))
-    return ", ".join(seen) if seen else "unknown device"
+    return ", ".join(_from_records(tables, "device")) or "unknown device"
 
 
 def header(meta: dict, tables: dict, now: str) -> str:
     prof, dev = _profile(meta, tables), _device(meta, tables)
+    run = meta.get("run_id") or ", ".join(_from_records(tables, "run_id")) or "not given"
     banner = f"> **Numbers from: {prof} on {dev}"
     if prof != "real":
         banner += "; random-weight models measure cost only, not quality.**"
@@ -91,7 +97,7 @@ def header(meta: dict, tables: dict, now: str) -> str:
                    "accepted with a set probability α, not real EventGPT outputs.")
     return "\n".join([
         "# Parallel Prefill Benchmark Report", "", banner, "",
-        f"**Generated:** {now}  ", f"**Run:** {meta.get('run_id', 'not given')}  ",
+        f"**Generated:** {now}  ", f"**Run:** {run}  ",
         f"**Benchmark date:** {meta.get('date', 'not given')}  ",
         f"**Command:** `{meta.get('command', 'not given')}`", ""])
 
@@ -150,6 +156,8 @@ def stage_breakdown(tables: dict, names: dict) -> str:
     ov, cmp_ = tables["stage_overall"], tables["stage_comparison"].set_index("stage")
     out = ["## 5-stage pipeline breakdown", "",
            "All datasets pooled; successful records only.", ""]
+    if ov.empty:
+        return "\n".join(out + ["No successful stage records.", ""])
     for s in M.STAGES:
         out.append(f"### {STAGE_TITLES[s]}")
         for model in M.MODELS:
@@ -445,7 +453,7 @@ def methodology(meta: dict, tables: dict, names: dict) -> str:
         "## Methodology", "",
         f"- **Models:** drafter {names['drafter']}, target {names['target']}; {prof_text}.",
         "- **Five stages** per model per sample, run in isolation (no overlap): 1 load (event "
-        "images / 8 video frames from disk), 2 preprocess (tokenization + image transforms), "
+        "images / video frames from disk), 2 preprocess (tokenization + image transforms), "
         "3 vision (vision tower + projector), 4 prefill (KV cache + first logits), 5 decode "
         "(greedy, per-token times).",
         "- **Timing:** on CUDA each stage boundary synchronizes the device before reading the "
@@ -485,7 +493,7 @@ def dataset_status(tables: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-# -- outputs ------------------------------------------------------------------------------------------
+# -- outputs ---------------------------------------------------------------------------------------
 def _jsonable(df: pd.DataFrame) -> list[dict]:
     df = df.drop(columns=["decode_token_ms", "accept_per_position"], errors="ignore")
     recs = df.astype(object).where(df.notna(), None).to_dict(orient="records")
@@ -512,7 +520,8 @@ def write_report(records: list[dict], out_dir, meta: dict | None = None) -> Path
     find = findings(tables, names)
     results = {"generated": now, "meta": meta, "findings": find,
                "plots": {k: v.name for k, v in plots.items()},
-               **{k: _jsonable(v) for k, v in tables.items() if k != "stages"}}
+               **{k: _jsonable(v) for k, v in tables.items()
+                  if k not in ("stages", "engine_records")}}
     (out_dir / "results.json").write_text(
         json.dumps(results, indent=1, default=str, allow_nan=False), encoding="utf-8")
 
