@@ -185,3 +185,11 @@ def test_report_with_only_engine_records(tmp_path, eng_recs):
     assert f"{100 * rate:.1f}%" in text.split("## Results summary")[0]
     assert "### Measured speculative decoding" in text
     assert (tmp_path / "samples.csv").exists() and (tmp_path / "timeline.png").exists()
+
+
+def test_all_failed_dataset_reports_counts_without_timings(tmp_path):
+    recs = dataset_records(("1s",), n_samples=2,
+                           failures={("1s", 0): ("target", "decode"), ("1s", 1): ("drafter", "load")})
+    table = md_table_after(write_report(recs, tmp_path, META).read_text(), "## Results summary")
+    row = table.iloc[0]
+    assert (row["Samples"], row["Failed"], row["Timed"], row["Speedup"]) == ("2", "2", "0", "n/a")
