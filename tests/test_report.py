@@ -189,7 +189,8 @@ def test_report_with_only_engine_records(tmp_path, eng_recs):
 
 def test_all_failed_dataset_reports_counts_without_timings(tmp_path):
     recs = dataset_records(("1s",), n_samples=2,
-                           failures={("1s", 0): ("target", "decode"), ("1s", 1): ("drafter", "load")})
+                           failures={("1s", 0): ("target", "decode"),
+                                     ("1s", 1): ("drafter", "load")})
     table = md_table_after(write_report(recs, tmp_path, META).read_text(), "## Results summary")
     row = table.iloc[0]
     assert (row["Samples"], row["Failed"], row["Timed"], row["Speedup"]) == ("2", "2", "0", "n/a")
