@@ -125,7 +125,10 @@ def model_keys(model_cls, config) -> tuple[set[str], set[str]]:
 
 def check_keys(path: str | Path, have: set[str], required: set[str], optional: set[str] = frozenset(),
                rename: Callable[[str], str] | None = None) -> None:
-    have = {rename(k) for k in have} if rename else set(have)
+    if rename:
+        have, required, optional = ({rename(k) for k in ks} for ks in (have, required, optional))
+    else:
+        have = set(have)
     missing = required - have
     unexpected = {k for k in have - required - optional
                   if not any(re.search(p, k) for p in IGNORED_UNEXPECTED)}

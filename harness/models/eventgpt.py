@@ -125,6 +125,23 @@ class EventChatLlamaForCausalLM(LlamaForCausalLM):
 AutoConfig.register(EventChatConfig.model_type, EventChatConfig, exist_ok=True)
 AutoModelForCausalLM.register(EventChatConfig, EventChatLlamaForCausalLM, exist_ok=True)
 
+_TOWER = "model.visual_tower.visual_tower."
+
+
+def canonical_key(key: str) -> str:
+    """Version-neutral key: transformers >= 5.2x flattened CLIPVisionModel (no `vision_model.`
+    level) and converts old keys on load; comparisons strip that level on both sides."""
+    if key.startswith(_TOWER + "vision_model."):
+        return _TOWER + key[len(_TOWER) + len("vision_model."):]
+    return key
+
+
+def original_key(key: str) -> str:
+    """The original EventGPT checkpoint layout (transformers 4.x CLIPVisionModel nesting)."""
+    key = canonical_key(key)
+    return _TOWER + "vision_model." + key[len(_TOWER):] if key.startswith(_TOWER) else key
+
+
 # Weights the bitsandbytes quantizer leaves in the compute dtype (see harness.models.quant).
 SKIP_QUANT = ["model.visual_tower", "model.visual_projector", "model.feature_adaptor", "lm_head"]
 

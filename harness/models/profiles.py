@@ -17,10 +17,12 @@ from harness.errors import ModelLoadError
 from harness.models import checkpoint
 from harness.models.eventgpt import (CLIP_L14_336, EventChatConfig, EventChatLlamaForCausalLM, EventGPTRunner)
 from harness.models.eventgpt import SKIP_QUANT as EVENTGPT_SKIP
+from harness.models.eventgpt import canonical_key as eg_canonical
 from harness.models.eventgpt import visual_token_count as eventgpt_visual_tokens
 from harness.models.quant import bnb_config, check_quant, materialize_
 from harness.models.videollava import SKIP_QUANT as VIDEOLLAVA_SKIP
-from harness.models.videollava import VideoLlavaRunner, legacy_key
+from harness.models.videollava import canonical_key as vl_canonical
+from harness.models.videollava import VideoLlavaRunner
 from harness.models.videollava import visual_token_count as videollava_visual_tokens
 
 PROFILES = ("tiny", "7b-shaped", "real")
@@ -82,10 +84,10 @@ def visual_token_count(config) -> int:
 # -- one loading path per model -------------------------------------------------------------------
 def _model_class(which: str):
     if which == "drafter":
-        return EventChatLlamaForCausalLM, EventChatConfig.model_type, EVENTGPT_SKIP, EventGPTRunner
+        return EventChatLlamaForCausalLM, EventChatConfig.model_type, EVENTGPT_SKIP, EventGPTRunner, eg_canonical
     from transformers import VideoLlavaForConditionalGeneration
 
-    return VideoLlavaForConditionalGeneration, "video_llava", VIDEOLLAVA_SKIP, VideoLlavaRunner
+    return VideoLlavaForConditionalGeneration, "video_llava", VIDEOLLAVA_SKIP, VideoLlavaRunner, vl_canonical
 
 
 def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", dtype=torch.float32,
@@ -95,21 +97,25 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
 
     check_quant(quant)
     path = Path(path)
-    cls, model_type, skip, runner_cls = _model_class(which)
+    cls, model_type, skip, runner_cls, canonical = _model_class(which)
     cfg_dict = checkpoint.read_config(path)
     checkpoint.check_model_type(cfg_dict, model_type, path)
     try:
         config = AutoConfig.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - surface any config parse failure as a load error
         raise ModelLoadError(f"cannot parse config.json: {e}", path=path) from None
-    # transformers saves and loads Video-LLaVA in the pre-5.x layout (language_model.model.*) and
-    # converts on load; the pre-check applies the same renaming (videollava.legacy_key).
+    # Checkpoint layouts differ from module names (and between transformers versions), which
+    # from_pretrained converts on load; the pre-check compares version-neutral canonical names.
     is_safe = checkpoint.validate_checkpoint(path, cls, config, model_type=model_type, allow_pickle=allow_pickle,
-                                             rename=legacy_key if which == "target" else None)
+                                             rename=canonical)
     kwargs = dict(config=config, dtype=dtype, device_map={"": str(device)}, use_safetensors=is_safe)
     if quant == "nf4":
         kwargs["quantization_config"] = bnb_config(skip)
-    model = cls.from_pretrained(path, **kwargs)
+    model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    # The pre-check compares names; this catches anything the converter still left unloaded.
+    bad = {k: sorted(info.get(k) or []) for k in ("missing_keys", "mismatched_keys") if info.get(k)}
+    if bad:
+        raise ModelLoadError(f"from_pretrained left weights unloaded: {bad}", path=path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
@@ -125,7 +131,7 @@ def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16
 
     check_quant(quant)
     tokenizer = load_tokenizer(ensure_tiny_checkpoints(cache_dir)["tokenizer"])
-    cls, _, skip, runner_cls = _model_class(which)
+    cls, _, skip, runner_cls, _ = _model_class(which)
     config = (eventgpt_config if which == "drafter" else videollava_config)("7b-shaped", tokenizer)
     with init_empty_weights(include_buffers=False):
         model = cls(config)

@@ -47,16 +47,35 @@ def expand_placeholder(ids: list[int], token_id: int, n: int) -> list[int]:
     return ids[:i] + [token_id] * n + ids[i + 1:]
 
 
-def legacy_key(key: str) -> str:
-    """Pre-5.x Video-LLaVA checkpoint layout (e.g. LanguageBind/Video-LLaVA-7B-hf) -> module names."""
+_TOWERS = ("model.video_tower.", "model.image_tower.")
+
+
+def canonical_key(key: str) -> str:
+    """Version-neutral key: the hub layout (language_model.model.*, video_tower.vision_model.*,
+    as in LanguageBind/Video-LLaVA-7B-hf) and every transformers 5.x module layout map to one name."""
     if key.startswith("language_model.lm_head."):
-        return key[len("language_model."):]
-    if key.startswith("language_model.model."):
-        return "model.language_model." + key[len("language_model.model."):]
-    for head in ("video_tower.", "image_tower.", "multi_modal_projector."):
-        if key.startswith(head):
-            return "model." + key
+        key = key[len("language_model."):]
+    elif key.startswith("language_model.model."):
+        key = "model.language_model." + key[len("language_model.model."):]
+    elif key.startswith(("video_tower.", "image_tower.", "multi_modal_projector.")):
+        key = "model." + key
+    for tower in _TOWERS:
+        if key.startswith(tower + "vision_model."):
+            key = tower + key[len(tower) + len("vision_model."):]
     return key
+
+
+def hub_key(key: str) -> str:
+    """The layout of the published Video-LLaVA-7B-hf checkpoint, which every 5.x version loads."""
+    key = canonical_key(key)
+    if key.startswith("lm_head."):
+        return "language_model." + key
+    if key.startswith("model.language_model."):
+        return "language_model.model." + key[len("model.language_model."):]
+    for tower in _TOWERS:
+        if key.startswith(tower):
+            return tower[len("model."):] + "vision_model." + key[len(tower):]
+    return key[len("model."):] if key.startswith("model.multi_modal_projector.") else key
 
 
 class VideoLlavaRunner(CausalLMRunner):
