@@ -1,7 +1,6 @@
 """Synthetic DSEC-format dataset: determinism, DSEC layout, manifests, event simulation, cache."""
 from __future__ import annotations
 
-import functools
 import json
 
 import h5py
