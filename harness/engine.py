@@ -579,8 +579,8 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
     if decode is None:
         return None
     draft = c.draft() if c.draft() is not None else 0.0
-    used = [g for g in res.gamma_trace if g > 0] or [0]
-    gamma = Counter(used).most_common(1)[0][0]
+    # The regime the run settled in: adaptive runs that fell back to plain decoding model gamma 0.
+    gamma = Counter(res.gamma_trace).most_common(1)[0][0] if res.gamma_trace else 0
     return ideal_e2e_ms(drafter_ready_ms=res.timeline["drafter_stage_end_ms"]["prefill"],
                         target_ready_ms=res.timeline["target_stage_end_ms"]["prefill"],
                         draft_ms=draft, verify_ms=c.verify, decode_ms=decode,
