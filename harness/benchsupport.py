@@ -115,26 +115,16 @@ class BenchSession:
         self.durations = opts.durations
         self.samples = {d: data.load_samples(self.root, d, limit=opts.samples) for d in self.durations}
 
-        from .models.profiles import load_pair
-
-        self.drafter, self.target = load_pair(opts.profile, device=device, quant=quant, dtype=dtype,
-                                              drafter_path=opts.drafter_path,
-                                              target_path=opts.target_path,
-                                              drafter_device=opts.drafter_device)
+        self.drafter, self.target = pipeline.load_models(
+            opts.profile, device=device, quant=quant, dtype=dtype, drafter_path=opts.drafter_path,
+            target_path=opts.target_path, drafter_device=opts.drafter_device)
         injected = _inject_delay([self.drafter, self.target], opts.inject_delay)
-        self.meta = {
-            "profile": opts.profile, "profile_label": pipeline.PROFILE_LABELS[opts.profile],
-            "device": pipeline.device_name(device), "dtype": str(dtype).replace("torch.", ""),
-            "quant": quant, "data_source": source, "data_root": str(self.root),
-            "versions": pipeline.versions(), "commit": pipeline.git_commit(),
-            "samples_per_duration": opts.samples, "max_new_tokens": opts.max_new_tokens,
-            "memory_bytes": {"drafter": self.drafter.memory_footprint(),
-                             "target": self.target.memory_footprint()},
-            "injected_delay": injected, "run_id": time.strftime("pytest-%Y%m%d-%H%M%S"),
-            "command": "pytest (ppbench plugin)",
-        }
-        self.record_meta = {"run_id": self.meta["run_id"], "profile": opts.profile,
-                            "device": self.meta["device"], "dtype": self.meta["dtype"], "quant": quant}
+        self.meta = pipeline.run_meta(
+            opts.profile, device, self.drafter, self.target, dtype, quant, source, self.root,
+            run_id=time.strftime("pytest-%Y%m%d-%H%M%S"), command="pytest (ppbench plugin)",
+            samples_per_duration=opts.samples, max_new_tokens=opts.max_new_tokens, warmup=1,
+            injected_delay=injected)
+        self.record_meta = pipeline.record_fields(self.meta)
         self.out = Path(opts.out)
         self.out.mkdir(parents=True, exist_ok=True)
         self.records: list[dict] = []

@@ -71,12 +71,44 @@ PROFILE_LABELS = {
 }
 
 
+def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path=None,
+                drafter_device=None):
+    """(drafter, target) runners; the drafter may live on its own device (two-GPU overlap)."""
+    from .models.profiles import load_drafter, load_target
+
+    drafter = load_drafter(profile, device=torch.device(drafter_device) if drafter_device else device,
+                           quant=quant, dtype=dtype, path=drafter_path)
+    target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path)
+    return drafter, target
+
+
+def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, **extra) -> dict:
+    """What the report states about a run: profile, device, precision, data, versions, commit."""
+    return {
+        "profile": profile, "profile_label": PROFILE_LABELS[profile],
+        "device": device_name(device), "drafter_device": str(drafter.device),
+        "target_device": str(target.device), "dtype": str(dtype).replace("torch.", ""),
+        "quant": quant, "quantization": "NF4 4-bit, double quant, bf16 compute (LLM linears)"
+        if quant == "nf4" else f"none ({str(dtype).replace('torch.', '')})",
+        "data_source": data_source, "data_root": str(root),
+        "versions": versions(), "commit": git_commit(), "git_commit": git_commit(),
+        "date": _dt.datetime.now().isoformat(timespec="seconds"),
+        "memory_footprint_bytes": {"drafter": drafter.memory_footprint(),
+                                   "target": target.memory_footprint()},
+        **extra,
+    }
+
+
+def record_fields(meta: dict) -> dict:
+    """The run-level fields every record carries."""
+    return {k: meta[k] for k in ("run_id", "profile", "device", "dtype", "quant")}
+
+
 # -- the main job -------------------------------------------------------------------------------------
 def run_main(args) -> int:
     from tqdm import tqdm
 
     from . import data
-    from .models.profiles import load_pair
     from .stages import run_stage_pipeline, warm_up
 
     device = resolve_device(args.device)
@@ -109,27 +141,18 @@ def run_main(args) -> int:
           f"{time.perf_counter() - t:.1f} s)")
 
     t = time.perf_counter()
-    drafter, target = load_pair(args.profile, device=device, quant=quant, dtype=dtype,
-                                drafter_path=args.drafter_path, target_path=args.target_path,
-                                drafter_device=args.drafter_device)
+    drafter, target = load_models(args.profile, device=device, quant=quant, dtype=dtype,
+                                  drafter_path=args.drafter_path, target_path=args.target_path,
+                                  drafter_device=args.drafter_device)
     print(f"models: {drafter.name} + {target.name} ({args.profile}, {quant}, {dtype}) "
           f"loaded in {time.perf_counter() - t:.1f} s")
 
-    meta = {
-        "run_id": run_id, "profile": args.profile, "profile_label": PROFILE_LABELS[args.profile],
-        "device": device_name(device), "drafter_device": str(drafter.device),
-        "target_device": str(target.device), "dtype": str(dtype).replace("torch.", ""), "quant": quant,
-        "data_source": data_source, "data_root": str(root),
-        "versions": versions(), "commit": git_commit(),
-        "command": "ppbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "date": _dt.datetime.now().isoformat(timespec="seconds"),
-        "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos,
-        "memory_bytes": {"drafter": drafter.memory_footprint(), "target": target.memory_footprint()},
-        "missing_datasets": missing,
-    }
+    meta = run_meta(args.profile, device, drafter, target, dtype, quant, data_source, root,
+                    run_id=run_id, command="ppbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+                    max_new_tokens=args.max_new_tokens, stop_at_eos=args.stop_at_eos,
+                    warmup=args.warmup, missing_datasets=missing)
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    record_meta = {"run_id": run_id, "profile": args.profile, "device": meta["device"],
-                   "dtype": meta["dtype"], "quant": quant}
+    record_meta = record_fields(meta)
 
     records_path = out / "records.jsonl"
     repair_torn_tail(records_path)
@@ -194,8 +217,15 @@ def dataset_main(args) -> int:
     if args.samples_per_duration is not None:
         kwargs["samples_per_duration"] = args.samples_per_duration
     if args.root:
-        root = synthetic_dsec.build_dataset(args.root, **kwargs)
+        root = synthetic_dsec.build_dataset(args.root, progress=synthetic_dsec._tqdm_progress(), **kwargs)
+    elif args.seed == 0 and args.samples_per_duration is None:
+        default = synthetic_dsec.cache_dir() / f"dataset-{synthetic_dsec.DATASET_VERSION}-seed0"
+        if args.force:
+            import shutil
+
+            shutil.rmtree(default, ignore_errors=True)
+        root = synthetic_dsec.ensure_default_dataset(progress=True)
     else:
-        root = synthetic_dsec.ensure_default_dataset(force=args.force, **kwargs)
+        raise SystemExit("a non-default seed or sample count needs --root (the cache holds the default)")
     print(f"dataset built at {root} in {time.perf_counter() - t:.1f} s")
     return 0
