@@ -40,9 +40,9 @@ def greedy_decode(runner, cache, logits, *, max_new_tokens: int, stop_at_eos: bo
     return [int(t) for t in torch.stack(out).tolist()], timer.intervals_ms()
 
 
-def visual_token_count(runner, prepared, embeds) -> int | None:
-    fn = getattr(runner, "n_visual_tokens", None)
-    return int(fn(prepared)) if callable(fn) else None
+def visual_token_count(runner) -> int | None:
+    n = getattr(runner, "n_visual_tokens", None)   # a property on the VLM runners
+    return int(n) if n is not None else None
 
 
 def free_memory(device) -> None:
@@ -82,7 +82,7 @@ def run_sample(runner, sample, *, max_new_tokens: int = 50, stop_at_eos: bool = 
                                           stop_at_eos=stop_at_eos)
         clock.mark(stage)
         record.update(n_prompt_tokens=int(embeds.shape[1]),
-                      n_visual_tokens=visual_token_count(runner, prepared, embeds),
+                      n_visual_tokens=visual_token_count(runner),
                       n_output_tokens=len(tokens), output_tokens=tokens, decode_token_ms=per_token)
     except Exception as exc:  # recorded, never fatal: a long run goes on with the next sample
         oom = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()

@@ -1,0 +1,117 @@
+"""The main job end to end on the embedded default (tiny models, synthetic data, CPU)."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.cli import main
+from harness.records import load_records, record_key
+
+ROOT = Path(__file__).resolve().parent.parent
+DURATIONS = "500ms,1s,2s,4s,5s,8s,10s,16s,20s"
+
+
+def _table_rows(report: str, header_start: str) -> list[list[str]]:
+    lines = report.splitlines()
+    i = next(i for i, l in enumerate(lines) if l.startswith(header_start))
+    rows = []
+    for line in lines[i + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _num(cell: str) -> float:
+    return float(re.sub(r"[^0-9.\-]", "", cell))
+
+
+@pytest.fixture(scope="module")
+def main_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    code = main(["run", "--samples-per-duration", "2", "--durations", DURATIONS, "--out", str(out),
+                 "--no-progress", "--max-new-tokens", "12", "--assisted", "off"])
+    assert code == 0
+    return out
+
+
+def test_report_has_one_row_per_duration_consistent_with_samples_csv(main_run):
+    report = (main_run / "report.md").read_text()
+    rows = _table_rows(report, "| Dataset | Samples |")
+    assert [r[0] for r in rows] == DURATIONS.split(",")
+    with open(main_run / "samples.csv") as fh:
+        samples = list(csv.DictReader(fh))
+    for row in rows:
+        mine = [s for s in samples if s["dataset"] == row[0]]
+        drafter = [float(s["total_ms"]) for s in mine if s["model"] == "drafter"]
+        target = [float(s["total_ms"]) for s in mine if s["model"] == "target"]
+        assert len(drafter) == len(target) == 2
+        d_mean, t_mean = sum(drafter) / 2, sum(target) / 2
+        assert _num(row[4]) == pytest.approx(d_mean, abs=0.06)
+        assert _num(row[5]) == pytest.approx(t_mean, abs=0.06)
+        assert _num(row[6]) == pytest.approx(t_mean / d_mean, abs=0.006)
+
+
+def test_records_hold_every_stage_and_lossless_engine_output(main_run):
+    records = load_records(main_run / "records.jsonl")
+    stages = [r for r in records if r["kind"] == "stages"]
+    assert len(stages) == 9 * 2 * 2 and not any(r["error"] for r in stages)
+    for r in stages:
+        assert set(r["stages_ms"]) == {"load", "preprocess", "vision", "prefill", "decode"}
+        assert len(r["decode_token_ms"]) == r["n_output_tokens"] == 12
+    engine = [r for r in records if r["kind"] == "engine"]
+    assert {r["mode"] for r in engine} == {"target_only", "sequential", "parallel"}
+    for r in engine:
+        if r["mode"] != "target_only":
+            assert r["token_match_rate"] == 1.0, r  # fp32: lossless, bit-exact greedy
+    meta = json.loads((main_run / "meta.json").read_text())
+    assert meta["profile"] == "tiny" and meta["memory_footprint_bytes"]["target"] > 0
+    for png in ("stage_bars.png", "latency_vs_duration.png", "hidden_vs_duration.png"):
+        assert (main_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_rebuilds_from_saved_records(main_run, tmp_path):
+    assert main(["report", str(main_run / "records.jsonl"), "--out", str(tmp_path)]) == 0
+    assert _table_rows((tmp_path / "report.md").read_text(), "| Dataset | Samples |") == \
+        _table_rows((main_run / "report.md").read_text(), "| Dataset | Samples |")
+
+
+def _run_cli(args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.Popen([sys.executable, "-m", "harness", *args], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kw)
+
+
+def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path):
+    args = ["run", "--durations", "500ms,4s", "--samples-per-duration", "2", "--max-new-tokens", "6",
+            "--no-progress", "--assisted", "off", "--engine", "on"]
+    full = tmp_path / "full"
+    assert _run_cli(args + ["--out", str(full)]).wait(timeout=600) == 0
+    want = {record_key(r) for r in load_records(full / "records.jsonl")}
+
+    part = tmp_path / "part"
+    proc = _run_cli(args + ["--out", str(part)])
+    deadline = time.time() + 600
+    while time.time() < deadline:  # interrupt once a few records are on disk
+        path = part / "records.jsonl"
+        if path.exists() and len(path.read_text().splitlines()) >= 3:
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    got_before = load_records(part / "records.jsonl")
+    assert 0 < len(got_before) < len(want)
+
+    assert _run_cli(args + ["--out", str(part), "--resume"]).wait(timeout=600) == 0
+    keys = [record_key(r) for r in load_records(part / "records.jsonl")]
+    assert len(keys) == len(set(keys)), "resume duplicated records"
+    assert set(keys) == want
