@@ -170,13 +170,17 @@ class BenchSession:
 
     def engine(self, duration: str) -> list[dict]:
         if duration not in self._engine:
-            from .engine_suite import engine_records_for
+            from .engine_suite import engine_records_for, warm_up_engine
 
             self._warm_up()
+            if not self._engine:
+                warm_up_engine(self.drafter, self.target, self.samples[duration][0])
             before = len(self.records)
+            # Nightly: the overlapped run and its target-only baseline (sequential and assisted
+            # are for `ppbench run`; they do not change between nights).
             for record in engine_records_for(self.drafter, self.target, self.samples[duration],
                                              max_new_tokens=self.opts.max_new_tokens,
-                                             meta=self.record_meta):
+                                             sequential=False, meta=self.record_meta):
                 self._append(record)
             self._engine[duration] = self.records[before:]
         return self._engine[duration]
@@ -190,13 +194,57 @@ def stage_seconds(records: list[dict], model: str, stage: str) -> tuple[list[flo
     return [r["stages_ms"][stage] / 1e3 for r in ok], [r["sample_id"] for r in ok]
 
 
-def load_session_bounds(config, bench: BenchSession):
+def load_session_bounds(config, bench: BenchSession) -> dict | None:
+    """The bounds file for this profile and device class; None (with a warning) when there is none
+    yet, e.g. the first run on a new GPU, whose save is what `ppbench bounds derive` reads."""
+    import warnings
+
     from . import bounds
 
     path = config.getoption("--ppbench-bounds")
     if path:
         return bounds.load_bounds_file(path)
-    return bounds.load_bounds(bench.opts.profile, bounds.device_class())
+    cls = bounds.device_class(bench.target.device)
+    candidate = bounds.bounds_path(bench.opts.profile, cls)
+    if not candidate.exists():
+        warnings.warn(f"no bounds file {candidate}: bounds not checked this session "
+                      f"(derive one with `ppbench bounds derive SAVED.json`)")
+        return None
+    return bounds.load_bounds_file(candidate)
+
+
+ENGINE_BENCH = "test_parallel_prefill"
+
+
+def measurements_from_saves(docs: list[dict]) -> tuple[dict, dict]:
+    """Bound-relevant numbers from saved pytest-benchmark JSON (the parallel-prefill benchmarks'
+    extra_info), per duration; several saves pool by median. Returns (measurements, ppbench meta)."""
+    import statistics
+
+    from .bounds import DEFAULT_MARGINS
+
+    per: dict[str, dict[str, list]] = {}
+    meta = {}
+    for doc in docs:
+        meta = doc.get("ppbench") or meta
+        for b in doc["benchmarks"]:
+            if not b["name"].startswith(ENGINE_BENCH + "["):
+                continue
+            duration = b["name"][len(ENGINE_BENCH) + 1:-1]
+            for name, value in (b.get("extra_info") or {}).items():
+                if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
+                    value = statistics.median(value)  # per-sample list -> the run's median
+                if name in DEFAULT_MARGINS and isinstance(value, (int, float)):
+                    per.setdefault(name, {}).setdefault(duration, []).append(float(value))
+    if meta.get("dtype") != "float32":
+        # bf16/NF4 batched-vs-single numerics flip near-ties on random weights: the token match
+        # rate is reported there, never bounded (lossless is proven bit-exactly in fp32).
+        per.pop("token_match_rate", None)
+    out = {}
+    for name, by_dur in per.items():
+        vals = {d: statistics.median(v) for d, v in by_dur.items()}
+        out[name] = {"all": statistics.median(vals.values()), "per_duration": vals}
+    return out, meta
 
 
 def finish_session(session) -> None:

@@ -28,6 +28,8 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up samples")
     p.add_argument("--engine", choices=["on", "off"], default="on",
                    help="also run the parallel-prefill engine and its baselines per sample")
+    p.add_argument("--engine-samples", type=int, default=None,
+                   help="run the engine on only the first N samples of each duration (default: all)")
     p.add_argument("--gammas", default="adaptive", help="engine draft lengths, e.g. adaptive,1,4")
     p.add_argument("--alphas", default="",
                    help="simulated acceptance rates to sweep, e.g. 0,0.35,0.7,0.9 (labelled simulated)")
@@ -57,10 +59,39 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--samples-per-duration", type=int, default=None)
     build.add_argument("--force", action="store_true")
 
+    bnd = sub.add_parser("bounds", help="versioned performance bounds (fixtures/bounds/)")
+    bnd_sub = bnd.add_subparsers(dest="bounds_command", required=True)
+    der = bnd_sub.add_parser("derive", help="derive a bounds file from saved GPU benchmark runs")
+    der.add_argument("saves", nargs="+", help="saved pytest-benchmark JSON files")
+    der.add_argument("--device-class", help="default: from the saves' GPU name")
+    der.add_argument("--out", help="default fixtures/bounds/<profile>-<device class>.json")
+
     cmp_ = sub.add_parser("compare", help="statistical regression gate between two saved benchmark runs",
                           add_help=False)
     cmp_.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def bounds_main(args) -> int:
+    import json
+
+    from . import bounds
+    from .benchsupport import measurements_from_saves
+
+    docs = [json.loads(open(p).read()) for p in args.saves]
+    measurements, meta = measurements_from_saves(docs)
+    if not measurements:
+        raise SystemExit("no parallel-prefill benchmark results in these saves")
+    gpu = (docs[-1].get("machine_info") or {}).get("gpu") or {}
+    cls = args.device_class or bounds.device_class_from_name(gpu.get("name"))
+    profile = meta.get("profile", "unknown")
+    doc = bounds.derive_bounds(
+        measurements, profile=profile, device_class=cls,
+        source=f"derived by `ppbench bounds derive` from {', '.join(args.saves)} "
+               f"({meta.get('device')}, {meta.get('quantization')}, commit {meta.get('commit')})")
+    path = bounds.write_bounds(doc, args.out or bounds.bounds_path(profile, cls))
+    print(f"bounds written to {path}")
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
         return pipeline.report_main(args)
     if args.command == "dataset":
         return pipeline.dataset_main(args)
+    if args.command == "bounds":
+        return bounds_main(args)
     return 2
 
 

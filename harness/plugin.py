@@ -55,6 +55,7 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    _deselect_durations(config, items)
     # gpu-marked tests skip with a reason when CUDA is absent, unless the user explicitly asked for
     # the CPU smoke mode (--ppbench-device cpu).
     import torch
@@ -65,6 +66,21 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def _deselect_durations(config, items):
+    """--ppbench-durations narrows the duration-parametrized benchmarks at collection time."""
+    wanted = config.getoption("--ppbench-durations")
+    if not wanted:
+        return
+    wanted = set(wanted.split(","))
+    keep, drop = [], []
+    for item in items:
+        duration = getattr(getattr(item, "callspec", None), "params", {}).get("duration")
+        (drop if duration is not None and duration not in wanted else keep).append(item)
+    if drop:
+        config.hook.pytest_deselected(items=drop)
+        items[:] = keep
 
 
 def pytest_benchmark_update_machine_info(config, machine_info):

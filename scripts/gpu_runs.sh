@@ -1,0 +1,61 @@
+#!/usr/bin/env bash
+# The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
+#   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
+# Steps: pipeline | sweep-nf4 | sweep-bf16 | bench
+# Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
+# a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
+set -uo pipefail
+if ! python3 -c "import bitsandbytes, av" 2>/dev/null; then
+  # the GPU image lacks bitsandbytes and av: wheels from shared/tools/device-wheels.sh, carried as .whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
+fi
+export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1 PPBENCH_CACHE=${PPBENCH_CACHE:-/tmp/ppbench-cache}
+OUT=${OUT:-/tmp/ppbench-out}; mkdir -p "$OUT"
+PROFILE=${PROFILE:-7b-shaped}; DEVICE=${DEVICE:-cuda}; R=/tmp/ppbench-results; mkdir -p $R
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee $R/gpu.txt
+
+pack() { tar czf "$OUT/$1.tgz" -C $R "$1"; }
+run_main() {  # name, seconds, ppbench run args...
+  local name=$1 secs=$2; shift 2
+  mkdir -p $R/$name
+  echo "== $name: ppbench run --profile $PROFILE --device $DEVICE $*" | tee $R/$name/command.txt
+  timeout "$secs" python3 -m harness run --profile "$PROFILE" --device "$DEVICE" --no-progress \
+      --out $R/$name "$@" 2>&1 | tee $R/$name/log.txt
+  [ -f $R/$name/report.md ] || python3 -m harness report $R/$name/records.jsonl 2>&1 | tee -a $R/$name/log.txt
+  pack "$name"
+}
+
+for step in "$@"; do
+  case $step in
+    pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
+      run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
+    sweep-nf4)   # issue 5: simulated alpha x gamma, NF4
+      run_main sweep-nf4 "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 \
+        --gammas adaptive,1,2,4,8 --alphas 0,0.35,0.7,0.9 ;;
+    sweep-bf16)  # issue 5: the same in bf16 (no quantization)
+      run_main sweep-bf16 "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 --quant none \
+        --dtype bfloat16 --gammas adaptive,1,2,4,8 --alphas 0,0.35,0.7,0.9 ;;
+    bench)       # issue 6: two saved runs, bounds from the first, A/A gate, injected slowdown gate
+      B=$R/bench; mkdir -p $B; S=$B/storage
+      common=(tests/test_benchmarks.py -m gpu -p no:cacheprovider --ppbench-profile "$PROFILE"
+              --ppbench-device "$DEVICE" --ppbench-samples "${SAMPLES:-2}" --benchmark-autosave
+              --benchmark-storage "$S")
+      durs=${BENCH_DURATIONS:-500ms,1s,2s,4s,5s,8s,10s,16s,20s}
+      echo "== run 1" | tee $B/log.txt
+      timeout "${BENCH_SECS:-230}" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
+          --ppbench-out $B/report1 2>&1 | tail -n 40 | tee -a $B/log.txt
+      first=$(ls $S/*/*.json | sort | head -n 1)
+      python3 -m harness bounds derive "$first" --out $B/bounds.json 2>&1 | tee -a $B/log.txt
+      echo "== run 2 (A/A gate against run 1, bounds from run 1)" | tee -a $B/log.txt
+      timeout "${BENCH_SECS:-230}" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
+          --ppbench-bounds $B/bounds.json --ppbench-gate "$first" --ppbench-out $B/report2 2>&1 \
+          | tail -n 60 | tee -a $B/log.txt; echo "run 2 exit: ${PIPESTATUS[0]}" | tee -a $B/log.txt
+      echo "== run 3 (decode +${INJECT_MS:-5} ms/token injected; gate must fail)" | tee -a $B/log.txt
+      timeout "${BENCH_SECS:-120}" python3 -m pytest "${common[@]}" --ppbench-durations "${INJECT_DURATIONS:-4s,20s}" \
+          --ppbench-inject-delay "decode:${INJECT_MS:-5}" --ppbench-gate "$first" --ppbench-out $B/report3 \
+          2>&1 | tail -n 60 | tee -a $B/log.txt; echo "run 3 exit: ${PIPESTATUS[0]}" | tee -a $B/log.txt
+      pack bench ;;
+    *) echo "unknown step $step"; exit 2 ;;
+  esac
+done
+ls -la "$OUT"
