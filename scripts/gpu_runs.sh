@@ -5,8 +5,9 @@
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
 set -uo pipefail
-if ! python3 -c "import bitsandbytes, av" 2>/dev/null; then
-  # the GPU image lacks bitsandbytes and av: wheels from shared/tools/device-wheels.sh, carried as .whl
+if ! python3 -c "import bitsandbytes, av, hdf5plugin" 2>/dev/null; then
+  # the GPU image lacks bitsandbytes, av and hdf5plugin: wheels from shared/tools/device-wheels.sh
+  # plus hdf5plugin slimmed by scripts/slim_hdf5plugin_wheel.py, carried as .whl
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi
 export PYTHONPATH=${PYTHONPATH:-$PWD}:$PWD PYTHONUNBUFFERED=1 PPBENCH_CACHE=${PPBENCH_CACHE:-/tmp/ppbench-cache}
