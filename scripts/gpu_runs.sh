@@ -16,11 +16,15 @@ PROFILE=${PROFILE:-7b-shaped}; DEVICE=${DEVICE:-cuda}; R=/tmp/ppbench-results; m
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | tee $R/gpu.txt
 
 pack() { tar czf "$OUT/$1.tgz" -C $R "$1"; }
+# Every step's time limit is also capped by a shared deadline, so the whole call ends inside the
+# device tool's 600 s with its results packed (DEADLINE_SECS from the start of this script).
+T0=$(date +%s); DEADLINE_SECS=${DEADLINE_SECS:-570}
+cap() { local left=$(( T0 + DEADLINE_SECS - $(date +%s) - 10 )); [ "$left" -lt "$1" ] && echo $(( left > 5 ? left : 5 )) || echo "$1"; }
 run_main() {  # name, seconds, ppbench run args...
   local name=$1 secs=$2; shift 2
   mkdir -p $R/$name
   echo "== $name: ppbench run --profile $PROFILE --device $DEVICE $*" | tee $R/$name/command.txt
-  timeout "$secs" python3 -m harness run --profile "$PROFILE" --device "$DEVICE" --no-progress \
+  timeout "$(cap "$secs")" python3 -m harness run --profile "$PROFILE" --device "$DEVICE" --no-progress \
       --out $R/$name "$@" 2>&1 | tee $R/$name/log.txt
   [ -f $R/$name/report.md ] || python3 -m harness report $R/$name/records.jsonl 2>&1 | tee -a $R/$name/log.txt
   pack "$name"
@@ -35,7 +39,10 @@ for step in "$@"; do
         --gammas adaptive,1,2,4,8 --alphas 0,0.35,0.7,0.9 ;;
     sweep-bf16)  # issue 5: the same in bf16 (no quantization)
       run_main sweep-bf16 "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 --quant none \
-        --dtype bfloat16 --gammas adaptive,1,2,4,8 --alphas 0,0.35,0.7,0.9 ;;
+        --dtype bfloat16 --gammas "${GAMMAS:-adaptive,1,2,4,8}" --alphas 0,0.35,0.7,0.9 ;;
+    sweep-nf4-high)  # issue 5: NF4 at the high simulated alphas (the first NF4 sweep ran out of time)
+      run_main sweep-nf4-high "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 \
+        --gammas "${GAMMAS:-adaptive,1,2,4,8}" --alphas 0.7,0.9 ;;
     bench)       # issue 6: two saved runs, bounds from the first, A/A gate, injected slowdown gate
       B=$R/bench; mkdir -p $B; S=$B/storage
       common=(tests/test_benchmarks.py -m gpu -p no:cacheprovider --ppbench-profile "$PROFILE"
@@ -43,16 +50,16 @@ for step in "$@"; do
               --benchmark-storage "$S")
       durs=${BENCH_DURATIONS:-500ms,1s,2s,4s,5s,8s,10s,16s,20s}
       echo "== run 1" | tee $B/log.txt
-      timeout "${BENCH_SECS:-230}" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
+      timeout "$(cap "${BENCH_SECS:-230}")" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
           --ppbench-out $B/report1 2>&1 | tail -n 40 | tee -a $B/log.txt
       first=$(ls $S/*/*.json | sort | head -n 1)
       python3 -m harness bounds derive "$first" --out $B/bounds.json 2>&1 | tee -a $B/log.txt
       echo "== run 2 (A/A gate against run 1, bounds from run 1)" | tee -a $B/log.txt
-      timeout "${BENCH_SECS:-230}" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
+      timeout "$(cap "${BENCH_SECS:-230}")" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
           --ppbench-bounds $B/bounds.json --ppbench-gate "$first" --ppbench-out $B/report2 2>&1 \
           | tail -n 60 | tee -a $B/log.txt; echo "run 2 exit: ${PIPESTATUS[0]}" | tee -a $B/log.txt
       echo "== run 3 (decode +${INJECT_MS:-5} ms/token injected; gate must fail)" | tee -a $B/log.txt
-      timeout "${BENCH_SECS:-120}" python3 -m pytest "${common[@]}" --ppbench-durations "${INJECT_DURATIONS:-4s,20s}" \
+      timeout "$(cap "${INJECT_SECS:-120}")" python3 -m pytest "${common[@]}" --ppbench-durations "${INJECT_DURATIONS:-4s,20s}" \
           --ppbench-inject-delay "decode:${INJECT_MS:-5}" --ppbench-gate "$first" --ppbench-out $B/report3 \
           2>&1 | tail -n 60 | tee -a $B/log.txt; echo "run 3 exit: ${PIPESTATUS[0]}" | tee -a $B/log.txt
       pack bench ;;
