@@ -65,6 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
     der.add_argument("saves", nargs="+", help="saved pytest-benchmark JSON files")
     der.add_argument("--device-class", help="default: from the saves' GPU name")
     der.add_argument("--out", help="default fixtures/bounds/<profile>-<device class>.json")
+    der.add_argument("--margin", action="append", default=[], metavar="NAME=REL",
+                     help="relative safety margin for one bound (default: bounds.DEFAULT_MARGINS); "
+                          "widen it where run-to-run variation is larger")
+    der.add_argument("--overall-only", action="store_true",
+                     help="no per-duration bounds (e.g. one sample per duration is too few)")
 
     cmp_ = sub.add_parser("compare", help="statistical regression gate between two saved benchmark runs",
                           add_help=False)
@@ -82,13 +87,23 @@ def bounds_main(args) -> int:
     measurements, meta = measurements_from_saves(docs)
     if not measurements:
         raise SystemExit("no parallel-prefill benchmark results in these saves")
+    if args.overall_only:
+        measurements = {k: {"all": v["all"]} for k, v in measurements.items()}
+    margins = {}
+    for spec in args.margin:
+        name, rel = spec.split("=")
+        base = dict(bounds.DEFAULT_MARGINS[name])
+        base.update(rel=float(rel), why=base["why"].split(";")[0] + f"; -{float(rel):.0%} of measured")
+        margins[name] = base
     gpu = (docs[-1].get("machine_info") or {}).get("gpu") or {}
     cls = args.device_class or bounds.device_class_from_name(gpu.get("name"))
     profile = meta.get("profile", "unknown")
     doc = bounds.derive_bounds(
-        measurements, profile=profile, device_class=cls,
+        measurements, margins, profile=profile, device_class=cls,
         source=f"derived by `ppbench bounds derive` from {', '.join(args.saves)} "
-               f"({meta.get('device')}, {meta.get('quantization')}, commit {meta.get('commit')})")
+               f"({meta.get('device')}, {meta.get('quantization')}, commit {meta.get('commit')})"
+               + (f"; margins {', '.join(args.margin)}" if args.margin else "")
+               + ("; overall only" if args.overall_only else ""))
     path = bounds.write_bounds(doc, args.out or bounds.bounds_path(profile, cls))
     print(f"bounds written to {path}")
     return 0

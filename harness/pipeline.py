@@ -36,6 +36,9 @@ def resolve_precision(device: torch.device, quant: str | None, dtype: str | None
 
 
 def git_commit() -> str | None:
+    """HEAD of this checkout (+ -dirty); PPBENCH_COMMIT where the tree travelled without .git."""
+    if os.environ.get("PPBENCH_COMMIT"):
+        return os.environ["PPBENCH_COMMIT"]
     try:
         here = Path(__file__).resolve().parent.parent
         out = subprocess.run(["git", "-C", str(here), "rev-parse", "--short", "HEAD"],
