@@ -197,8 +197,10 @@ def _write_report(records_path: Path, out: Path, meta: dict) -> int:
 
     records = load_records(records_path)
     path = write_report(records, out, meta)
-    failed = sum(1 for r in records if r.get("error"))
-    print(f"report: {path} ({len(records)} records, {failed} failed)")
+    unsupported = sum(1 for r in records if (r.get("error") or {}).get("type") == "Unsupported")
+    failed = sum(1 for r in records if r.get("error")) - unsupported
+    print(f"report: {path} ({len(records)} records, {failed} failed"
+          + (f", {unsupported} baselines unsupported for this pair" if unsupported else "") + ")")
     return 0
 
 
