@@ -10,6 +10,7 @@ Per sample, in this order (same inputs for all):
 """
 from __future__ import annotations
 
+import statistics
 from typing import Iterable, Iterator
 
 from . import engine
@@ -144,11 +145,17 @@ def summarize_engine(engine_records: list[dict], stage_records: list[dict]) -> t
     pre = {m: {r["sample_id"]: sum(r["stages_ms"][k] for k in prefix) for r in stage_records
                if r["model"] == m and not r.get("error")} for m in ("drafter", "target")}
     both = [s for s in common if pre["drafter"].get(s) and s in pre["target"]]
+    # The drafter's isolated per-token time (stage records): how many tokens the window could hold
+    # if drafting inside it were as fast as alone. hidden_fill = hidden drafted / that capacity.
+    tpot = {r["sample_id"]: statistics.median(r["decode_token_ms"][1:]) for r in stage_records
+            if r["model"] == "drafter" and not r.get("error") and len(r["decode_token_ms"]) > 1}
     per_sample = {
         "overall_speedup": [ref[s]["e2e_ms"] / par[s]["e2e_ms"] for s in common],
         "drafter_prefill_speedup": [pre["target"][s] / pre["drafter"][s] for s in both],
         "hidden_tokens": [par[s]["hidden_drafted"] for s in common],
         "hidden_accepted": [par[s]["hidden_accepted"] for s in common],
+        "hidden_fill": [par[s]["hidden_drafted"] / (par[s]["window_ms"] / tpot[s]) for s in common
+                        if s in tpot and par[s]["window_ms"] and par[s]["window_ms"] > 0],
         "window_ms": [par[s]["window_ms"] for s in common],
         "engine_efficiency": [par[s]["ideal_e2e_ms"] / par[s]["e2e_ms"] for s in common
                               if par[s].get("ideal_e2e_ms")],
