@@ -57,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--root", help="where to build (default: the cache directory)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--samples-per-duration", type=int, default=None)
-    build.add_argument("--force", action="store_true")
+    build.add_argument("--force", action="store_true", help="rebuild even if it exists")
 
     bnd = sub.add_parser("bounds", help="versioned performance bounds (fixtures/bounds/)")
     bnd_sub = bnd.add_subparsers(dest="bounds_command", required=True)

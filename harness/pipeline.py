@@ -222,7 +222,10 @@ def dataset_main(args) -> int:
     if args.samples_per_duration is not None:
         kwargs["samples_per_duration"] = args.samples_per_duration
     if args.root:
-        root = synthetic_dsec.build_dataset(args.root, progress=synthetic_dsec._tqdm_progress(), **kwargs)
+        if Path(args.root).exists() and any(Path(args.root).iterdir()) and not args.force:
+            raise SystemExit(f"{args.root} exists and is not empty; pass --force to rebuild it")
+        root = synthetic_dsec.build_dataset(args.root, progress=synthetic_dsec._tqdm_progress(),
+                                            overwrite=args.force, **kwargs)
     elif args.seed == 0 and args.samples_per_duration is None:
         default = synthetic_dsec.cache_dir() / f"dataset-{synthetic_dsec.DATASET_VERSION}-seed0"
         if args.force:
