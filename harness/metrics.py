@@ -268,17 +268,33 @@ def stage_comparison(overall: pd.DataFrame) -> pd.DataFrame:
                                        "ratio"])
 
 
+UNSUPPORTED = "Unsupported"   # a baseline that cannot run with this pair: a fact, not a failure
+
+
+def _unsupported(r: dict) -> bool:
+    return (r.get("error") or {}).get("type") == UNSUPPORTED
+
+
 def failures(records: Iterable[dict]) -> pd.DataFrame:
     """dataset x kind x who (model or engine mode) x failed stage x error type: record counts."""
     rows = [{"dataset": r["dataset"], "kind": r["kind"],
              "who": r.get("model") if r["kind"] == "stages" else r.get("mode"),
              "stage": (r["error"] or {}).get("stage"), "type": (r["error"] or {}).get("type")}
-            for r in records if r.get("error") is not None]
+            for r in records if r.get("error") is not None and not _unsupported(r)]
     cols = ["dataset", "kind", "who", "stage", "type"]
     if not rows:
         return pd.DataFrame(columns=[*cols, "count"])
     df = pd.DataFrame(rows).fillna("?")
     return _sorted(df.groupby(cols).size().reset_index(name="count"))
+
+
+def unsupported_baselines(records: Iterable[dict]) -> pd.DataFrame:
+    """Engine baselines that cannot run with this model pair (mode, reason, record count)."""
+    rows = [{"mode": r.get("mode"), "reason": r["error"].get("message", "")}
+            for r in records if _unsupported(r)]
+    if not rows:
+        return pd.DataFrame(columns=["mode", "reason", "count"])
+    return pd.DataFrame(rows).groupby(["mode", "reason"]).size().reset_index(name="count")
 
 
 def dataset_summary(stages: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
@@ -445,6 +461,7 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
         "stages": stages, "pairs": pairs, "samples": samples_table(stages, pairs),
         "datasets": dataset_summary(stages, pairs), "stage_summary": stage_summary(stages),
         "stage_overall": overall, "stage_comparison": stage_comparison(overall),
+        "unsupported": unsupported_baselines(records),
         "failures": failures(records), "peak_memory": peak_memory(stages),
         "engine_records": engine, "engine": engine_summary(engine),
         "engine_positions": per_position_acceptance(engine),

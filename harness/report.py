@@ -431,16 +431,28 @@ def findings(tables: dict, names: dict) -> list[str]:
     return out
 
 
+def _unsupported_text(tables: dict) -> list[str]:
+    u = tables.get("unsupported")
+    if u is None or u.empty:
+        return []
+    lines = ["### Baselines that cannot run with this pair", ""]
+    for _, r in u.iterrows():
+        lines.append(f"- **{r['mode']}** ({int(r['count'])} records, not counted as failures): "
+                     f"{r['reason']}")
+    return lines + [""]
+
+
 def failures_section(tables: dict, names: dict) -> str:
     f = tables["failures"]
     out = ["## Failures", ""]
     if f.empty:
-        return "\n".join(out + ["No record has an error.", ""])
+        return "\n".join(out + ["No sample or engine run failed.", ""] + _unsupported_text(tables))
     rows = [[r["dataset"], r["kind"], names.get(r["who"], r["who"]), r["stage"], r["type"],
              r["count"]] for _, r in f.iterrows()]
     return "\n".join(out + [md_table(["Dataset", "Kind", "Model / mode", "Stage", "Error",
                                       "Records"], rows),
-                            "", "Failed records are excluded from every timing statistic.", ""])
+                            "", "Failed records are excluded from every timing statistic.", ""]
+                     + _unsupported_text(tables))
 
 
 def methodology(meta: dict, tables: dict, names: dict) -> str:

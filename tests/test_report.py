@@ -194,3 +194,16 @@ def test_all_failed_dataset_reports_counts_without_timings(tmp_path):
     table = md_table_after(write_report(recs, tmp_path, META).read_text(), "## Results summary")
     row = table.iloc[0]
     assert (row["Samples"], row["Failed"], row["Timed"], row["Speedup"]) == ("2", "2", "0", "n/a")
+
+
+def test_unsupported_baseline_is_reported_not_failed(tmp_path, stage_recs):
+    from record_factory import engine_record
+
+    why = "assisted generation needs one prompt for both models"
+    rec = engine_record("500ms", stage_recs[0]["sample_id"], "assisted")
+    rec.update(e2e_ms=None, error={"stage": "assisted", "type": "Unsupported", "message": why})
+    clean = [r for r in stage_recs if not r.get("error")]
+    report = write_report(clean + [rec], tmp_path, META).read_text()
+    assert "No sample or engine run failed." in report
+    assert "Baselines that cannot run with this pair" in report and why in report
+    assert "most failures occurred" not in report
