@@ -93,8 +93,9 @@ def header(meta: dict, tables: dict, now: str) -> str:
     else:
         banner += ".**"
     if not tables["engine"].empty and (tables["engine"]["alpha"] != "real").any():
-        banner += ("\n> Speculative results marked *simulated α* use a drafter whose tokens are "
-                   "accepted with a set probability α, not real EventGPT outputs.")
+        banner += ("\n> Speculative results marked *simulated α* use a drafter that runs its real "
+                   "forward passes but emits the target's reference greedy token with probability "
+                   "α: not real EventGPT outputs. Acceptance is still measured by verification.")
     return "\n".join([
         "# Parallel Prefill Benchmark Report", "", banner, "",
         f"**Generated:** {now}  ", f"**Run:** {run}  ",
