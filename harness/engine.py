@@ -158,7 +158,9 @@ def _next_gamma(gamma: int | str, acc: Acceptance, costs: Costs, remaining: int)
     if gamma != "adaptive":
         g = int(gamma)
     else:
-        decode = costs.verify(1)
+        # Only a measured plain step is the decode cost (verify(1) would extrapolate from the
+        # hidden block's k-token verify).
+        decode = costs.verify(1) if 1 in costs.verify_ms else None
         if decode is None:
             g = 0                            # one plain step measures the decode cost
         elif costs.draft() is None:
@@ -201,8 +203,9 @@ class EngineResult:
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     window_ms: float | None = None
-    hidden_drafted: int = 0
-    hidden_accepted: int = 0
+    hidden_block: int = 0      # tokens drafted before verification started (the hidden block)
+    hidden_drafted: int = 0    # of those, finished inside the window (by target prefill end)
+    hidden_accepted: int = 0   # of those, accepted
     drafted: int = 0
     accepted: int = 0
     verify_steps: int = 0
@@ -240,8 +243,8 @@ def _finish(result: EngineResult, out: list[int], eos: set[int], max_new_tokens:
     result.output_tokens = out
     if result.e2e_ms is not None and result.ttft_ms is not None and len(out) > 1:
         result.tpot_ms = (result.e2e_ms - result.ttft_ms) / (len(out) - 1)
-    elif result.ttft_ms is not None:
-        result.tpot_ms = 0.0
+    else:
+        result.tpot_ms = None  # one token: no time per output token after the first
     if reference is not None:
         result.token_match_rate = token_match_rate(out, reference)
 
@@ -450,7 +453,10 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     out = [t1]
     m = _verify(target, tcache, pt, out, hidden[1:], select, t0, res) if hidden[0] == t1 else -1
     acc.add_block(len(hidden), m + 1)
-    res.hidden_drafted, res.hidden_accepted = len(hidden), m + 1
+    # A draft step that was running when the target became ready still joins the block, but only
+    # tokens finished inside the window are "hidden" (the overlap-window definition).
+    in_window = sum(1 for t in hidden_ms if t <= box["ends"]["prefill"])
+    res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
     pending = _realign_drafter(drafter, dcache, pd, out)
     if debug_hook:
         debug_hook(state("hidden"))
@@ -478,7 +484,7 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     res.drafted, res.accepted, res.verify_steps = acc.drafted, acc.accepted, acc.verify_steps
     res.accept_per_position = [list(p) for p in acc.per_position]
     _finish(res, out, eos, max_new_tokens, reference_tokens)
-    res.ideal_e2e_ms = _ideal_for(res, hidden_cap, max_new_tokens)
+    res.ideal_e2e_ms = _ideal_for(res, hidden_cap, len(res.output_tokens))
     return res
 
 
@@ -561,7 +567,8 @@ def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: f
     r = [a / d if d else 0.0 for a, d in accept_per_position]
     rate = lambda j: r[j] if j < len(r) else 0.0
     window = max(0.0, target_ready_ms - drafter_ready_ms)
-    n_h = int(min(hidden_cap, n_tokens, 1 + window // draft_ms)) if draft_ms > 0 else min(hidden_cap, n_tokens)
+    # No measured draft step means only d1 (from the drafter's prefill logits) was drafted.
+    n_h = int(min(hidden_cap, n_tokens, 1 + window // draft_ms)) if draft_ms > 0 else 1
     tokens_h = 1 + sum(rate(j) for j in range(n_h))
     hidden_cost = rate(0) * verify_ms(n_h)
     rest = max(0.0, n_tokens - tokens_h)
@@ -590,7 +597,7 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
 
 # -- records ---------------------------------------------------------------------------------------
 RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "window_ms",
-               "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
+               "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
                "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline", "error", "note")
 META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant")
 

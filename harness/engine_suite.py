@@ -10,7 +10,6 @@ Per sample, in this order (same inputs for all):
 """
 from __future__ import annotations
 
-import statistics
 from typing import Iterable, Iterator
 
 from . import engine
@@ -58,7 +57,10 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
 
 
 def parse_gammas(text: str) -> tuple:
-    return tuple(g if g == "adaptive" else int(g) for g in (x.strip() for x in text.split(",")) if g)
+    gammas = tuple(g if g == "adaptive" else int(g) for g in (x.strip() for x in text.split(",")) if g)
+    if not gammas:
+        raise SystemExit("--gammas needs at least one draft length (e.g. adaptive or 1,4)")
+    return gammas
 
 
 def parse_alphas(text: str) -> tuple:
@@ -145,17 +147,20 @@ def summarize_engine(engine_records: list[dict], stage_records: list[dict]) -> t
     pre = {m: {r["sample_id"]: sum(r["stages_ms"][k] for k in prefix) for r in stage_records
                if r["model"] == m and not r.get("error")} for m in ("drafter", "target")}
     both = [s for s in common if pre["drafter"].get(s) and s in pre["target"]]
-    # The drafter's isolated per-token time (stage records): how many tokens the window could hold
-    # if drafting inside it were as fast as alone. hidden_fill = hidden drafted / that capacity.
-    tpot = {r["sample_id"]: statistics.median(r["decode_token_ms"][1:]) for r in stage_records
-            if r["model"] == "drafter" and not r.get("error") and len(r["decode_token_ms"]) > 1}
+    # Window capacity at the drafter's isolated speed (its stage record's per-token times, token 1
+    # being free from the prefill logits): hidden_fill = hidden drafted / that capacity.
+    from .metrics import hidden_tokens
+
+    iso = {r["sample_id"]: r["decode_token_ms"] for r in stage_records
+           if r["model"] == "drafter" and not r.get("error") and r["decode_token_ms"]}
+    capacity = {s: hidden_tokens(iso[s], par[s]["window_ms"]) for s in common
+                if s in iso and par[s]["window_ms"] is not None}
     per_sample = {
         "overall_speedup": [ref[s]["e2e_ms"] / par[s]["e2e_ms"] for s in common],
         "drafter_prefill_speedup": [pre["target"][s] / pre["drafter"][s] for s in both],
         "hidden_tokens": [par[s]["hidden_drafted"] for s in common],
         "hidden_accepted": [par[s]["hidden_accepted"] for s in common],
-        "hidden_fill": [par[s]["hidden_drafted"] / (par[s]["window_ms"] / tpot[s]) for s in common
-                        if s in tpot and par[s]["window_ms"] and par[s]["window_ms"] > 0],
+        "hidden_fill": [par[s]["hidden_drafted"] / capacity[s] for s in common if capacity.get(s)],
         "window_ms": [par[s]["window_ms"] for s in common],
         "engine_efficiency": [par[s]["ideal_e2e_ms"] / par[s]["e2e_ms"] for s in common
                               if par[s].get("ideal_e2e_ms")],

@@ -354,7 +354,8 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
     pm = tables["peak_memory"]
     for _, r in pm.iterrows():
         if r["count"]:
-            out.append(f"- **{names[r['model']]} peak memory (max over {r['count']} samples):** "
+            out.append(f"- **Device peak during {names[r['model']]}'s stages (max over {r['count']} "
+                       f"samples; includes every model resident on that device):** "
                        f"{gib(r['max_bytes'])}, mean {gib(r['mean_bytes'])}")
     if not (pm["count"] > 0).any():
         out.append("- **Peak memory:** not recorded (CPU run or not measured)")
@@ -424,11 +425,13 @@ def findings(tables: dict, names: dict) -> list[str]:
                        f"{ratio(b['speedup_vs_target_only'])} vs target_only{extra}.")
     f = tables["failures"]
     if len(f):
-        total = int(ds["samples"].sum())
-        failed = int(ds["failed"].sum())
         top = f.groupby("stage")["count"].sum()
-        out.append(f"{failed} of {total} samples failed in at least one stage; most failures "
-                   f"occurred in {top.idxmax()} ({int(top.max())} records).")
+        where = f"most failed records failed at {top.idxmax()} ({int(top.max())} of {int(top.sum())})"
+        if "samples" in ds and len(ds):
+            out.append(f"{int(ds['failed'].sum())} of {int(ds['samples'].sum())} samples failed in "
+                       f"at least one stage; {where}.")
+        else:
+            out.append(f"{int(top.sum())} records failed; {where}.")
     return out
 
 

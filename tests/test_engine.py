@@ -40,7 +40,7 @@ def test_identical_drafter_accepts_everything(same, gamma):
     res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=40, gamma=gamma)
     assert res.output_tokens == ref
     assert res.accepted == res.drafted > 0
-    assert res.hidden_accepted == res.hidden_drafted >= 1
+    assert res.hidden_accepted == res.hidden_drafted <= res.hidden_block and res.hidden_block >= 1
     assert res.acceptance_rate == 1.0
     assert res.mean_acceptance_length == 1 + res.accepted / res.verify_steps
 
@@ -84,14 +84,14 @@ def test_gamma_zero_is_plain_decoding_after_the_window(rand):
     res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=15, gamma=0)
     assert res.output_tokens == _greedy(target, 15)
     assert set(res.gamma_trace) <= {0}
-    assert res.drafted == res.hidden_drafted
+    assert res.drafted == res.hidden_block
 
 
 def test_hidden_cap_bounds_the_window_drafting():
     target = runner(tiny_llama(0, hidden=64, layers=4), name="target")   # slower: a real window
     drafter = runner(tiny_llama(0, layers=1), name="drafter")
     res = E.parallel_prefill_decode(drafter, target, PROMPT * 2, max_new_tokens=20, gamma=2, hidden_cap=3)
-    assert 1 <= res.hidden_drafted <= 3
+    assert 1 <= res.hidden_block <= 3 and res.hidden_drafted <= res.hidden_block
     assert res.output_tokens == _greedy(target, 20, PROMPT * 2)
 
 
@@ -279,7 +279,7 @@ def test_to_record_matches_the_contract(rand):
     assert set(rec) == {
         "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "mode",
         "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "n_output_tokens",
-        "output_tokens", "window_ms", "hidden_drafted", "hidden_accepted", "drafted", "accepted",
+        "output_tokens", "window_ms", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted",
         "verify_steps", "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline",
         "error", "note"}
     assert rec["kind"] == "engine" and rec["mode"] == "parallel" and rec["n_output_tokens"] == 6
@@ -299,3 +299,33 @@ def test_error_result_record():
 def test_now_ms_is_monotonic_on_cpu():
     a = E.now_ms(torch.device("cpu"))
     assert E.now_ms() >= a
+
+
+def test_hidden_tokens_are_those_finished_inside_the_window(rand):
+    """A draft step still running when the target becomes ready joins the verified block, but it
+    is not a hidden token: hidden = drafted tokens whose finish time is inside the window."""
+    import time
+
+    drafter, target = rand
+
+    class Slow:
+        def __init__(self, inner, method, ms):
+            self._inner, self._method, self._ms = inner, method, ms
+
+        def __getattr__(self, name):
+            attr = getattr(self._inner, name)
+            if name != self._method:
+                return attr
+
+            def slowed(*a, **k):
+                time.sleep(self._ms / 1e3)
+                return attr(*a, **k)
+            return slowed
+
+    res = E.parallel_prefill_decode(Slow(drafter, "decode", 30), Slow(target, "load_inputs", 100),
+                                    PROMPT, max_new_tokens=12, gamma=0)
+    ready = res.timeline["target_stage_end_ms"]["prefill"]
+    finished = res.timeline["draft_token_ms"][:res.hidden_block]
+    assert res.hidden_drafted == sum(t <= ready for t in finished)
+    assert res.hidden_block >= res.hidden_drafted >= 1
+    assert res.output_tokens == _greedy(target, 12)

@@ -65,7 +65,7 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
 
     # counts add up
     assert 0 <= res.accepted <= res.drafted
-    assert 0 <= res.hidden_accepted <= res.hidden_drafted <= min(hidden_cap, max_new_tokens)
+    assert 0 <= res.hidden_accepted <= res.hidden_drafted <= res.hidden_block <= min(hidden_cap, max_new_tokens)
     assert res.produced == res.verify_steps + res.accepted + res.decode_steps
     assert res.produced >= len(res.output_tokens)
     assert res.produced < max_new_tokens + (gamma if gamma != "adaptive" else E.MAX_GAMMA) + hidden_cap + 1

@@ -211,3 +211,15 @@ def test_dataset_order_follows_duration():
 def test_no_records_gives_empty_tables():
     t = M.compute_all([])
     assert t["datasets"].empty and t["engine"].empty and t["pairs"].empty
+
+
+def test_speedup_baseline_uses_only_samples_the_configuration_completed():
+    recs = [engine_record("4s", "a", "target_only", e2e_ms=100.0),
+            engine_record("4s", "b", "target_only", e2e_ms=300.0),
+            engine_record("4s", "a", "parallel", gamma=2, e2e_ms=50.0),
+            engine_record("4s", "b", "parallel", gamma=2, e2e_ms=None,
+                          error={"stage": "decode", "type": "OutOfMemoryError", "message": "oom"})]
+    summary = M.engine_summary(M.engine_frame(recs))
+    row = summary[(summary["dataset"] == "4s") & (summary["mode"] == "parallel")].iloc[0]
+    assert row["target_only_e2e_ms"] == 100.0      # sample b failed in parallel: not in the baseline
+    assert row["speedup_vs_target_only"] == pytest.approx(2.0)

@@ -207,3 +207,14 @@ def test_unsupported_baseline_is_reported_not_failed(tmp_path, stage_recs):
     assert "No sample or engine run failed." in report
     assert "Baselines that cannot run with this pair" in report and why in report
     assert "most failures occurred" not in report
+
+
+def test_engine_only_records_with_a_failure_do_not_crash(tmp_path):
+    from record_factory import engine_record
+
+    recs = [engine_record("4s", "a", "target_only", e2e_ms=100.0),
+            engine_record("4s", "a", "parallel", gamma=2, e2e_ms=80.0),
+            engine_record("4s", "b", "parallel", gamma=2, e2e_ms=None,
+                          error={"stage": "decode", "type": "RuntimeError", "message": "boom"})]
+    report = write_report(recs, tmp_path, META).read_text()
+    assert "1 records failed; most failed records failed at decode" in report
