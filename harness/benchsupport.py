@@ -41,11 +41,13 @@ class MeasuredTimes:
         return self.__name__
 
 
-def record_rounds(benchmark, seconds: list[float], source: str) -> None:
+def record_rounds(benchmark, seconds: list[float], source: str, failures=()) -> None:
     """One benchmark round per measured value (seconds). With --benchmark-disable this is a no-op
-    run; with an empty list it fails the test, since a benchmark with no data must not pass."""
+    run; with an empty list it fails the test, naming the failed samples, since a benchmark with
+    no data must not pass."""
     if not seconds:
-        raise AssertionError("no successful measurement to record (every sample failed?)")
+        raise AssertionError("no successful measurement to record; failures:\n"
+                             + ("\n".join(failures) or "(no samples selected)"))
     benchmark._timer = MeasuredTimes(seconds, source)  # pytest-benchmark has no public replay API
     benchmark.pedantic(lambda: None, rounds=len(seconds), iterations=1, warmup_rounds=0)
 
@@ -142,7 +144,8 @@ class BenchSession:
             target_path=g("--ppbench-target-path"), data_root=g("--ppbench-data-root"),
             device=g("--ppbench-device"), drafter_device=g("--ppbench-drafter-device"),
             quant=g("--ppbench-quant"), dtype=g("--ppbench-dtype"), samples=g("--ppbench-samples"),
-            durations=durations.split(",") if durations else list(pipeline.DEFAULT_DURATIONS),
+            durations=[d.strip() for d in durations.split(",") if d.strip()] if durations
+            else list(pipeline.DEFAULT_DURATIONS),
             max_new_tokens=g("--ppbench-max-new-tokens"),
             out=g("--ppbench-out") or os.path.join(".benchmarks", "ppbench-report"),
             inject_delay=g("--ppbench-inject-delay"))
@@ -231,7 +234,10 @@ def measurements_from_saves(docs: list[dict]) -> tuple[dict, dict]:
             if not b["name"].startswith(ENGINE_BENCH + "["):
                 continue
             duration = b["name"][len(ENGINE_BENCH) + 1:-1]
-            for name, value in (b.get("extra_info") or {}).items():
+            extra = dict(b.get("extra_info") or {})
+            if "pooled_acceptance" in extra:   # the bound checks the pooled rate, so derive from it
+                extra["acceptance_rate"] = extra["pooled_acceptance"]
+            for name, value in extra.items():
                 if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
                     value = statistics.median(value)  # per-sample list -> the run's median
                 if name in DEFAULT_MARGINS and isinstance(value, (int, float)):

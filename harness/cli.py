@@ -83,7 +83,12 @@ def bounds_main(args) -> int:
     from . import bounds
     from .benchsupport import measurements_from_saves
 
-    docs = [json.loads(open(p).read()) for p in args.saves]
+    docs = []
+    for p in args.saves:
+        try:
+            docs.append(json.loads(open(p).read()))
+        except (OSError, ValueError) as exc:
+            raise SystemExit(f"cannot read saved benchmark JSON {p}: {exc}") from None
     measurements, meta = measurements_from_saves(docs)
     if not measurements:
         raise SystemExit("no parallel-prefill benchmark results in these saves")
@@ -91,8 +96,11 @@ def bounds_main(args) -> int:
         measurements = {k: {"all": v["all"]} for k, v in measurements.items()}
     margins = {}
     for spec in args.margin:
-        name, rel = spec.split("=")
-        base = dict(bounds.DEFAULT_MARGINS[name])
+        name, _, rel = spec.partition("=")
+        if name not in bounds.DEFAULT_MARGINS or not rel:
+            raise SystemExit(f"--margin {spec!r}: expected NAME=REL with NAME one of "
+                             f"{', '.join(bounds.DEFAULT_MARGINS)}")
+        base = {k: v for k, v in bounds.DEFAULT_MARGINS[name].items() if k != "abs"}
         base.update(rel=float(rel), why=base["why"].split(";")[0] + f"; -{float(rel):.0%} of measured")
         margins[name] = base
     gpu = (docs[-1].get("machine_info") or {}).get("gpu") or {}

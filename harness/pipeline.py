@@ -119,7 +119,15 @@ def run_main(args) -> int:
     durations = [d.strip() for d in args.durations.split(",") if d.strip()]
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(args.out) if args.out else Path("runs") / run_id
-    if args.resume and not (out / "records.jsonl").exists():
+    records_path = out / "records.jsonl"
+    has_records = records_path.exists() and records_path.stat().st_size > 0
+    # Refuse before touching anything in `out`: a refused run must not rewrite a run's meta.json.
+    if has_records and not args.resume:
+        raise SystemExit(f"{records_path} already holds records; pass --resume or another --out")
+    previous = _resumable_meta(out, args) if has_records else None
+    if previous:
+        run_id = previous.get("run_id", run_id)   # resumed records keep the run's identity
+    elif args.resume:
         print(f"--resume: no records in {out}; starting a new run there", file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     _link_latest(out)
@@ -142,6 +150,8 @@ def run_main(args) -> int:
             print(f"warning: {exc}", file=sys.stderr)
     print(f"dataset: {root} ({len(samples)} samples over {len(durations)} durations, "
           f"{time.perf_counter() - t:.1f} s)")
+    if not samples:
+        raise SystemExit(f"no samples to measure for durations {', '.join(durations)} in {root}")
 
     t = time.perf_counter()
     drafter, target = load_models(args.profile, device=device, quant=quant, dtype=dtype,
@@ -157,11 +167,8 @@ def run_main(args) -> int:
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     record_meta = record_fields(meta)
 
-    records_path = out / "records.jsonl"
     repair_torn_tail(records_path)
     done = done_keys(load_records(records_path)) if args.resume else set()
-    if not args.resume and records_path.exists() and records_path.stat().st_size:
-        raise SystemExit(f"{records_path} already holds records; pass --resume or another --out")
 
     if samples and args.warmup:
         for s in samples[: args.warmup]:
@@ -182,10 +189,33 @@ def run_main(args) -> int:
     return _write_report(records_path, out, meta)
 
 
+# Settings that change what a record means: a resumed run must use the same ones.
+RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos")
+
+
+def _resumable_meta(out: Path, args) -> dict | None:
+    """The interrupted run's meta.json, after checking that this run's settings match it."""
+    path = out / "meta.json"
+    if not path.exists():
+        return None
+    previous = json.loads(path.read_text())
+    device = resolve_device(args.device)
+    quant, dtype = resolve_precision(device, args.quant, args.dtype)
+    now = {"profile": args.profile, "quant": quant, "dtype": str(dtype).replace("torch.", ""),
+           "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos}
+    differ = [f"{k}: saved {previous.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS
+              if k in previous and previous[k] != now[k]]
+    if differ:
+        raise SystemExit(f"--resume with different settings than {path}: " + "; ".join(differ))
+    return previous
+
+
 def _link_latest(out: Path) -> None:
     latest = out.parent / "latest"
     try:
-        if latest.is_symlink() or latest.exists():
+        if latest.exists() and not latest.is_symlink():
+            return  # never delete a real file or directory that happens to be called "latest"
+        if latest.is_symlink():
             latest.unlink()
         latest.symlink_to(out.resolve(), target_is_directory=True)
     except OSError:
@@ -201,6 +231,10 @@ def _write_report(records_path: Path, out: Path, meta: dict) -> int:
     failed = sum(1 for r in records if r.get("error")) - unsupported
     print(f"report: {path} ({len(records)} records, {failed} failed"
           + (f", {unsupported} baselines unsupported for this pair" if unsupported else "") + ")")
+    measured = len(records) - failed - unsupported
+    if measured == 0:
+        print("error: no successful measurement (every record failed)", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -73,7 +73,7 @@ def _deselect_durations(config, items):
     wanted = config.getoption("--ppbench-durations")
     if not wanted:
         return
-    wanted = set(wanted.split(","))
+    wanted = {d.strip() for d in wanted.split(",") if d.strip()}
     keep, drop = [], []
     for item in items:
         duration = getattr(getattr(item, "callspec", None), "params", {}).get("duration")

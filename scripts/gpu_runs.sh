@@ -52,7 +52,9 @@ for step in "$@"; do
       echo "== run 1" | tee $B/log.txt
       timeout "$(cap "${BENCH_SECS:-230}")" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
           --ppbench-out $B/report1 2>&1 | tail -n 40 | tee -a $B/log.txt
-      first=$(ls $S/*/*.json | sort | head -n 1)
+      first=$(ls $S/*/*.json 2>/dev/null | sort | head -n 1)
+      # without a first save there is nothing to gate against: stop rather than "pass" ungated runs
+      [ -n "$first" ] || { echo "run 1 saved nothing; stopping the bench step" | tee -a $B/log.txt; pack bench; continue; }
       python3 -m harness bounds derive "$first" --out $B/bounds.json 2>&1 | tee -a $B/log.txt
       echo "== run 2 (A/A gate against run 1, bounds from run 1)" | tee -a $B/log.txt
       timeout "$(cap "${BENCH_SECS:-230}")" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \

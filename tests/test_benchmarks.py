@@ -43,7 +43,7 @@ def test_stage(benchmark, ppbench_session, stage, duration, model):
         n_visual_tokens=[r["n_visual_tokens"] for r in ok],
         n_output_tokens=[r["n_output_tokens"] for r in ok],
         peak_mem_bytes=max((r["peak_mem_bytes"] or 0 for r in ok), default=None))
-    record_rounds(benchmark, seconds, "stage clock, device-synchronized")
+    record_rounds(benchmark, seconds, "stage clock, device-synchronized", _failures(records, model))
     assert not _failures(records, model), "\n".join(_failures(records, model))
 
 
@@ -58,7 +58,7 @@ def test_decode_token(benchmark, ppbench_session, duration, model):
     benchmark.group = "decode_token"
     benchmark.extra_info.update(samples=[r["sample_id"] for r in ok], tokens=len(seconds))
     record_rounds(benchmark, seconds, "CUDA events per token" if "cuda" in str(
-        ppbench_session.target.device) else "perf_counter per token")
+        ppbench_session.target.device) else "perf_counter per token", _failures(records, model))
 
 
 @pytest.mark.parametrize("duration", DEFAULT_DURATIONS)
@@ -73,7 +73,8 @@ def test_parallel_prefill(benchmark, ppbench_session, ppbench_bounds, duration):
     benchmark.extra_info.update(per_sample, drafted=summary["drafted"], accepted=summary["accepted"],
                                 pooled_acceptance=summary["acceptance_rate"])
     record_rounds(benchmark, [r["e2e_ms"] / 1e3 for r in records
-                              if r["mode"] == "parallel" and not r.get("error")], "engine clock")
+                              if r["mode"] == "parallel" and not r.get("error")], "engine clock",
+                  _failures(records) + _failures(stages))
     assert not _failures(records), "\n".join(_failures(records))
     if ppbench_bounds is not None:
         check_engine_bounds(ppbench_bounds, summary, duration)

@@ -44,3 +44,33 @@ def test_gammas_and_alphas_parse():
 
     assert parse_gammas("adaptive, 1,4") == ("adaptive", 1, 4)
     assert parse_alphas("0,0.35") == (0.0, 0.35) and parse_alphas("") == ()
+
+
+def _fake_run(out, **meta):
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "records.jsonl").write_text(json.dumps({"kind": "stages"}) + "\n")
+    saved = {"run_id": "old", "profile": "tiny", "quant": "none", "dtype": "float32",
+             "max_new_tokens": 4, "stop_at_eos": False, **meta}
+    (out / "meta.json").write_text(json.dumps(saved))
+    return saved
+
+
+def test_refused_run_leaves_the_existing_run_untouched(tmp_path):
+    out = tmp_path / "run"
+    saved = _fake_run(out)
+    with pytest.raises(SystemExit, match="already holds records"):
+        main(["run", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8"])
+    assert json.loads((out / "meta.json").read_text()) == saved
+
+
+def test_resume_with_different_settings_is_refused(tmp_path):
+    out = tmp_path / "run"
+    _fake_run(out)
+    with pytest.raises(SystemExit, match="max_new_tokens: saved 4, now 8"):
+        main(["run", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8", "--resume"])
+
+
+def test_run_with_no_samples_fails(tmp_path):
+    with pytest.raises(SystemExit, match="no samples to measure"):
+        main(["run", "--durations", "3s", "--out", str(tmp_path / "r"), "--device", "cpu",
+              "--no-progress"])

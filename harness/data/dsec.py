@@ -62,6 +62,10 @@ class EventReader:
             raise self._error(f"not DSEC layout, missing datasets {missing}")
         self._x, self._y, self._t, self._p, self._ms_to_idx, t_offset = self._read(
             lambda: [self._f[name] for name in _DATASETS])
+        not_1d = [n for n, d in zip(_DATASETS, (self._x, self._y, self._t, self._p, self._ms_to_idx))
+                  if d.ndim != 1]
+        if not_1d:
+            raise self._error(f"not DSEC layout, datasets {not_1d} are not 1-D arrays")
         lengths = {len(d) for d in (self._x, self._y, self._t, self._p)}
         if len(lengths) != 1:
             raise self._error(f"events/x,y,t,p lengths differ: {sorted(lengths)}")
