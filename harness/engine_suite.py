@@ -137,19 +137,19 @@ def summarize_engine(engine_records: list[dict], stage_records: list[dict]) -> t
     timing rounds; the medians are what the bounds check."""
     import statistics as st
 
+    from .metrics import hidden_tokens, to_prefill_end
+
     by = {}
     for r in engine_records:
         if not r.get("error"):
             by.setdefault(r["mode"], {})[r["sample_id"]] = r
     par, ref = by.get("parallel", {}), by.get("target_only", {})
     common = sorted(par.keys() & ref.keys())
-    prefix = ("load", "preprocess", "vision", "prefill")
-    pre = {m: {r["sample_id"]: sum(r["stages_ms"][k] for k in prefix) for r in stage_records
+    pre = {m: {r["sample_id"]: to_prefill_end(r["stages_ms"]) for r in stage_records
                if r["model"] == m and not r.get("error")} for m in ("drafter", "target")}
     both = [s for s in common if pre["drafter"].get(s) and s in pre["target"]]
     # Window capacity at the drafter's isolated speed (its stage record's per-token times, token 1
     # being free from the prefill logits): hidden_fill = hidden drafted / that capacity.
-    from .metrics import hidden_tokens
 
     iso = {r["sample_id"]: r["decode_token_ms"] for r in stage_records
            if r["model"] == "drafter" and not r.get("error") and r["decode_token_ms"]}

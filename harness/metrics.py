@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import DataError
+from .records import record_key
 
 STAGES = ("load", "preprocess", "vision", "prefill", "decode")
 PREFIX_STAGES = STAGES[:4]
@@ -105,13 +106,6 @@ def sort_datasets(labels: Iterable[str]) -> list[str]:
 
 
 # -- record validation and frames ------------------------------------------------------------------
-def _key(r: dict) -> tuple:
-    if r.get("kind") == "engine":
-        return ("engine", r["dataset"], r["sample_id"], r["mode"], str(r.get("gamma")),
-                r.get("alpha_simulated"))
-    return ("stages", r["dataset"], r["sample_id"], r["model"])
-
-
 def _check(r: dict, i: int) -> None:
     sample = r.get("sample_id") if isinstance(r, dict) else None
     if not isinstance(r, dict) or r.get("kind") not in ("stages", "engine"):
@@ -141,7 +135,7 @@ def dedupe(records: Iterable[dict]) -> list[dict]:
     out: dict[tuple, dict] = {}
     for i, r in enumerate(records):
         _check(r, i)
-        out[_key(r)] = r
+        out[record_key(r)] = r
     return list(out.values())
 
 

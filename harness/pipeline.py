@@ -124,7 +124,9 @@ def run_main(args) -> int:
     # Refuse before touching anything in `out`: a refused run must not rewrite a run's meta.json.
     if has_records and not args.resume:
         raise SystemExit(f"{records_path} already holds records; pass --resume or another --out")
-    previous = _resumable_meta(out, args) if has_records else None
+    settings = {"profile": args.profile, "quant": quant, "dtype": str(dtype).replace("torch.", ""),
+                "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos}
+    previous = _resumable_meta(out, settings) if has_records else None
     if previous:
         run_id = previous.get("run_id", run_id)   # resumed records keep the run's identity
     elif args.resume:
@@ -193,16 +195,12 @@ def run_main(args) -> int:
 RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos")
 
 
-def _resumable_meta(out: Path, args) -> dict | None:
-    """The interrupted run's meta.json, after checking that this run's settings match it."""
+def _resumable_meta(out: Path, now: dict) -> dict | None:
+    """The interrupted run's meta.json, after checking that this run's settings (`now`) match it."""
     path = out / "meta.json"
     if not path.exists():
         return None
     previous = json.loads(path.read_text())
-    device = resolve_device(args.device)
-    quant, dtype = resolve_precision(device, args.quant, args.dtype)
-    now = {"profile": args.profile, "quant": quant, "dtype": str(dtype).replace("torch.", ""),
-           "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos}
     differ = [f"{k}: saved {previous.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS
               if k in previous and previous[k] != now[k]]
     if differ:
