@@ -119,7 +119,8 @@ class BenchSession:
 
         self.drafter, self.target = pipeline.load_models(
             opts.profile, device=device, quant=quant, dtype=dtype, drafter_path=opts.drafter_path,
-            target_path=opts.target_path, drafter_device=opts.drafter_device)
+            target_path=opts.target_path, drafter_device=opts.drafter_device, decode_impl=opts.decode,
+            max_new_tokens=opts.max_new_tokens, cache_len=opts.cache_len)
         injected = _inject_delay([self.drafter, self.target], opts.inject_delay)
         self.meta = pipeline.run_meta(
             opts.profile, device, self.drafter, self.target, dtype, quant, source, self.root,
@@ -146,7 +147,8 @@ class BenchSession:
             quant=g("--ppbench-quant"), dtype=g("--ppbench-dtype"), samples=g("--ppbench-samples"),
             durations=[d.strip() for d in durations.split(",") if d.strip()] if durations
             else list(pipeline.DEFAULT_DURATIONS),
-            max_new_tokens=g("--ppbench-max-new-tokens"),
+            max_new_tokens=g("--ppbench-max-new-tokens"), decode=g("--ppbench-decode"),
+            cache_len=g("--ppbench-cache-len"),
             out=g("--ppbench-out") or os.path.join(".benchmarks", "ppbench-report"),
             inject_delay=g("--ppbench-inject-delay"))
         return cls(opts)

@@ -24,6 +24,12 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
     p.add_argument("--max-new-tokens", type=int, default=50)
+    p.add_argument("--decode", choices=["auto", "hf", "static", "cuda-graph"], default="auto",
+                   help="decode implementation: hf (transformers eager), static (fixed KV cache), cuda-graph "
+                        "(static cache, steps replayed as CUDA graphs); auto: cuda-graph on CUDA, hf on CPU")
+    p.add_argument("--cache-len", type=int, default=None,
+                   help="static KV cache positions (default: visual tokens + text budget + max new tokens + "
+                        "engine overshoot, rounded up to 128)")
     p.add_argument("--stop-at-eos", action="store_true", help="stop decoding at EOS (default: fixed length)")
     p.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up samples")
     p.add_argument("--engine", choices=["on", "off"], default="on",

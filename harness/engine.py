@@ -599,7 +599,7 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
 RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "window_ms",
                "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
                "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline", "error", "note")
-META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant")
+META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl")
 
 
 def to_record(result: EngineResult, **meta: Any) -> dict:

@@ -75,14 +75,25 @@ PROFILE_LABELS = {
 
 
 def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path=None,
-                drafter_device=None):
-    """(drafter, target) runners; the drafter may live on its own device (two-GPU overlap)."""
-    from .models.profiles import load_drafter, load_target
+                drafter_device=None, decode_impl="auto", max_new_tokens=50, cache_len=None):
+    """(drafter, target) runners; the drafter may live on its own device (two-GPU overlap).
+    Each runner's `decode_setup` says which decode implementation it runs (and its cache)."""
+    from .models.profiles import configure_decode, load_drafter, load_target
 
     drafter = load_drafter(profile, device=torch.device(drafter_device) if drafter_device else device,
                            quant=quant, dtype=dtype, path=drafter_path)
     target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path)
+    setup = configure_decode([drafter, target], decode_impl, max_new_tokens=max_new_tokens,
+                             cache_len=cache_len)
+    drafter.decode_setup, target.decode_setup = setup["drafter"], setup["target"]
     return drafter, target
+
+
+DECODE_LABELS = {
+    "hf": "transformers eager forward, DynamicCache",
+    "static": "static KV cache, eager (models/static_decode.py)",
+    "cuda-graph": "static KV cache, decode/verify steps replayed as CUDA graphs (models/static_decode.py)",
+}
 
 
 def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, **extra) -> dict:
@@ -93,6 +104,9 @@ def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, 
         "target_device": str(target.device), "dtype": str(dtype).replace("torch.", ""),
         "quant": quant, "quantization": "NF4 4-bit, double quant, bf16 compute (LLM linears)"
         if quant == "nf4" else f"none ({str(dtype).replace('torch.', '')})",
+        "decode_impl": target.decode_impl, "decode_label": DECODE_LABELS[target.decode_impl],
+        "decode_setup": {"drafter": getattr(drafter, "decode_setup", {"decode_impl": drafter.decode_impl}),
+                         "target": getattr(target, "decode_setup", {"decode_impl": target.decode_impl})},
         "data_source": data_source, "data_root": str(root),
         "versions": versions(), "commit": git_commit(), "git_commit": git_commit(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
@@ -104,7 +118,7 @@ def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, 
 
 def record_fields(meta: dict) -> dict:
     """The run-level fields every record carries."""
-    return {k: meta[k] for k in ("run_id", "profile", "device", "dtype", "quant")}
+    return {k: meta.get(k) for k in ("run_id", "profile", "device", "dtype", "quant", "decode_impl")}
 
 
 # -- the main job -------------------------------------------------------------------------------------
@@ -124,8 +138,12 @@ def run_main(args) -> int:
     # Refuse before touching anything in `out`: a refused run must not rewrite a run's meta.json.
     if has_records and not args.resume:
         raise SystemExit(f"{records_path} already holds records; pass --resume or another --out")
+    from .models.static_decode import resolve_decode_impl
+
+    decode_impl = resolve_decode_impl(args.decode, device)
     settings = {"profile": args.profile, "quant": quant, "dtype": str(dtype).replace("torch.", ""),
-                "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos}
+                "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos,
+                "decode_impl": decode_impl}
     previous = _resumable_meta(out, settings) if has_records else None
     if previous:
         run_id = previous.get("run_id", run_id)   # resumed records keep the run's identity
@@ -158,8 +176,9 @@ def run_main(args) -> int:
     t = time.perf_counter()
     drafter, target = load_models(args.profile, device=device, quant=quant, dtype=dtype,
                                   drafter_path=args.drafter_path, target_path=args.target_path,
-                                  drafter_device=args.drafter_device)
-    print(f"models: {drafter.name} + {target.name} ({args.profile}, {quant}, {dtype}) "
+                                  drafter_device=args.drafter_device, decode_impl=decode_impl,
+                                  max_new_tokens=args.max_new_tokens, cache_len=args.cache_len)
+    print(f"models: {drafter.name} + {target.name} ({args.profile}, {quant}, {dtype}, decode {decode_impl}) "
           f"loaded in {time.perf_counter() - t:.1f} s")
 
     meta = run_meta(args.profile, device, drafter, target, dtype, quant, data_source, root,
@@ -192,7 +211,7 @@ def run_main(args) -> int:
 
 
 # Settings that change what a record means: a resumed run must use the same ones.
-RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos")
+RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos", "decode_impl")
 
 
 def _resumable_meta(out: Path, now: dict) -> dict | None:

@@ -33,6 +33,10 @@ def pytest_addoption(parser):
     g.addoption("--ppbench-samples", type=int, default=2, help="samples per duration (= rounds)")
     g.addoption("--ppbench-durations", default=None, help="comma-separated subset of durations")
     g.addoption("--ppbench-max-new-tokens", type=int, default=50)
+    g.addoption("--ppbench-decode", default="auto", choices=["auto", "hf", "static", "cuda-graph"],
+                help="decode implementation (auto: cuda-graph on CUDA, hf on CPU); see models/static_decode.py")
+    g.addoption("--ppbench-cache-len", type=int, default=None, help="static KV cache positions (default: sized "
+                "from the visual tokens and --ppbench-max-new-tokens)")
     g.addoption("--ppbench-out", default=None, help="where the session report goes "
                                                     "(default .benchmarks/ppbench-report)")
     g.addoption("--ppbench-bounds", default=None, help="bounds JSON (default fixtures/bounds/<profile>-<device>.json)")

@@ -345,12 +345,19 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
            f"- **Device:** {_device(meta, tables)}",
            f"- **dtype:** {meta.get('dtype', 'not given')}",
            f"- **Quantization:** {meta.get('quantization', 'not given')}",
+           f"- **Decode implementation:** {meta.get('decode_label') or meta.get('decode_impl') or 'transformers eager (not recorded)'}",
            f"- **Versions:** " + (", ".join(f"{k} {v[k]}" for k in sorted(v)) or "not given"),
            f"- **Git commit:** {meta.get('git_commit', 'not given')}",
            f"- **Max new tokens:** {meta.get('max_new_tokens', 'not given')}"]
     for m in M.MODELS:
         if m in foot:
             out.append(f"- **{names[m]} weights footprint:** {gib(foot[m])}")
+    for m, setup in (meta.get("decode_setup") or {}).items():
+        if m in names and setup.get("cache_bytes"):
+            graphs = (f"; {len(setup['graph_sizes'])} CUDA graphs captured at load in {setup['graph_capture_s']} s"
+                      if setup.get("graph_sizes") else "")
+            out.append(f"- **{names[m]} static KV cache:** {gib(setup['cache_bytes'])} "
+                       f"({setup['cache_len']} positions){graphs}")
     pm = tables["peak_memory"]
     for _, r in pm.iterrows():
         if r["count"]:

@@ -24,6 +24,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
+from harness.models.static_decode import StaticDecoder, resolve_decode_impl
+
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
     # transformers >= 5.2x renamed `past_key_values` to `cache`; the GPU image runs an older 5.x.
@@ -45,6 +47,24 @@ class CausalLMRunner:
         self.tokenizer = tokenizer
         self.name = name or type(model).__name__
         self._cache_kw = _cache_kwarg(model)
+        self.decode_impl = "hf"
+        self.static: StaticDecoder | None = None   # set by use_decode_impl
+
+    def use_decode_impl(self, impl: str = "auto", *, max_len: int | None = None) -> dict:
+        """Switch stages 4-5 to 'hf', 'static' or 'cuda-graph' (see models/static_decode.py).
+        Static impls need `max_len`, the cache size in positions. Returns what was set up."""
+        impl = resolve_decode_impl(impl, self.device)
+        self.static, self.decode_impl = None, impl
+        info = {"decode_impl": impl}
+        if impl != "hf":
+            if not max_len or max_len < 2:
+                raise ValueError(f"decode impl {impl!r} needs max_len (cache positions), got {max_len!r}")
+            self.static = StaticDecoder(self.model, max_len=max_len, graphs=impl == "cuda-graph")
+            info.update(cache_len=int(max_len), cache_bytes=self.static.memory_bytes())
+            if impl == "cuda-graph":
+                info["graph_capture_s"] = round(self.static.capture_graphs(), 3)
+                info["graph_sizes"] = sorted(self.static.graphs)
+        return info
 
     # -- properties -------------------------------------------------------------------------------
     @property
@@ -79,12 +99,14 @@ class CausalLMRunner:
 
     # -- stages 4-5: shared by every causal LM -----------------------------------------------------
     def _forward(self, cache: DynamicCache, *, input_ids=None, inputs_embeds=None, keep: int = 1):
+        if self.static is not None:
+            return self.static.forward(cache, input_ids=input_ids, inputs_embeds=inputs_embeds, keep=keep)
         out = self.model(input_ids=input_ids, inputs_embeds=inputs_embeds, use_cache=True,
                          logits_to_keep=keep, **{self._cache_kw: cache})
         return out.logits[0].float()
 
     def new_cache(self) -> DynamicCache:
-        return DynamicCache()
+        return self.static.new_cache() if self.static is not None else DynamicCache()
 
     @torch.inference_mode()
     def prefill(self, inputs_embeds: torch.Tensor) -> tuple[DynamicCache, torch.Tensor]:

@@ -165,6 +165,27 @@ def load_target(profile: str = "tiny", *, device="cpu", quant="nf4", dtype=torch
                  allow_pickle=allow_pickle)
 
 
+# Static-cache sizing: visual tokens + prompt text + generated tokens + the engine's largest
+# overshoot (a hidden block of up to 64 drafts verified in one step, or a gamma-8 block).
+TEXT_TOKEN_BUDGET = 192
+ENGINE_OVERSHOOT = 64 + 8 + 2
+
+
+def static_cache_len(runner, max_new_tokens: int) -> int:
+    n_visual = int(getattr(runner, "n_visual_tokens", 0) or 0)
+    need = n_visual + TEXT_TOKEN_BUDGET + int(max_new_tokens) + ENGINE_OVERSHOOT
+    return -(-need // 128) * 128
+
+
+def configure_decode(runners, impl: str = "auto", *, max_new_tokens: int = 50,
+                     cache_len: int | None = None) -> dict:
+    """Sets every runner's decode implementation (models/static_decode.py); returns, per runner
+    role, what was set up (impl, cache length and bytes, graph capture time). Graphs are captured
+    here, at load time, never inside a timed region."""
+    return {r.role: r.use_decode_impl(impl, max_len=cache_len or static_cache_len(r, max_new_tokens))
+            for r in runners}
+
+
 def load_pair(profile: str = "tiny", *, device="cpu", quant="nf4", dtype=torch.float32, drafter_path=None,
               target_path=None, cache_dir=None, allow_pickle: bool = False):
     """(drafter_runner, target_runner) for a profile; both on the same device, quant and dtype."""

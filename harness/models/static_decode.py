@@ -1,0 +1,215 @@
+"""Static KV cache, and CUDA-graph replay of the decode and verify steps (gpt-fast style).
+
+Why: HF-eager decode of a 7B model issues over a thousand small kernel launches per token, so on an
+H100 its per-token time is set by the host (Python and launch latency), not by the GPU. On the lent
+H100 the same NF4 model took 27-195 ms per token within one session, and the per-token medians of
+two sessions with the same code were up to 65% apart (docs/results/h100-7b-shaped-bench). A decode
+gate cannot work on top of that. A fixed-size cache gives every k-token step the same shapes, so each
+step is captured once as a CUDA graph and then replayed with one launch: per-token time then measures
+the GPU, not the host.
+
+Three decode implementations, one interface (`CausalLMRunner.prefill/decode/verify/crop`):
+
+  hf          transformers' own forward with a DynamicCache (the reference; CPU default)
+  static      this module's forward over a fixed-size cache, run eagerly (CPU-testable)
+  cuda-graph  the same forward, each k-token step captured once and replayed (GPU default)
+
+The forward reuses the model's own modules in Llama's order: token embeddings, RMSNorms, q/k/v/o
+projections (nn.Linear or bitsandbytes Linear4bit), MLP, rotary embedding, final norm, lm_head.
+Only attention over the cache is ours: prefill (empty cache) is causal SDPA over the prompt, as
+transformers does it; later steps attend over all `max_len` cache slots with the mask
+`slot <= position`. Slots past the sequence hold stale K/V (rejected drafts, graph warm-up, padding)
+that the mask hides until a real token overwrites them, so `crop` only moves the length.
+
+Graphs exist for step sizes GRAPH_SIZES. A step of k tokens replays the smallest captured size >= k,
+padded with dummy tokens after the real ones: causal masking keeps the dummies out of the real
+rows. Every graph is captured at setup (`capture_graphs`), never inside a timed region; a step with
+no graph big enough runs eagerly on the same cache.
+"""
+from __future__ import annotations
+
+import bisect
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+DECODE_IMPLS = ("hf", "static", "cuda-graph")
+# Exact sizes for typical draft blocks (gamma <= 8 -> k <= 9), then buckets up to the hidden cap.
+GRAPH_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24, 32, 48, 65)
+
+
+class CacheFullError(RuntimeError):
+    pass
+
+
+def resolve_decode_impl(impl: str, device: torch.device | str) -> str:
+    """'auto' -> cuda-graph on CUDA, hf elsewhere (graphs need CUDA; hf is the reference)."""
+    if impl == "auto":
+        return "cuda-graph" if torch.device(device).type == "cuda" else "hf"
+    if impl not in DECODE_IMPLS:
+        raise ValueError(f"decode impl must be 'auto' or one of {DECODE_IMPLS}, got {impl!r}")
+    if impl == "cuda-graph" and torch.device(device).type != "cuda":
+        raise ValueError(f"decode impl 'cuda-graph' needs a CUDA device, got {device}")
+    return impl
+
+
+def llama_parts(model: torch.nn.Module):
+    """(decoder, lm_head) of a Llama-family causal LM or of a VLM wrapping one."""
+    dec = model.get_decoder() if hasattr(model, "get_decoder") else None
+    dec = getattr(dec, "language_model", dec)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    need = ("embed_tokens", "layers", "norm", "rotary_emb")
+    if dec is None or head is None or not all(hasattr(dec, n) for n in need):
+        raise ValueError(f"static decode needs a Llama-family language model; {type(model).__name__} "
+                         f"has no decoder with {need} and an lm_head")
+    return dec, head
+
+
+def _rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+@dataclass
+class StaticCache:
+    """A handle on the decoder's one set of K/V buffers: `length` valid positions."""
+    owner: "StaticDecoder"
+    epoch: int
+    length: int = 0
+
+    def get_seq_length(self) -> int:
+        return self.length
+
+    def crop(self, n: int) -> None:
+        # Same meaning as DynamicCache.crop in transformers 5.x: negative n removes -n positions.
+        new = self.length + n if n < 0 else n
+        if not 0 <= new <= self.length:
+            raise ValueError(f"cannot crop a cache of {self.length} to {new}")
+        self.length = new
+
+
+@dataclass
+class _Graph:
+    graph: torch.cuda.CUDAGraph
+    ids: torch.Tensor        # (1, k) static input
+    positions: torch.Tensor  # (k,) static input
+    logits: torch.Tensor     # (k, V) static output
+
+
+class StaticDecoder:
+    """Fixed-size K/V buffers plus the Llama forward over them; one live sequence at a time."""
+
+    def __init__(self, model: torch.nn.Module, *, max_len: int, graphs: bool = False):
+        self.dec, self.head = llama_parts(model)
+        attn = self.dec.layers[0].self_attn
+        cfg = self.dec.config
+        weight = self.dec.embed_tokens.weight
+        self.device, self.dtype, self.max_len = weight.device, weight.dtype, int(max_len)
+        self.head_dim, self.scale = attn.head_dim, attn.scaling
+        self.gqa = cfg.num_attention_heads != cfg.num_key_value_heads
+        shape = (len(self.dec.layers), 1, cfg.num_key_value_heads, self.max_len, self.head_dim)
+        self.k = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.v = torch.zeros(shape, dtype=self.dtype, device=self.device)
+        self.slots = torch.arange(self.max_len, device=self.device)
+        self.epoch = 0
+        self.graphs: dict[int, _Graph] | None = {} if graphs else None
+        self._pool = None
+
+    def new_cache(self) -> StaticCache:
+        self.epoch += 1          # the previous sequence's handle goes stale
+        return StaticCache(self, self.epoch)
+
+    def memory_bytes(self) -> int:
+        return 2 * self.k.numel() * self.k.element_size()
+
+    # -- the forward --------------------------------------------------------------------------------
+    def _layers(self, h: torch.Tensor, positions: torch.Tensor, *, prefill: bool, keep: int) -> torch.Tensor:
+        n = h.shape[1]
+        cos, sin = self.dec.rotary_emb(h, positions[None])
+        cos, sin = cos[:, None], sin[:, None]
+        mask = None if prefill else (self.slots[None, :] <= positions[:, None])[None, None]
+        for i, layer in enumerate(self.dec.layers):
+            attn = layer.self_attn
+            x = layer.input_layernorm(h)
+            q = attn.q_proj(x).view(1, n, -1, self.head_dim).transpose(1, 2)
+            k = attn.k_proj(x).view(1, n, -1, self.head_dim).transpose(1, 2)
+            v = attn.v_proj(x).view(1, n, -1, self.head_dim).transpose(1, 2)
+            q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+            self.k[i].index_copy_(2, positions, k)
+            self.v[i].index_copy_(2, positions, v)
+            if prefill:
+                o = F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=self.scale, enable_gqa=self.gqa)
+            else:
+                o = F.scaled_dot_product_attention(q, self.k[i], self.v[i], attn_mask=mask, scale=self.scale,
+                                                   enable_gqa=self.gqa)
+            h = h + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
+            h = h + layer.mlp(layer.post_attention_layernorm(h))
+        return self.head(self.dec.norm(h[:, -keep:]))[0].float()
+
+    def forward(self, cache: StaticCache, *, input_ids=None, inputs_embeds=None, keep: int = 1) -> torch.Tensor:
+        """Appends the step's tokens to `cache`; returns logits (keep, V) as float32."""
+        if cache.owner is not self or cache.epoch != self.epoch:
+            raise RuntimeError("stale static KV cache: this runner has started another sequence since")
+        start = cache.length
+        n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
+        if start + n > self.max_len:
+            raise CacheFullError(f"static KV cache holds {self.max_len} positions; this step needs {start + n} "
+                                 f"(raise the cache length: --cache-len / --ppbench-cache-len)")
+        graph = self._graph_for(n, start) if input_ids is not None and start > 0 else None
+        if graph is not None:
+            logits = self._replay(graph, input_ids.reshape(1, n), start, n)[:n][-keep:]
+        else:
+            h = self.dec.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
+            logits = self._layers(h, self.slots[start:start + n], prefill=start == 0, keep=keep)
+        cache.length = start + n
+        return logits
+
+    # -- CUDA graphs ----------------------------------------------------------------------------------
+    def _graph_for(self, n: int, start: int) -> _Graph | None:
+        if not self.graphs:
+            return None
+        sizes = sorted(self.graphs)
+        i = bisect.bisect_left(sizes, n)
+        if i == len(sizes) or start + sizes[i] > self.max_len:
+            return None
+        return self.graphs[sizes[i]]
+
+    def _replay(self, g: _Graph, ids: torch.Tensor, start: int, n: int) -> torch.Tensor:
+        k = g.ids.shape[1]
+        g.ids[:, :n].copy_(ids)
+        if k > n:
+            g.ids[:, n:].copy_(ids[:, -1:].expand(1, k - n))    # dummies; causally after the real rows
+        g.positions.copy_(self.slots[start:start + k])
+        g.graph.replay()
+        return g.logits.clone()    # the next replay overwrites the static output
+
+    @torch.inference_mode()
+    def capture_graphs(self, sizes=GRAPH_SIZES) -> float:
+        """Captures one graph per step size (warm-up on a side stream first, as CUDA requires).
+        Invalidates any live cache. Returns seconds spent."""
+        import time
+
+        if self.graphs is None:
+            raise RuntimeError("this decoder was built without graphs")
+        t0 = time.perf_counter()
+        self.epoch += 1
+        for k in sorted(set(sizes)):
+            if k > self.max_len // 2:
+                continue
+            # Warm-up and capture write K/V into the cache's last k slots: masked until overwritten.
+            ids = torch.zeros(1, k, dtype=torch.long, device=self.device)
+            positions = self.slots[self.max_len - k:].clone()
+            side = torch.cuda.Stream(self.device)
+            side.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    self._layers(self.dec.embed_tokens(ids), positions, prefill=False, keep=k)
+            torch.cuda.current_stream(self.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+                logits = self._layers(self.dec.embed_tokens(ids), positions, prefill=False, keep=k)
+            self._pool = graph.pool()
+            self.graphs[k] = _Graph(graph, ids, positions, logits)
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0

@@ -1,0 +1,140 @@
+"""The static-KV decode path (models/static_decode.py) against transformers' own forward, on CPU in
+fp32: same logits, same greedy tokens, crop semantics, the padding that CUDA graphs rely on, and
+the engine staying lossless on top of it. (The CUDA-graph replay itself is in test_models_gpu.py.)"""
+from __future__ import annotations
+
+import pytest
+import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from harness import engine as E
+from harness.models.profiles import configure_decode, load_pair, static_cache_len
+from harness.models.static_decode import CacheFullError, StaticDecoder, resolve_decode_impl
+
+from engine_testers import one_thread, random_pair, same_pair, tiny_llama  # noqa: F401
+from test_models_contract import embeds_of, greedy_run
+
+
+@pytest.fixture(scope="module")
+def hf_and_static():
+    """Two copies of the tiny pair with the same weights: one on hf decode, one on static."""
+    hf = load_pair("tiny", quant="none", dtype=torch.float32)
+    st_ = load_pair("tiny", quant="none", dtype=torch.float32)
+    configure_decode(st_, "static", max_new_tokens=32)
+    return hf, st_
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["drafter", "target"])
+def test_static_decode_matches_transformers(hf_and_static, which):
+    hf, st_ = hf_and_static[0][which], hf_and_static[1][which]
+    assert (hf.decode_impl, st_.decode_impl) == ("hf", "static")
+    embeds = embeds_of(hf)
+    _, tok_hf, logits_hf = greedy_run(hf, embeds, 12)
+    cache, tok_st, logits_st = greedy_run(st_, embeds, 12)
+    assert tok_st == tok_hf
+    torch.testing.assert_close(logits_st, logits_hf, atol=1e-5, rtol=1e-5)
+    assert st_.cache_len(cache) == embeds.shape[1] + 12
+
+
+@pytest.mark.parametrize("which", [0, 1], ids=["drafter", "target"])
+def test_static_verify_crop_then_decode_continues_exactly(hf_and_static, which):
+    r = hf_and_static[1][which]
+    embeds = embeds_of(r)
+    cache, tokens, _ = greedy_run(r, embeds, 3)
+    length = r.cache_len(cache)
+    vlogits = r.verify(torch.tensor([tokens[-1], 9, 10, 11]), cache)
+    assert vlogits.shape[0] == 4 and r.cache_len(cache) == length + 4
+    r.crop(cache, length + 1)           # keep the first verified token only
+    after = r.decode(5, cache)
+    ref, tokens2, _ = greedy_run(r, embeds, 3)
+    r.decode(tokens2[-1], ref)
+    torch.testing.assert_close(after, r.decode(5, ref), atol=1e-6, rtol=1e-6)
+    torch.testing.assert_close(vlogits[0], r.verify(torch.tensor([tokens[-1]]), greedy_run(r, embeds, 3)[0])[0],
+                               atol=1e-5, rtol=1e-5)
+
+
+def test_padded_step_leaves_the_real_rows_unchanged():
+    """CUDA graphs replay a step of k tokens in the next captured size, with dummy tokens after the
+    real ones. Causal masking must keep the dummies out of the real rows' logits (and their K/V
+    slots get overwritten before anything can attend to them)."""
+    model = tiny_llama(5)
+    dec = StaticDecoder(model, max_len=64)
+    ids = torch.randint(3, 90, (1, 20))
+    with torch.inference_mode():
+        cache = dec.new_cache()
+        dec.forward(cache, input_ids=ids[:, :12], keep=1)
+        real = dec._layers(dec.dec.embed_tokens(ids[:, 12:15]), dec.slots[12:15], prefill=False, keep=3)
+        padded_ids = torch.cat([ids[:, 12:15], ids[:, 14:15].expand(1, 5)], dim=1)
+        padded = dec._layers(dec.dec.embed_tokens(padded_ids), dec.slots[12:20], prefill=False, keep=8)
+        torch.testing.assert_close(padded[:3], real, atol=1e-6, rtol=1e-6)
+        # ...and the next real step at slot 15 overwrites the dummy there and ignores slots 16-19
+        cache.length = 15
+        nxt = dec.forward(cache, input_ids=ids[:, 15:16])
+        clean = StaticDecoder(model, max_len=64)
+        c2 = clean.new_cache()
+        clean.forward(c2, input_ids=ids[:, :15], keep=1)
+        torch.testing.assert_close(nxt, clean.forward(c2, input_ids=ids[:, 15:16]), atol=1e-5, rtol=1e-5)
+
+
+def test_cache_full_and_stale_handles_fail_clearly():
+    dec = StaticDecoder(tiny_llama(0), max_len=16)
+    with torch.inference_mode():
+        cache = dec.new_cache()
+        dec.forward(cache, input_ids=torch.ones(1, 10, dtype=torch.long))
+        with pytest.raises(CacheFullError, match="holds 16 positions; this step needs 17.*cache-len"):
+            dec.forward(cache, input_ids=torch.ones(1, 7, dtype=torch.long))
+        dec.new_cache()
+        with pytest.raises(RuntimeError, match="stale static KV cache"):
+            dec.forward(cache, input_ids=torch.ones(1, 1, dtype=torch.long))
+    with pytest.raises(ValueError, match="cannot crop"):
+        cache.crop(99)
+
+
+def test_decode_impl_resolution_and_errors():
+    assert resolve_decode_impl("auto", "cpu") == "hf"
+    assert resolve_decode_impl("auto", "cuda") == "cuda-graph"
+    with pytest.raises(ValueError, match="needs a CUDA device"):
+        resolve_decode_impl("cuda-graph", "cpu")
+    with pytest.raises(ValueError, match="one of"):
+        resolve_decode_impl("compiled", "cpu")
+    with pytest.raises(ValueError, match="Llama-family"):
+        StaticDecoder(torch.nn.Linear(2, 2), max_len=8)
+
+
+def test_cache_len_covers_prompt_generation_and_engine_overshoot(hf_and_static):
+    drafter, target = hf_and_static[1]
+    for r in (drafter, target):
+        n = static_cache_len(r, 50)
+        assert n % 128 == 0 and n >= r.n_visual_tokens + 50 + 64 + 8
+        assert r.static.max_len == static_cache_len(r, 32)     # what configure_decode used
+
+
+ENGINE_SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,
+                           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+STATIC_PAIRS = {}
+
+
+def _static_pair(kind):
+    if kind not in STATIC_PAIRS:
+        pair = same_pair(7, eos_token_id=None) if kind == "same" else random_pair(7, eos_token_id=None)
+        for r in pair:
+            if r.static is None:
+                r.use_decode_impl("static", max_len=256)
+        STATIC_PAIRS[kind] = pair
+    return STATIC_PAIRS[kind]
+
+
+@pytest.mark.usefixtures("one_thread")
+@ENGINE_SETTINGS
+@given(kind=st.sampled_from(["same", "random"]), gamma=st.one_of(st.integers(0, 5), st.just("adaptive")),
+       prompt=st.text(alphabet="abcdefgh ?", min_size=1, max_size=30), max_new_tokens=st.integers(1, 30),
+       alpha=st.one_of(st.none(), st.floats(0.0, 1.0)))
+def test_engine_is_lossless_on_static_decode(kind, gamma, prompt, max_new_tokens, alpha):
+    drafter, target = _static_pair(kind)
+    ref = E.target_only(target, prompt, max_new_tokens=max_new_tokens).output_tokens
+    res = E.parallel_prefill_decode(drafter, target, prompt, max_new_tokens=max_new_tokens, gamma=gamma,
+                                    alpha=alpha, reference_tokens=ref if alpha is not None else None)
+    assert res.output_tokens == ref
+    if kind == "same" and alpha is None and gamma != 0:
+        assert res.accepted == res.drafted
