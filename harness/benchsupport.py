@@ -79,8 +79,24 @@ def _nvidia_driver() -> str | None:
 
 
 # -- the session -------------------------------------------------------------------------------------
+def _gpu_cycles_per_ms(device) -> float:
+    """Calibrates torch.cuda._sleep (a spin of N GPU clock cycles) against CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    with torch.cuda.device(device):
+        torch.cuda._sleep(1_000_000)               # warm-up
+        start.record()
+        torch.cuda._sleep(10_000_000)
+        end.record()
+        end.synchronize()
+    return 10_000_000 / start.elapsed_time(end)
+
+
 def _inject_delay(runners, spec: str | None) -> str | None:
-    """--ppbench-inject-delay STAGE:MS: wraps the runner method of STAGE with a real host sleep."""
+    """--ppbench-inject-delay STAGE:MS: a real slowdown of STAGE, for checking the gate.
+
+    On CUDA it is a GPU spin of MS queued on the stream before each call, so it lands on the
+    device timeline the benchmarks measure (a host sleep would hide behind queued GPU work when
+    decode does not synchronize per step); on CPU it is a host sleep."""
     if not spec:
         return None
     stage, ms = spec.split(":")
@@ -89,10 +105,16 @@ def _inject_delay(runners, spec: str | None) -> str | None:
     delay = float(ms) / 1e3
     for runner in runners:
         inner = getattr(runner, method)
+        if runner.device.type == "cuda":
+            cycles = int(float(ms) * _gpu_cycles_per_ms(runner.device))
 
-        def slowed(*a, _inner=inner, **k):
-            time.sleep(delay)
-            return _inner(*a, **k)
+            def slowed(*a, _inner=inner, _cycles=cycles, **k):
+                torch.cuda._sleep(_cycles)
+                return _inner(*a, **k)
+        else:
+            def slowed(*a, _inner=inner, **k):
+                time.sleep(delay)
+                return _inner(*a, **k)
 
         setattr(runner, method, slowed)
     return f"{stage}+{ms}ms"

@@ -56,9 +56,15 @@ def _sync_all(*runners: CausalLMRunner) -> None:
             torch.cuda.synchronize(r.device)
 
 
-def _own_stream(runner: CausalLMRunner):
+def _own_stream(runner: CausalLMRunner, *, high_priority: bool = False):
+    """A fresh CUDA stream for one pipeline. On a shared GPU the target's stream gets the highest
+    priority: the drafter's memory-bound decode steps would otherwise take the SMs and bandwidth
+    the target's vision encoder and prefill need, and stretch the very window they fill
+    (measured on an H100 with CUDA-graph decode: target stages 1-4 took 340 ms instead of 130 ms
+    next to an equal-priority drafter). Graph replays inherit their stream's priority."""
     if runner.device.type == "cuda":
-        return torch.cuda.stream(torch.cuda.Stream(runner.device))
+        priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
+        return torch.cuda.stream(torch.cuda.Stream(runner.device, priority=priority))
     return contextlib.nullcontext()
 
 
@@ -326,7 +332,7 @@ def sequential(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
 def _target_pipeline(target, sample, t0, select, box, ready: threading.Event) -> None:
     """Worker thread: target stages 1-4 on its own stream; signals the drafter when done."""
     try:
-        with torch.inference_mode(), _own_stream(target):
+        with torch.inference_mode(), _own_stream(target, high_priority=True):
             cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0)
             t1 = int(select(logits))
             box.update(cache=cache, t1=t1, ends=ends, t1_ms=now_ms(target.device) - t0)

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: pipeline | sweep-nf4 | sweep-bf16 | bench
+# Steps: probe | pipeline | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
+# DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step.
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
 set -uo pipefail
@@ -25,13 +26,18 @@ run_main() {  # name, seconds, ppbench run args...
   mkdir -p $R/$name
   echo "== $name: ppbench run --profile $PROFILE --device $DEVICE $*" | tee $R/$name/command.txt
   timeout "$(cap "$secs")" python3 -m harness run --profile "$PROFILE" --device "$DEVICE" --no-progress \
-      --out $R/$name "$@" 2>&1 | tee $R/$name/log.txt
+      --decode "${DECODE:-auto}" --out $R/$name "$@" 2>&1 | tee $R/$name/log.txt
   [ -f $R/$name/report.md ] || python3 -m harness report $R/$name/records.jsonl 2>&1 | tee -a $R/$name/log.txt
   pack "$name"
 }
 
 for step in "$@"; do
   case $step in
+    probe)       # per-token decode / verify cost of the 7B-shaped target under hf, static, cuda-graph
+      mkdir -p $R/probe
+      timeout "$(cap "${PROBE_SECS:-200}")" python3 scripts/decode_probe.py --out $R/probe 2>&1 \
+        | grep -v Warning | tee $R/probe/log.txt
+      pack probe ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
       run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
     sweep-nf4)   # issue 5: simulated alpha x gamma, NF4
@@ -44,12 +50,15 @@ for step in "$@"; do
       run_main sweep-nf4-high "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 \
         --gammas "${GAMMAS:-adaptive,1,2,4,8}" --alphas 0.7,0.9 ;;
     bench)       # issue 6: two saved runs, bounds from the first, A/A gate, injected slowdown gate
-      B=$R/bench; mkdir -p $B; S=$B/storage
+      # 5 samples per duration: with fewer, a Mann-Whitney test cannot reach p < 0.01 on a stage
+      B=$R/bench; mkdir -p $B; S=$B/storage; D=$PPBENCH_CACHE/dataset-5
+      test -f $D/.complete || python3 -m harness dataset build --root $D --samples-per-duration 5 --force \
+        2>&1 | tail -n 2 | tee -a $B/log.txt
       common=(tests/test_benchmarks.py -m gpu -p no:cacheprovider --ppbench-profile "$PROFILE"
-              --ppbench-device "$DEVICE" --ppbench-samples "${SAMPLES:-2}" --benchmark-autosave
-              --benchmark-storage "$S")
+              --ppbench-device "$DEVICE" --ppbench-samples "${SAMPLES:-5}" --benchmark-autosave
+              --ppbench-decode "${DECODE:-auto}" --ppbench-data-root $D --benchmark-storage "$S")
       durs=${BENCH_DURATIONS:-500ms,1s,2s,4s,5s,8s,10s,16s,20s}
-      echo "== run 1" | tee $B/log.txt
+      echo "== run 1" | tee -a $B/log.txt
       timeout "$(cap "${BENCH_SECS:-230}")" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
           --ppbench-out $B/report1 2>&1 | tail -n 40 | tee -a $B/log.txt
       first=$(ls $S/*/*.json 2>/dev/null | sort | head -n 1)
@@ -60,10 +69,17 @@ for step in "$@"; do
       timeout "$(cap "${BENCH_SECS:-230}")" python3 -m pytest "${common[@]}" --ppbench-durations "$durs" \
           --ppbench-bounds $B/bounds.json --ppbench-gate "$first" --ppbench-out $B/report2 2>&1 \
           | tail -n 60 | tee -a $B/log.txt; echo "run 2 exit: ${PIPESTATUS[0]}" | tee -a $B/log.txt
-      echo "== run 3 (decode +${INJECT_MS:-5} ms/token injected; gate must fail)" | tee -a $B/log.txt
+      echo "== run 3 (decode +${INJECT_MS:-0.7} ms/token injected as a GPU spin; gate must fail)" | tee -a $B/log.txt
       timeout "$(cap "${INJECT_SECS:-120}")" python3 -m pytest "${common[@]}" --ppbench-durations "${INJECT_DURATIONS:-4s,20s}" \
-          --ppbench-inject-delay "decode:${INJECT_MS:-5}" --ppbench-gate "$first" --ppbench-out $B/report3 \
+          --ppbench-inject-delay "decode:${INJECT_MS:-0.7}" --ppbench-gate "$first" --ppbench-out $B/report3 \
           2>&1 | tail -n 60 | tee -a $B/log.txt; echo "run 3 exit: ${PIPESTATUS[0]}" | tee -a $B/log.txt
+      saves=($(ls $S/*/*.json 2>/dev/null | sort))
+      if [ ${#saves[@]} -ge 2 ]; then
+        python3 -m harness compare "${saves[0]}" "${saves[1]}" > $B/gate-run1-vs-run2.txt 2>&1; echo "A/A gate exit: $?" | tee -a $B/log.txt
+      fi
+      if [ ${#saves[@]} -ge 3 ]; then
+        python3 -m harness compare "${saves[0]}" "${saves[2]}" > $B/gate-run1-vs-injected.txt 2>&1; echo "injected gate exit: $?" | tee -a $B/log.txt
+      fi
       pack bench ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
