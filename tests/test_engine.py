@@ -277,7 +277,7 @@ def test_to_record_matches_the_contract(rand):
     rec = E.to_record(res, run_id="r1", dataset="4s", sample_id="s1", profile="tiny", device="cpu",
                       dtype="float32", quant="none")
     assert set(rec) == {
-        "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "mode",
+        "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl", "mode",
         "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "n_output_tokens",
         "output_tokens", "window_ms", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted",
         "verify_steps", "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline",
