@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: probe | pipeline | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
+# Steps: probe | pipeline | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step.
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
@@ -40,6 +40,9 @@ for step in "$@"; do
       pack probe ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
       run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
+    pipeline-2gpu)  # issue 5: the drafter on its own GPU (needs two), engine on every sample
+      run_main pipeline-2gpu "${PIPELINE_SECS:-330}" --drafter-device cuda:1 --samples-per-duration 2 \
+        --gammas adaptive --alphas "${ALPHAS:-0,0.7}" ;;
     sweep-nf4)   # issue 5: simulated alpha x gamma, NF4
       run_main sweep-nf4 "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 \
         --gammas adaptive,1,2,4,8 --alphas 0,0.35,0.7,0.9 ;;
