@@ -158,7 +158,10 @@ class StaticDecoder:
                                  f"(raise the cache length: --cache-len / --ppbench-cache-len)")
         graph = self._graph_for(n, start) if input_ids is not None and start > 0 else None
         if graph is not None:
-            logits = self._replay(graph, input_ids.reshape(1, n), start, n)[:n][-keep:]
+            # Graphs launch on the current device's stream: make it this model's device (the
+            # drafter may live on a second GPU).
+            with torch.cuda.device(self.device):
+                logits = self._replay(graph, input_ids.reshape(1, n), start, n)[:n][-keep:]
         else:
             h = self.dec.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
             logits = self._layers(h, self.slots[start:start + n], prefill=start == 0, keep=keep)
@@ -194,6 +197,12 @@ class StaticDecoder:
             raise RuntimeError("this decoder was built without graphs")
         t0 = time.perf_counter()
         self.epoch += 1
+        with torch.cuda.device(self.device):       # capture runs on the current device's streams
+            self._capture_all(sizes)
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0
+
+    def _capture_all(self, sizes) -> None:
         for k in sorted(set(sizes)):
             if k > self.max_len // 2:
                 continue
@@ -207,9 +216,10 @@ class StaticDecoder:
                     self._layers(self.dec.embed_tokens(ids), positions, prefill=False, keep=k)
             torch.cuda.current_stream(self.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=self._pool, capture_error_mode="thread_local"):
+            # Capture on the warmed-up stream of this device: torch.cuda.graph's default capture
+            # stream is one per process, made on whichever device was current at first use, and a
+            # stream new to cuBLAS would allocate its workspace mid-capture (not permitted).
+            with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
                 logits = self._layers(self.dec.embed_tokens(ids), positions, prefill=False, keep=k)
             self._pool = graph.pool()
             self.graphs[k] = _Graph(graph, ids, positions, logits)
-        torch.cuda.synchronize(self.device)
-        return time.perf_counter() - t0
