@@ -25,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import random
 import statistics
+import sys
 import threading
 import time
 from collections import Counter
@@ -404,13 +405,16 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
                             max_new_tokens: int = 50, gamma: int | str = "adaptive",
                             hidden_cap: int = 64, stop_at_eos: bool = False,
                             alpha: float | None = None, reference_tokens: Sequence[int] | None = None,
-                            seed: int = 0, select=greedy,
+                            seed: int = 0, select=greedy, switch_interval: float | None = None,
                             debug_hook: Callable[[dict], None] | None = None) -> EngineResult:
     """Parallel prefill + hidden drafting + speculative decoding; see the module docstring.
 
     alpha: simulated acceptance (the drafter emits the reference token with this probability).
     reference_tokens: the target's plain greedy output for this sample; computed with
-    `target_only` when alpha is given without it. debug_hook(state) is called after every step."""
+    `target_only` when alpha is given without it. debug_hook(state) is called after every step.
+    switch_interval: Python's GIL switch interval (s) while both pipelines run (None: unchanged).
+    Both pipelines are host threads; when one blocks on the GPU it gives up the GIL and then
+    waits up to the interval (5 ms by default) to get it back from the other."""
     if max_new_tokens < 1 or hidden_cap < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and hidden_cap ({hidden_cap}) must be >= 1")
     if gamma != "adaptive" and not 0 <= int(gamma) <= 64:
@@ -428,6 +432,9 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     # Stages 1-4 of both models from one common start; the drafter drafts while it waits.
     _sync_all(drafter, target)
     ready, box = threading.Event(), {}
+    saved_interval = sys.getswitchinterval()
+    if switch_interval:
+        sys.setswitchinterval(switch_interval)
     t0 = now_ms()
     worker = threading.Thread(target=_target_pipeline, args=(target, sample, t0, select, box, ready),
                               name="ppbench-target", daemon=True)
@@ -439,6 +446,7 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
                                               ready, emit, t0, costs)
     finally:
         worker.join()
+        sys.setswitchinterval(saved_interval)
     if "error" in box:
         raise box["error"]
     _sync_all(drafter, target)

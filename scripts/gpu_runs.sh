@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: probe | pipeline | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
+# Steps: probe | overlap | pipeline | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step.
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
@@ -40,6 +40,11 @@ for step in "$@"; do
       pack probe ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
       run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
+    overlap)     # GIL switch interval vs the two host threads' mutual slowdown (scripts/overlap_probe.py)
+      mkdir -p $R/overlap
+      timeout "$(cap "${OVERLAP_SECS:-150}")" python3 scripts/overlap_probe.py --out $R/overlap \
+        ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} 2>&1 | grep -v Warning | tee $R/overlap/log.txt
+      pack overlap ;;
     pipeline-2gpu)  # issue 5: the drafter on its own GPU (needs two), engine on every sample
       run_main pipeline-2gpu "${PIPELINE_SECS:-330}" --drafter-device cuda:1 --samples-per-duration 2 \
         --gammas adaptive --alphas "${ALPHAS:-0,0.7}" ;;

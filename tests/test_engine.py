@@ -329,3 +329,30 @@ def test_hidden_tokens_are_those_finished_inside_the_window(rand):
     assert res.hidden_drafted == sum(t <= ready for t in finished)
     assert res.hidden_block >= res.hidden_drafted >= 1
     assert res.output_tokens == _greedy(target, 12)
+
+
+def test_simulation_seed_differs_between_samples_so_first_coins_follow_alpha():
+    """One seed for every sample replays one coin sequence on all of them (with seed 0 the first
+    coin is 0.84: every hidden block at alpha < 0.84 was rejected at its first token)."""
+    import random
+    from types import SimpleNamespace
+
+    from harness.engine_suite import simulation_seed
+
+    samples = [SimpleNamespace(dataset="4s", id=f"zurich_city_{i:02d}_a_{i * 7}") for i in range(400)]
+    assert len({simulation_seed(s) for s in samples}) == 400
+    assert simulation_seed(samples[3]) == simulation_seed(SimpleNamespace(dataset="4s", id=samples[3].id))
+    for alpha in (0.35, 0.7):
+        hits = sum(random.Random(simulation_seed(s)).random() < alpha for s in samples)
+        assert abs(hits / len(samples) - alpha) < 4 * (alpha * (1 - alpha) / len(samples)) ** 0.5
+
+
+def test_switch_interval_applies_only_while_the_pipelines_overlap(rand):
+    import sys
+
+    drafter, target = rand
+    before = sys.getswitchinterval()
+    seen = []
+    E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=4, switch_interval=2e-4,
+                              debug_hook=lambda state: seen.append(sys.getswitchinterval()))
+    assert sys.getswitchinterval() == before and seen and all(s == before for s in seen)

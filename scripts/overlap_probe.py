@@ -1,0 +1,60 @@
+"""How much do the two host threads of the parallel engine slow each other, and does Python's GIL
+switch interval change it? Loads the 7B-shaped pair once; for each interval runs target-only and
+the parallel engine (adaptive gamma, real drafter tokens) on the same samples, alternating.
+
+    python3 scripts/overlap_probe.py --out DIR [--durations 4s] [--reps 3] [--intervals-ms 5,1,0.2,0.05]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+
+import torch
+
+from harness import data, engine
+from harness.engine_suite import warm_up_engine
+from harness.pipeline import load_models
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--durations", default="4s")
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--intervals-ms", default="5,1,0.2,0.05")
+    ap.add_argument("--drafter-device", default=None)
+    ap.add_argument("--data-root", default=None)
+    a = ap.parse_args()
+    from fixtures.synthetic_dsec import ensure_default_dataset
+
+    root = Path(a.data_root) if a.data_root else ensure_default_dataset(progress=False)
+    samples = [s for d in a.durations.split(",") for s in data.load_samples(root, d)]
+    drafter, target = load_models("7b-shaped", device=torch.device("cuda"), quant="nf4", dtype=torch.bfloat16,
+                                  drafter_device=a.drafter_device)
+    warm_up_engine(drafter, target, samples[0])
+    rows = []
+    for ms in (float(x) for x in a.intervals_ms.split(",")):
+        for rep in range(a.reps):
+            for s in samples:
+                base = engine.target_only(target, s, max_new_tokens=50)
+                par = engine.parallel_prefill_decode(drafter, target, s, max_new_tokens=50,
+                                                     switch_interval=ms / 1e3)
+                tl = par.timeline
+                rows.append({"interval_ms": ms, "sample": s.id, "rep": rep, "target_only_e2e": base.e2e_ms,
+                             "parallel_e2e": par.e2e_ms, "speedup": base.e2e_ms / par.e2e_ms,
+                             "window_ms": par.window_ms, "hidden_drafted": par.hidden_drafted,
+                             "target_ends": tl["target_stage_end_ms"], "drafter_ends": tl["drafter_stage_end_ms"],
+                             "target_alone_ttft": base.ttft_ms})
+        sel = [r for r in rows if r["interval_ms"] == ms]
+        print(f"interval {ms} ms: speedup median {statistics.median(r['speedup'] for r in sel):.3f}, "
+              f"target prefill end {statistics.median(r['target_ends']['prefill'] for r in sel):.0f} ms "
+              f"(alone ttft {statistics.median(r['target_alone_ttft'] for r in sel):.0f}), hidden "
+              f"{statistics.median(r['hidden_drafted'] for r in sel)}", flush=True)
+    Path(a.out).mkdir(parents=True, exist_ok=True)
+    (Path(a.out) / "overlap_probe.json").write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
