@@ -300,7 +300,9 @@ def finish_session(session) -> None:
 
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump(saved, fh)
-        code = main_compare([base, fh.name])
+        thresholds = config.getoption("--ppbench-gate-thresholds")
+        extra = ["--thresholds", thresholds] if thresholds and thresholds != "none" else []
+        code = main_compare([base, fh.name, *extra])
         if code != 0:
             _terminal(config, f"ppbench gate: exit {code} against {base}")
             session.exitstatus = code
