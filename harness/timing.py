@@ -47,13 +47,16 @@ class TokenTimer:
     """Per-step times inside a loop without synchronizing each step (CUDA events on GPU)."""
 
     def __init__(self, device: torch.device | str):
-        self.cuda = torch.device(device).type == "cuda"
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
         self._marks: list = []
 
     def tick(self) -> None:
         if self.cuda:
             ev = torch.cuda.Event(enable_timing=True)
-            ev.record()
+            # On the model's device's current stream, not the current device's: with the drafter
+            # on a second GPU, a bare record() timed an idle stream on the other GPU.
+            ev.record(torch.cuda.current_stream(self.device))
             self._marks.append(ev)
         else:
             self._marks.append(time.perf_counter())

@@ -86,3 +86,20 @@ def test_cuda_graph_decode_matches_eager_static_fp32():
         s.crop(out["static"][0], n)
         torch.testing.assert_close(g.decode(7, out["cuda-graph"][0]), s.decode(7, out["static"][0]),
                                    atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_token_timer_times_the_models_own_device():
+    """A model on cuda:1 while cuda:0 is current: per-token times must be cuda:1's, not ~0."""
+    from harness.timing import TokenTimer
+
+    x = torch.randn(4096, 4096, device="cuda:1")
+    timer = TokenTimer("cuda:1")
+    timer.tick()
+    for _ in range(20):
+        x = x @ x
+        x = x / x.norm()
+        timer.tick()
+    ms = timer.intervals_ms()
+    torch.cuda.synchronize("cuda:1")
+    assert len(ms) == 20 and min(ms) > 0.05
