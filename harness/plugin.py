@@ -17,7 +17,7 @@ import pytest
 # -- options -------------------------------------------------------------------------------------
 
 
-DEFAULT_GATE_THRESHOLDS = str(Path(__file__).resolve().parent.parent / "fixtures" / "bounds" / "gate-thresholds.json")
+DEFAULT_GATE_THRESHOLDS = str(Path(__file__).resolve().parent.parent / "fixtures" / "gate-thresholds.json")
 
 
 def pytest_addoption(parser):
@@ -49,7 +49,7 @@ def pytest_addoption(parser):
                 help="after the session, compare this session's saved benchmark JSON against BASE_JSON "
                      "with the statistical gate; regressions fail the session")
     g.addoption("--ppbench-gate-thresholds", default=DEFAULT_GATE_THRESHOLDS, metavar="FILE",
-                help="per-benchmark thresholds for --ppbench-gate (default: fixtures/bounds/gate-thresholds.json; "
+                help="per-benchmark thresholds for --ppbench-gate (default: fixtures/gate-thresholds.json; "
                      "'none' for a flat 5%%)")
     g.addoption("--ppbench-inject-delay", default=None, metavar="STAGE:MS",
                 help="testing aid: add MS of real sleep to every STAGE (checks that the gate fires)")

@@ -320,3 +320,17 @@ def test_end_to_end_on_real_pytest_benchmark_saves(pytester, monkeypatch, tmp_pa
     other = tmp_path / "gpu.json"
     other.write_text(json.dumps(doc))
     assert C.main_compare([str(base), str(other)]) == 2
+
+
+def test_shipped_gate_thresholds_map_each_benchmark_family():
+    from harness.compare import load_thresholds, threshold_for
+    from harness.plugin import DEFAULT_GATE_THRESHOLDS
+
+    table, _, _ = load_thresholds(DEFAULT_GATE_THRESHOLDS)
+    t = "tests/test_benchmarks.py::"
+    expect = {t + "test_decode_token[4s-target]": 0.05, t + "test_stage[decode-20s-drafter]": 0.05,
+              t + "test_parallel_prefill[500ms]": 0.25, t + "test_parallel_prefill[4s] :: hidden_tokens": 0.25,
+              t + "test_stage[load-4s-target]": 0.5, t + "test_stage[preprocess-5s-target]": 0.5,
+              t + "test_stage[vision-1s-drafter]": 0.5, t + "test_stage[prefill-16s-target]": 0.5,
+              "something_else": 0.05}
+    assert {name: threshold_for(name, table) for name in expect} == expect
