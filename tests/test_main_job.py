@@ -115,3 +115,21 @@ def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path):
     keys = [record_key(r) for r in load_records(part / "records.jsonl")]
     assert len(keys) == len(set(keys)), "resume duplicated records"
     assert set(keys) == want
+
+
+def test_main_job_on_the_static_decode_path_says_so_and_stays_lossless(tmp_path):
+    """`--decode static` runs the whole job on the fixed-size cache (the CPU twin of the GPU's
+    cuda-graph default); the meta, every record and the report name the implementation."""
+    out = tmp_path / "static"
+    assert main(["run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
+                 "--decode", "static", "--alphas", "0.5", "--gammas", "adaptive,2", "--assisted", "off",
+                 "--out", str(out), "--no-progress"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["decode_impl"] == "static"
+    assert meta["decode_setup"]["target"]["cache_len"] % 128 == 0
+    records = load_records(out / "records.jsonl")
+    assert records and {r["decode_impl"] for r in records} == {"static"}
+    assert all(r["token_match_rate"] == 1.0 for r in records if r["kind"] == "engine" and r["mode"] != "target_only")
+    report = (out / "report.md").read_text()
+    assert "**Decode implementation:** static KV cache, eager" in report
+    assert "static KV cache:** " in report
