@@ -94,9 +94,10 @@ def _gpu_cycles_per_ms(device) -> float:
 def _inject_delay(runners, spec: str | None) -> str | None:
     """--ppbench-inject-delay STAGE:MS: a real slowdown of STAGE, for checking the gate.
 
-    On CUDA it is a GPU spin of MS queued on the stream before each call, so it lands on the
-    device timeline the benchmarks measure (a host sleep would hide behind queued GPU work when
-    decode does not synchronize per step); on CPU it is a host sleep."""
+    Host stages (load, preprocess) get a host sleep. GPU stages on CUDA get a GPU spin of MS
+    queued on the model's device before each call, so it lands on the device timeline the
+    benchmarks measure (a host sleep would hide behind queued GPU work when decode does not
+    synchronize per step); on CPU everything is a host sleep."""
     if not spec:
         return None
     stage, ms = spec.split(":")
@@ -105,11 +106,12 @@ def _inject_delay(runners, spec: str | None) -> str | None:
     delay = float(ms) / 1e3
     for runner in runners:
         inner = getattr(runner, method)
-        if runner.device.type == "cuda":
+        if runner.device.type == "cuda" and stage not in ("load", "preprocess"):
             cycles = int(float(ms) * _gpu_cycles_per_ms(runner.device))
 
-            def slowed(*a, _inner=inner, _cycles=cycles, **k):
-                torch.cuda._sleep(_cycles)
+            def slowed(*a, _inner=inner, _cycles=cycles, _device=runner.device, **k):
+                with torch.cuda.device(_device):     # _sleep queues on the current device
+                    torch.cuda._sleep(_cycles)
                 return _inner(*a, **k)
         else:
             def slowed(*a, _inner=inner, **k):

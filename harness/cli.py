@@ -7,6 +7,16 @@ import sys
 from . import pipeline
 
 
+def positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--profile", choices=["tiny", "7b-shaped", "real"], default="tiny",
                    help="tiny: random tiny checkpoints (CPU-friendly); 7b-shaped: real 7B/CLIP-L shapes "
@@ -27,7 +37,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", choices=["auto", "hf", "static", "cuda-graph"], default="auto",
                    help="decode implementation: hf (transformers eager), static (fixed KV cache), cuda-graph "
                         "(static cache, steps replayed as CUDA graphs); auto: cuda-graph on CUDA, hf on CPU")
-    p.add_argument("--switch-interval-ms", type=float, default=None,
+    p.add_argument("--switch-interval-ms", type=positive_float, default=None,
                    help="Python GIL switch interval while the two pipelines overlap (default: Python's 5 ms)")
     p.add_argument("--cache-len", type=int, default=None,
                    help="static KV cache positions (default: visual tokens + text budget + max new tokens + "

@@ -72,6 +72,7 @@ class Save:
     machine_info: dict
     benchmarks: dict        # fullname -> pytest-benchmark entry
     datetime: str = ""
+    meta: dict = field(default_factory=dict)   # the ppbench plugin's run meta, if any
 
 
 @dataclass
@@ -130,7 +131,23 @@ def load_save(path) -> Save:
         if not key:
             raise BenchmarkFileError(f"benchmark #{i} has no name", path=path)
         benchmarks[key] = b
-    return Save(str(path), doc.get("machine_info") or {}, benchmarks, str(doc.get("datetime", "")))
+    return Save(str(path), doc.get("machine_info") or {}, benchmarks, str(doc.get("datetime", "")),
+                doc.get("ppbench") if isinstance(doc.get("ppbench"), dict) else {})
+
+
+# Run settings that change what a time means; saves without a ppbench meta are not checked.
+SETTING_KEYS = ("profile", "quant", "dtype", "decode_impl", "max_new_tokens")
+
+
+def settings_note(base: Save, new: Save) -> str:
+    if not base.meta or not new.meta:
+        return ""
+    def get(meta, k):   # saves from before decode_impl existed ran transformers-eager decode
+        return meta.get(k, "hf" if k == "decode_impl" else None)
+    differ = [f"{k} {get(base.meta, k)!r} -> {get(new.meta, k)!r}" for k in SETTING_KEYS
+              if get(base.meta, k) != get(new.meta, k)]
+    return ("runs differ in settings (" + ", ".join(differ) + "): a change is expected; read it as the "
+            "effect of that setting, not as drift") if differ else ""
 
 
 def find_saves(storage) -> list[Path]:
@@ -183,6 +200,10 @@ def load_thresholds(path) -> tuple[dict, list | None, list | None]:
     structured = {"thresholds", "higher_is_better", "lower_is_better"} & doc.keys()
     table = doc.get("thresholds", {}) if structured else doc
     for pattern, value in table.items():
+        if "[" in pattern.replace("[[]", ""):
+            # fnmatch reads [...] as a character class: "*test_stage[load-*]" matches nothing
+            raise CompareError(f"thresholds file {path}: pattern {pattern!r} has a '[' character class; "
+                               f"write a literal '[' as '[[]' (e.g. '*test_stage[[]load-*')")
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value < 10:
             raise CompareError(f"thresholds file {path}: {pattern!r} must map to a relative "
                                f"threshold like 0.05, got {value!r}")
@@ -393,6 +414,9 @@ def compare_saves(base: Save, new: Save, *, threshold=DEFAULT_THRESHOLD, thresho
         report.results += _compare_benchmark(
             key, base.benchmarks[key], new.benchmarks[key], thresholds=thresholds, default=threshold,
             alpha=alpha, higher=higher_is_better, lower=lower_is_better, seed=seed)
+    note = settings_note(base, new)
+    if note:
+        report.warnings.append(note)
     weak = [r.name for r in report.results if r.method == "summary"]
     if weak:
         report.warnings.append(

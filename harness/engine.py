@@ -421,6 +421,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
         raise ValueError(f"gamma must be 'adaptive' or an int in 0..64, got {gamma!r}")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+    if switch_interval is not None and not switch_interval > 0:
+        raise ValueError(f"switch_interval must be > 0 seconds, got {switch_interval}")
     if alpha is not None and reference_tokens is None:
         reference_tokens = target_only(target, sample, max_new_tokens=max_new_tokens,
                                        stop_at_eos=stop_at_eos, select=select).output_tokens
@@ -433,19 +435,20 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     _sync_all(drafter, target)
     ready, box = threading.Event(), {}
     saved_interval = sys.getswitchinterval()
-    if switch_interval:
-        sys.setswitchinterval(switch_interval)
     t0 = now_ms()
     worker = threading.Thread(target=_target_pipeline, args=(target, sample, t0, select, box, ready),
                               name="ppbench-target", daemon=True)
-    worker.start()
     try:
+        if switch_interval:
+            sys.setswitchinterval(switch_interval)
+        worker.start()
         with _own_stream(drafter):
             dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
             hidden, hidden_ms = _draft_hidden(drafter, dcache, dlogits, min(hidden_cap, max_new_tokens),
                                               ready, emit, t0, costs)
     finally:
-        worker.join()
+        if worker.is_alive():
+            worker.join()
         sys.setswitchinterval(saved_interval)
     if "error" in box:
         raise box["error"]

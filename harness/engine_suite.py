@@ -26,7 +26,9 @@ def _safe(mode: str, fn, **fields) -> engine.EngineResult:
 
 def simulation_seed(sample) -> int:
     """The simulated-acceptance seed of a sample: fixed per sample (reruns and every gamma/alpha
-    of one sample draw the same coins), different between samples. One seed for all samples would
+    of one sample draw from the same coin sequence, in call order: how many hidden tokens a run
+    drafts depends on timing, so a coin may land on another output position), different between
+    samples. One seed for all samples would
     replay the same coin sequence on every sample: with seed 0 the first coin is 0.84, so every
     hidden block at alpha < 0.84 was rejected at its first token."""
     key = f"{getattr(sample, 'dataset', '')}/{getattr(sample, 'id', sample)}"

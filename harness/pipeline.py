@@ -220,8 +220,10 @@ def _resumable_meta(out: Path, now: dict) -> dict | None:
     if not path.exists():
         return None
     previous = json.loads(path.read_text())
-    differ = [f"{k}: saved {previous.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS
-              if k in previous and previous[k] != now[k]]
+    # Runs from before decode_impl existed were all transformers-eager ("hf").
+    saved = {"decode_impl": "hf", **previous}
+    differ = [f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS
+              if k in saved and saved[k] != now[k]]
     if differ:
         raise SystemExit(f"--resume with different settings than {path}: " + "; ".join(differ))
     return previous

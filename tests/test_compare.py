@@ -334,3 +334,25 @@ def test_shipped_gate_thresholds_map_each_benchmark_family():
               t + "test_stage[vision-1s-drafter]": 0.5, t + "test_stage[prefill-16s-target]": 0.5,
               "something_else": 0.05}
     assert {name: threshold_for(name, table) for name in expect} == expect
+
+
+def test_threshold_patterns_with_a_character_class_are_refused(tmp_path):
+    from harness.compare import CompareError, load_thresholds
+
+    bad = tmp_path / "t.json"
+    bad.write_text('{"*test_stage[load-*]": 0.5}')
+    with pytest.raises(CompareError, match=r"character class.*\[\[\]"):
+        load_thresholds(bad)
+    bad.write_text('{"*test_stage[[]load-*": 0.5}')
+    assert load_thresholds(bad)[0] == {"*test_stage[[]load-*": 0.5}
+
+
+def test_saves_with_different_decode_impls_are_flagged(tmp_path):
+    from harness.compare import Save, settings_note
+
+    meta = {"profile": "7b-shaped", "quant": "nf4", "dtype": "bfloat16", "max_new_tokens": 50}
+    old = Save("a", {}, {}, meta=dict(meta))                       # from before decode_impl existed
+    new = Save("b", {}, {}, meta=dict(meta, decode_impl="cuda-graph"))
+    assert "decode_impl 'hf' -> 'cuda-graph'" in settings_note(old, new)
+    assert settings_note(new, Save("c", {}, {}, meta=dict(meta, decode_impl="cuda-graph"))) == ""
+    assert settings_note(Save("d", {}, {}), new) == ""

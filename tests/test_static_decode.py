@@ -138,3 +138,27 @@ def test_engine_is_lossless_on_static_decode(kind, gamma, prompt, max_new_tokens
     assert res.output_tokens == ref
     if kind == "same" and alpha is None and gamma != 0:
         assert res.accepted == res.drafted
+
+
+def test_non_llama_language_models_are_refused():
+    """Same module names, different forward (q/k norms, sliding window): refuse, don't mis-decode."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+
+    small = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                 num_attention_heads=4, num_key_value_heads=2)
+    with pytest.raises(ValueError, match="plain Llama only.*model_type 'qwen3'.*q/k norms"):
+        StaticDecoder(Qwen3ForCausalLM(Qwen3Config(**small, head_dim=8)), max_len=16)
+    with pytest.raises(ValueError, match="sliding window"):
+        StaticDecoder(MistralForCausalLM(MistralConfig(**small, sliding_window=4)), max_len=16)
+
+
+def test_resume_treats_runs_without_a_decode_impl_as_transformers_eager(tmp_path):
+    import json
+
+    from harness.pipeline import _resumable_meta
+
+    settings = {"profile": "tiny", "quant": "none", "dtype": "float32", "max_new_tokens": 8, "stop_at_eos": False}
+    (tmp_path / "meta.json").write_text(json.dumps(settings))          # written before decode_impl existed
+    assert _resumable_meta(tmp_path, dict(settings, decode_impl="hf")) is not None
+    with pytest.raises(SystemExit, match="decode_impl: saved 'hf', now 'static'"):
+        _resumable_meta(tmp_path, dict(settings, decode_impl="static"))

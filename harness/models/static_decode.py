@@ -63,6 +63,20 @@ def llama_parts(model: torch.nn.Module):
     if dec is None or head is None or not all(hasattr(dec, n) for n in need):
         raise ValueError(f"static decode needs a Llama-family language model; {type(model).__name__} "
                          f"has no decoder with {need} and an lm_head")
+    # Same module names do not mean the same forward (q/k norms, sliding windows, RoPE that
+    # rescales with the sequence): only plain Llama (Vicuna, Video-LLaVA's LM, EventGPT's LM) is
+    # reproduced here. Projection biases are fine: the projections are the model's own modules.
+    cfg = dec.config
+    rope = (getattr(cfg, "rope_parameters", None) or getattr(cfg, "rope_scaling", None) or {})
+    rope_type = rope.get("rope_type", rope.get("type", "default")) if isinstance(rope, dict) else "default"
+    why = [w for w, bad in (
+        (f"model_type {cfg.model_type!r} (only llama)", cfg.model_type.lower() not in ("llama", "eventchat_llama")),
+        ("a sliding window", getattr(cfg, "sliding_window", None)),
+        (f"rope_type {rope_type!r}", rope_type in ("dynamic", "longrope")),
+        ("q/k norms", hasattr(dec.layers[0].self_attn, "q_norm"))) if bad]
+    if why:
+        raise ValueError(f"static decode reproduces plain Llama only; this language model has {', '.join(why)}: "
+                         f"use --decode hf")
     return dec, head
 
 
@@ -222,4 +236,5 @@ class StaticDecoder:
             with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
                 logits = self._layers(self.dec.embed_tokens(ids), positions, prefill=False, keep=k)
             self._pool = graph.pool()
+            graph.replay()           # the first launch of a graph pays a one-time upload: not in a timed step
             self.graphs[k] = _Graph(graph, ids, positions, logits)
