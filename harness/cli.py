@@ -89,10 +89,34 @@ def build_parser() -> argparse.ArgumentParser:
     der.add_argument("--overall-only", action="store_true",
                      help="no per-duration bounds (e.g. one sample per duration is too few)")
 
+    thr = bnd_sub.add_parser("thresholds", help="derive the gate's per-benchmark thresholds from saved runs' spread")
+    thr.add_argument("saves", nargs="+", help="saved pytest-benchmark JSON files (with raw rounds)")
+    thr.add_argument("--out", default="fixtures/gate-thresholds.json")
+    thr.add_argument("--factor", type=positive_float, default=3.0,
+                     help="threshold = factor x the family's median IQR/median (default %(default)s)")
+    thr.add_argument("--floor", type=positive_float, default=0.05, help="smallest threshold (default %(default)s)")
+
     cmp_ = sub.add_parser("compare", help="statistical regression gate between two saved benchmark runs",
                           add_help=False)
     cmp_.add_argument("args", nargs=argparse.REMAINDER)
     return parser
+
+
+def thresholds_main(args) -> int:
+    import json
+    from pathlib import Path
+
+    from .compare import PpbenchError, derive_thresholds, load_save
+
+    try:
+        doc = derive_thresholds([load_save(p) for p in args.saves], factor=args.factor, floor=args.floor)
+    except PpbenchError as e:
+        raise SystemExit(f"ppbench bounds thresholds: {e}") from None
+    Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
+    for pattern, value in doc["thresholds"].items():
+        print(f"{pattern:40s} {value:.2f}")
+    print(f"thresholds written to {args.out}")
+    return 0
 
 
 def bounds_main(args) -> int:
@@ -149,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "dataset":
         return pipeline.dataset_main(args)
     if args.command == "bounds":
-        return bounds_main(args)
+        return thresholds_main(args) if args.bounds_command == "thresholds" else bounds_main(args)
     return 2
 
 

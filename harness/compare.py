@@ -210,6 +210,53 @@ def load_thresholds(path) -> tuple[dict, list | None, list | None]:
     return table, doc.get("higher_is_better"), doc.get("lower_is_better")
 
 
+# ---------------------------------------------------------------- deriving thresholds
+
+def benchmark_family(name: str) -> str:
+    """'tests/t.py::test_stage[prefill-4s-target]' -> 'test_stage[prefill-';
+    'tests/t.py::test_decode_token[4s-target]' -> 'test_decode_token['; 'test_x' -> 'test_x'."""
+    test = name.split("::")[-1]
+    fn, bracket, params = test.partition("[")
+    if not bracket:
+        return fn
+    first = params.split("-")[0]
+    return f"{fn}[{first}-" if fn == "test_stage" else f"{fn}["
+
+
+def derive_thresholds(saves: list, *, factor: float = 3.0, floor: float = DEFAULT_THRESHOLD,
+                      step: float = 0.05) -> dict:
+    """A thresholds file from the spread of raw rounds in saved run(s): per benchmark family, the
+    median over its benchmarks of IQR / median, times `factor`, rounded up to `step`, at least
+    `floor`. A family whose runs spread 40% cannot be gated at 5% without false alarms, and one
+    that spreads 0.5% does not need more than the floor.
+
+    Why factor 3: with 5 rounds a side, Mann-Whitney reaches p < 0.01 only when the two runs do
+    not overlap at all, which two runs of one lognormal distribution do 0.4% of the time; given
+    that, their median ratio exceeds 1 + 1.5 s about half the time, but 1 + 3 s only 1-14% of
+    the time (s = the IQR/median this function measures, sigma 0.05-0.4; simulated). So about
+    0.02-0.05% false alarms per benchmark, a few % per night over ~100 benchmarks."""
+    spreads: dict[str, list[float]] = {}
+    for save in saves:
+        for name, bench in save.benchmarks.items():
+            data = bench["stats"].get("data") or []
+            med = float(np.median(data)) if len(data) >= 4 else 0.0
+            if med > 0:
+                q1, q3 = np.percentile(data, [25, 75])
+                spreads.setdefault(benchmark_family(name), []).append(float((q3 - q1) / med))
+    if not spreads:
+        raise CompareError("no benchmark with >= 4 raw rounds in these saves (save with --benchmark-save-data)")
+    table, measured = {"*": floor}, {}
+    for family, values in sorted(spreads.items()):
+        spread = float(np.median(values))
+        measured[family] = round(spread, 4)
+        table["*::" + family.replace("[", "[[]") + "*"] = max(floor, math.ceil(factor * spread / step - 1e-9) * step)
+    return {"why": (f"derived by `ppbench bounds thresholds` from {', '.join(s.path for s in saves)}: per benchmark "
+                    f"family, the median IQR/median of its raw rounds x {factor}, rounded up to {step}, at least "
+                    f"{floor}. Patterns are fnmatch globs; a literal [ is written [[]."),
+            "spread_iqr_over_median": measured,
+            "thresholds": {k: round(v, 4) for k, v in table.items()}}
+
+
 # ---------------------------------------------------------------- machines
 
 def machine_identity(machine_info: dict) -> tuple[str, str]:
