@@ -172,7 +172,7 @@ class BenchSession:
             durations=[d.strip() for d in durations.split(",") if d.strip()] if durations
             else list(pipeline.DEFAULT_DURATIONS),
             max_new_tokens=g("--ppbench-max-new-tokens"), decode=g("--ppbench-decode"),
-            cache_len=g("--ppbench-cache-len"), switch_interval_ms=g("--ppbench-switch-interval-ms"),
+            cache_len=g("--ppbench-cache-len"),
             out=g("--ppbench-out") or os.path.join(".benchmarks", "ppbench-report"),
             inject_delay=g("--ppbench-inject-delay"))
         return cls(opts)
@@ -199,7 +199,7 @@ class BenchSession:
 
     def engine(self, duration: str) -> list[dict]:
         if duration not in self._engine:
-            from .engine_suite import engine_records_for, switch_interval_s, warm_up_engine
+            from .engine_suite import engine_records_for, warm_up_engine
 
             self._warm_up()
             if not self._engine:
@@ -209,8 +209,7 @@ class BenchSession:
             # are for `ppbench run`; they do not change between nights).
             for record in engine_records_for(self.drafter, self.target, self.samples[duration],
                                              max_new_tokens=self.opts.max_new_tokens,
-                                             sequential=False, meta=self.record_meta,
-                                             switch_interval=switch_interval_s(self.opts)):
+                                             sequential=False, meta=self.record_meta):
                 self._append(record)
             self._engine[duration] = self.records[before:]
         return self._engine[duration]

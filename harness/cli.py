@@ -37,8 +37,6 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode", choices=["auto", "hf", "static", "cuda-graph"], default="auto",
                    help="decode implementation: hf (transformers eager), static (fixed KV cache), cuda-graph "
                         "(static cache, steps replayed as CUDA graphs); auto: cuda-graph on CUDA, hf on CPU")
-    p.add_argument("--switch-interval-ms", type=positive_float, default=None,
-                   help="Python GIL switch interval while the two pipelines overlap (default: Python's 5 ms)")
     p.add_argument("--cache-len", type=int, default=None,
                    help="static KV cache positions (default: visual tokens + text budget + max new tokens + "
                         "engine overshoot, rounded up to 128)")

@@ -59,10 +59,9 @@ def _sync_all(*runners: CausalLMRunner) -> None:
 
 def _own_stream(runner: CausalLMRunner, *, high_priority: bool = False):
     """A fresh CUDA stream for one pipeline. On a shared GPU the target's stream gets the highest
-    priority: the drafter's memory-bound decode steps would otherwise take the SMs and bandwidth
-    the target's vision encoder and prefill need, and stretch the very window they fill
-    (measured on an H100 with CUDA-graph decode: target stages 1-4 took 340 ms instead of 130 ms
-    next to an equal-priority drafter). Graph replays inherit their stream's priority."""
+    priority, so the drafter's decode steps yield the SMs to the target's vision encoder and
+    prefill (graph replays inherit their stream's priority). It did not remove the stretch of the
+    target's stages 1-4 measured on an H100 (docs/results: it happens on two GPUs too)."""
     if runner.device.type == "cuda":
         priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
         return torch.cuda.stream(torch.cuda.Stream(runner.device, priority=priority))
@@ -412,9 +411,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     alpha: simulated acceptance (the drafter emits the reference token with this probability).
     reference_tokens: the target's plain greedy output for this sample; computed with
     `target_only` when alpha is given without it. debug_hook(state) is called after every step.
-    switch_interval: Python's GIL switch interval (s) while both pipelines run (None: unchanged).
-    Both pipelines are host threads; when one blocks on the GPU it gives up the GIL and then
-    waits up to the interval (5 ms by default) to get it back from the other."""
+    switch_interval: Python's GIL switch interval (s) while both pipelines run (None: unchanged);
+    an experiment knob for scripts/overlap_probe.py, which measured no gain from it on an H100."""
     if max_new_tokens < 1 or hidden_cap < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and hidden_cap ({hidden_cap}) must be >= 1")
     if gamma != "adaptive" and not 0 <= int(gamma) <= 64:

@@ -28,16 +28,16 @@ def simulation_seed(sample) -> int:
     """The simulated-acceptance seed of a sample: fixed per sample (reruns and every gamma/alpha
     of one sample draw from the same coin sequence, in call order: how many hidden tokens a run
     drafts depends on timing, so a coin may land on another output position), different between
-    samples. One seed for all samples would
-    replay the same coin sequence on every sample: with seed 0 the first coin is 0.84, so every
-    hidden block at alpha < 0.84 was rejected at its first token."""
+    samples. One seed for all samples would replay the same coin sequence on every sample: with
+    seed 0 the first coin is 0.84, so every hidden block at alpha < 0.84 was rejected at its first
+    token."""
     key = f"{getattr(sample, 'dataset', '')}/{getattr(sample, 'id', sample)}"
     return zlib.crc32(key.encode())
 
 
 def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=("adaptive",),
                    alphas=(), assisted: bool = True, sequential: bool = True,
-                   stop_at_eos: bool = False, switch_interval: float | None = None,
+                   stop_at_eos: bool = False,
                    skip=lambda mode, gamma, alpha: False) -> Iterator[engine.EngineResult]:
     kw = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
     ref = _safe("target_only", lambda: engine.target_only(target, sample, **kw))
@@ -62,16 +62,11 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
                 continue
             yield finish(_safe("parallel", lambda: engine.parallel_prefill_decode(
                 drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
-                seed=simulation_seed(sample), switch_interval=switch_interval, **kw),
+                seed=simulation_seed(sample), **kw),
                 gamma=gamma, alpha_simulated=alpha))
     if assisted and not skip("assisted", gammas[0], None):
         yield finish(_safe("assisted", lambda: engine.assisted_generation(
             drafter, target, sample, gamma=gammas[0], **kw), gamma=gammas[0]))
-
-
-def switch_interval_s(opts) -> float | None:
-    ms = getattr(opts, "switch_interval_ms", None)
-    return ms / 1e3 if ms else None
 
 
 def parse_gammas(text: str) -> tuple:
@@ -88,7 +83,7 @@ def parse_alphas(text: str) -> tuple:
 def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: int = 50,
                        gammas=("adaptive",), alphas=(), assisted: bool = False,
                        sequential: bool = True, stop_at_eos: bool = False, meta: dict,
-                       done: set | None = None, switch_interval: float | None = None) -> Iterator[dict]:
+                       done: set | None = None) -> Iterator[dict]:
     from .records import record_key
 
     for sample in samples:
@@ -100,8 +95,7 @@ def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: in
 
         for res in engine_results(drafter, target, sample, max_new_tokens=max_new_tokens,
                                   gammas=gammas, alphas=alphas, assisted=assisted,
-                                  sequential=sequential, stop_at_eos=stop_at_eos,
-                                  switch_interval=switch_interval, skip=skip):
+                                  sequential=sequential, stop_at_eos=stop_at_eos, skip=skip):
             rec = engine.to_record(res, **base)
             assert record_key(rec)[0] == "engine"
             yield rec
@@ -140,7 +134,7 @@ def run_engine_suite(drafter, target, samples, writer, *, done, args, meta, prog
         for rec in engine_records_for(drafter, target, [sample], max_new_tokens=args.max_new_tokens,
                                       gammas=parse_gammas(args.gammas), alphas=parse_alphas(args.alphas),
                                       assisted=args.assisted == "on", stop_at_eos=args.stop_at_eos,
-                                      meta=meta, done=done, switch_interval=switch_interval_s(args)):
+                                      meta=meta, done=done):
             writer.write(rec)
             n += 1
         bar.update(1)

@@ -83,9 +83,7 @@ def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path
     drafter = load_drafter(profile, device=torch.device(drafter_device) if drafter_device else device,
                            quant=quant, dtype=dtype, path=drafter_path)
     target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path)
-    setup = configure_decode([drafter, target], decode_impl, max_new_tokens=max_new_tokens,
-                             cache_len=cache_len)
-    drafter.decode_setup, target.decode_setup = setup["drafter"], setup["target"]
+    configure_decode([drafter, target], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
     return drafter, target
 
 
@@ -105,8 +103,7 @@ def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, 
         "quant": quant, "quantization": "NF4 4-bit, double quant, bf16 compute (LLM linears)"
         if quant == "nf4" else f"none ({str(dtype).replace('torch.', '')})",
         "decode_impl": target.decode_impl, "decode_label": DECODE_LABELS[target.decode_impl],
-        "decode_setup": {"drafter": getattr(drafter, "decode_setup", {"decode_impl": drafter.decode_impl}),
-                         "target": getattr(target, "decode_setup", {"decode_impl": target.decode_impl})},
+        "decode_setup": {"drafter": drafter.decode_setup, "target": target.decode_setup},
         "data_source": data_source, "data_root": str(root),
         "versions": versions(), "commit": git_commit(), "git_commit": git_commit(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),

@@ -14,8 +14,6 @@ from pathlib import Path
 
 import pytest
 
-from harness.cli import positive_float
-
 # -- options -------------------------------------------------------------------------------------
 
 
@@ -40,8 +38,6 @@ def pytest_addoption(parser):
     g.addoption("--ppbench-max-new-tokens", type=int, default=50)
     g.addoption("--ppbench-decode", default="auto", choices=["auto", "hf", "static", "cuda-graph"],
                 help="decode implementation (auto: cuda-graph on CUDA, hf on CPU); see models/static_decode.py")
-    g.addoption("--ppbench-switch-interval-ms", type=positive_float, default=None,
-                help="Python GIL switch interval while the two pipelines overlap (default: Python's 5 ms)")
     g.addoption("--ppbench-cache-len", type=int, default=None, help="static KV cache positions (default: sized "
                 "from the visual tokens and --ppbench-max-new-tokens)")
     g.addoption("--ppbench-out", default=None, help="where the session report goes "

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from harness.models.profiles import configure_decode, load_target
-from harness.timing import TokenTimer
+from harness.stages import greedy_decode
 
 
 def pct(xs, q):
@@ -25,15 +25,10 @@ def pct(xs, q):
 
 
 def decode_run(runner, embeds, n):
+    """Prefill, then the stage runner's own greedy decode (token 1 from the prefill logits)."""
     cache, logits = runner.prefill(embeds)
-    token = logits.argmax()
-    timer, out = TokenTimer(runner.device), [token]
-    timer.tick()
-    for _ in range(n - 1):
-        token = runner.decode(token, cache).argmax()
-        out.append(token)
-        timer.tick()
-    return [int(t) for t in torch.stack(out).tolist()], timer.intervals_ms(), cache
+    tokens, ms = greedy_decode(runner, cache, logits, max_new_tokens=n)
+    return tokens, ms, cache
 
 
 def verify_cost(runner, cache, k, reps=5):
@@ -76,7 +71,7 @@ def main():
             per_token, match = [], []
             for _ in range(a.repeats):
                 tokens, ms, cache = decode_run(target, embeds, a.tokens)
-                per_token += ms[1:]                                 # ms[0] is token 2's decode
+                per_token += ms[1:]                                 # ms[0] selects token 1 (no forward)
                 ref = ref or tokens
                 match.append(sum(x == y for x, y in zip(tokens, ref)) / len(ref))
             verify = {k: verify_cost(target, cache, k) for k in (1, 2, 4, 8, 9, 16, 32)}

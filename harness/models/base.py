@@ -49,6 +49,7 @@ class CausalLMRunner:
         self._cache_kw = _cache_kwarg(model)
         self.decode_impl = "hf"
         self.static: StaticDecoder | None = None   # set by use_decode_impl
+        self.decode_setup: dict = {"decode_impl": "hf"}
 
     def use_decode_impl(self, impl: str = "auto", *, max_len: int | None = None) -> dict:
         """Switch stages 4-5 to 'hf', 'static' or 'cuda-graph' (see models/static_decode.py).
@@ -64,6 +65,7 @@ class CausalLMRunner:
             if impl == "cuda-graph":
                 info["graph_capture_s"] = round(self.static.capture_graphs(), 3)
                 info["graph_sizes"] = sorted(self.static.graphs)
+        self.decode_setup = info
         return info
 
     # -- properties -------------------------------------------------------------------------------

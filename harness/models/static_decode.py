@@ -29,6 +29,7 @@ no graph big enough runs eagerly on the same cache.
 from __future__ import annotations
 
 import bisect
+import time
 from dataclasses import dataclass
 
 import torch
@@ -128,6 +129,7 @@ class StaticDecoder:
         self.slots = torch.arange(self.max_len, device=self.device)
         self.epoch = 0
         self.graphs: dict[int, _Graph] | None = {} if graphs else None
+        self._sizes: list[int] = []      # sorted keys of self.graphs (looked up on every step)
         self._pool = None
 
     def new_cache(self) -> StaticCache:
@@ -184,13 +186,10 @@ class StaticDecoder:
 
     # -- CUDA graphs ----------------------------------------------------------------------------------
     def _graph_for(self, n: int, start: int) -> _Graph | None:
-        if not self.graphs:
+        i = bisect.bisect_left(self._sizes, n)
+        if i == len(self._sizes) or start + self._sizes[i] > self.max_len:
             return None
-        sizes = sorted(self.graphs)
-        i = bisect.bisect_left(sizes, n)
-        if i == len(sizes) or start + sizes[i] > self.max_len:
-            return None
-        return self.graphs[sizes[i]]
+        return self.graphs[self._sizes[i]]
 
     def _replay(self, g: _Graph, ids: torch.Tensor, start: int, n: int) -> torch.Tensor:
         k = g.ids.shape[1]
@@ -205,8 +204,6 @@ class StaticDecoder:
     def capture_graphs(self, sizes=GRAPH_SIZES) -> float:
         """Captures one graph per step size (warm-up on a side stream first, as CUDA requires).
         Invalidates any live cache. Returns seconds spent."""
-        import time
-
         if self.graphs is None:
             raise RuntimeError("this decoder was built without graphs")
         t0 = time.perf_counter()
@@ -238,3 +235,4 @@ class StaticDecoder:
             self._pool = graph.pool()
             graph.replay()           # the first launch of a graph pays a one-time upload: not in a timed step
             self.graphs[k] = _Graph(graph, ids, positions, logits)
+        self._sizes = sorted(self.graphs)
