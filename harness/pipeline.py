@@ -90,7 +90,8 @@ def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path
 DECODE_LABELS = {
     "hf": "transformers eager forward, DynamicCache",
     "static": "static KV cache, eager (models/static_decode.py)",
-    "cuda-graph": "static KV cache, decode/verify steps replayed as CUDA graphs (models/static_decode.py)",
+    "cuda-graph": ("static KV cache; vision encoder, prefill (64-position buckets) and decode/verify "
+                   "steps replayed as CUDA graphs (models/static_decode.py)"),
 }
 
 

@@ -354,7 +354,10 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
             out.append(f"- **{names[m]} weights footprint:** {gib(foot[m])}")
     for m, setup in (meta.get("decode_setup") or {}).items():
         if m in names and setup.get("cache_bytes"):
-            graphs = (f"; {len(setup['graph_sizes'])} CUDA graphs captured at load in {setup['graph_capture_s']} s"
+            graphs = (f"; {len(setup['graph_sizes'])} decode/verify"
+                      + (f", {len(setup['prefill_graph_sizes'])} prefill" if setup.get("prefill_graph_sizes") else "")
+                      + (" and 1 vision" if setup.get("vision_graph_input") else "")
+                      + f" CUDA graphs captured at load in {setup['graph_capture_s']} s"
                       if setup.get("graph_sizes") else "")
             out.append(f"- **{names[m]} static KV cache:** {gib(setup['cache_bytes'])} "
                        f"({setup['cache_len']} positions){graphs}")

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: probe | overlap | pipeline | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
+# Steps: gputests | probe | overlap | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step.
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
@@ -33,6 +33,11 @@ run_main() {  # name, seconds, ppbench run args...
 
 for step in "$@"; do
   case $step in
+    gputests)    # the gpu-marked model tests (graph replay vs eager, 7B-shaped memory, second-GPU timing)
+      mkdir -p $R/gputests
+      timeout "$(cap "${GPUTESTS_SECS:-150}")" python3 -m pytest tests/test_models_gpu.py -m gpu -q \
+        -p no:cacheprovider 2>&1 | tail -n 30 | tee $R/gputests/log.txt
+      pack gputests ;;
     probe)       # per-token decode / verify cost of the 7B-shaped target under hf, static, cuda-graph
       mkdir -p $R/probe
       timeout "$(cap "${PROBE_SECS:-200}")" python3 scripts/decode_probe.py --out $R/probe 2>&1 \
@@ -45,9 +50,12 @@ for step in "$@"; do
       timeout "$(cap "${OVERLAP_SECS:-150}")" python3 scripts/overlap_probe.py --out $R/overlap \
         ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} 2>&1 | grep -v Warning | tee $R/overlap/log.txt
       pack overlap ;;
+    engine)      # issue 5: both models on one GPU, engine (adaptive gamma) on every sample and alpha
+      run_main engine "${PIPELINE_SECS:-330}" --samples-per-duration 2 \
+        --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" ;;
     pipeline-2gpu)  # issue 5: the drafter on its own GPU (needs two), engine on every sample
       run_main pipeline-2gpu "${PIPELINE_SECS:-330}" --drafter-device cuda:1 --samples-per-duration 2 \
-        --gammas adaptive --alphas "${ALPHAS:-0,0.7}" ;;
+        --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" ;;
     sweep-nf4)   # issue 5: simulated alpha x gamma, NF4
       run_main sweep-nf4 "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 \
         --gammas adaptive,1,2,4,8 --alphas 0,0.35,0.7,0.9 ;;

@@ -66,18 +66,29 @@ def test_cuda_graph_decode_matches_eager_static_fp32():
         setup = configure_decode(pair, impl, max_new_tokens=40)
         runs[impl] = pair
         if impl == "cuda-graph":
-            assert setup["target"]["graph_sizes"][0] == 1 and setup["target"]["graph_capture_s"] > 0
+            for role in ("drafter", "target"):
+                assert setup[role]["graph_sizes"][0] == 1 and setup[role]["graph_capture_s"] > 0
+                assert setup[role]["prefill_graph_sizes"] and setup[role]["vision_graph_input"]
     rng = np.random.default_rng(0)
     for which in (0, 1):
         r0 = runs["hf"][which]
         raw = ([rng.integers(0, 256, (40, 56, 3), dtype=np.uint8) for _ in range(5)] if which == 0
                else rng.integers(0, 256, (8, 40, 56, 3), dtype=np.uint8))
-        embeds = r0.encode_vision(r0.preprocess(raw, "What is happening?"))
+        prepared = r0.preprocess(raw, "What is happening?")
+        embeds = r0.encode_vision(prepared)
+        # stage 3 replayed as a graph gives the eager tower's embeddings
+        g = runs["cuda-graph"][which]
+        assert g.vision_graph is not None and g.vision_graph.matches(next(
+            v for k, v in prepared.items() if k.startswith("pixel")))
+        torch.testing.assert_close(g.encode_vision(prepared), embeds, atol=1e-4, rtol=1e-4)
+        # the prompt falls in a captured prefill bucket, so the graphed prefill is what runs below
+        assert any(b >= embeds.shape[1] for b in g.static.prefill_graphs)
         out = {impl: _greedy(pair[which], embeds, 20) for impl, pair in runs.items()}
         assert out["cuda-graph"][1] == out["static"][1] == out["hf"][1]
         torch.testing.assert_close(out["cuda-graph"][2], out["static"][2], atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(out["cuda-graph"][2][0], out["hf"][2][0], atol=1e-4, rtol=1e-4)
         # a 10-token verify replays the 12-token graph with 2 dummies; then crop and continue
-        g, s = runs["cuda-graph"][which], runs["static"][which]
+        s = runs["static"][which]
         block = torch.tensor(out["static"][1][-1:] + list(range(20, 29)), device="cuda")
         vg, vs = g.verify(block, out["cuda-graph"][0]), s.verify(block, out["static"][0])
         torch.testing.assert_close(vg, vs, atol=1e-4, rtol=1e-4)

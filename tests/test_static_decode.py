@@ -10,7 +10,8 @@ from hypothesis import strategies as st
 
 from harness import engine as E
 from harness.models.profiles import configure_decode, load_pair, static_cache_len
-from harness.models.static_decode import CacheFullError, StaticDecoder, resolve_decode_impl
+from harness.models.static_decode import (PREFILL_BUCKET, CacheFullError, StaticDecoder, prefill_buckets,
+                                          resolve_decode_impl)
 
 from engine_testers import one_thread, random_pair, same_pair, tiny_llama  # noqa: F401
 from test_models_contract import embeds_of, greedy_run
@@ -75,6 +76,40 @@ def test_padded_step_leaves_the_real_rows_unchanged():
         c2 = clean.new_cache()
         clean.forward(c2, input_ids=ids[:, :15], keep=1)
         torch.testing.assert_close(nxt, clean.forward(c2, input_ids=ids[:, 15:16]), atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("n", [1, 17, 40])
+def test_padded_prefill_matches_the_unpadded_prompt(n):
+    """Graphed prefill pads the prompt's embeddings with zero rows up to its bucket and reads the
+    logits of the last real row: they, the real rows' K/V and the decode after them must equal an
+    unpadded prefill's (fp32)."""
+    model = tiny_llama(3)
+    plain, padded = StaticDecoder(model, max_len=128), StaticDecoder(model, max_len=128)
+    embeds = model.get_input_embeddings()(torch.randint(3, 90, (1, n)))
+    with torch.inference_mode():
+        c1 = plain.new_cache()
+        ref = plain.forward(c1, inputs_embeds=embeds)[-1]
+        bucket = prefill_buckets(n, n, max_len=128)[0]
+        rows = torch.cat([embeds, torch.zeros(1, bucket - n, embeds.shape[-1])], dim=1)
+        got = padded.padded_prefill(rows, n)[-1]
+        torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(padded.k[:, :, :, :n], plain.k[:, :, :, :n], atol=1e-6, rtol=1e-6)
+        c2 = padded.new_cache()
+        c2.length = n                                  # what the graphed forward records
+        nxt = int(ref.argmax())
+        torch.testing.assert_close(padded.forward(c2, input_ids=torch.tensor([[nxt]])),
+                                   plain.forward(c1, input_ids=torch.tensor([[nxt]])), atol=1e-5, rtol=1e-5)
+
+
+def test_prefill_buckets_cover_every_prompt_length():
+    assert prefill_buckets(1, 1, max_len=512) == [PREFILL_BUCKET]
+    assert prefill_buckets(2057, 2248, max_len=2432) == [2112, 2176, 2240, 2304]
+    assert prefill_buckets(100, 300, max_len=256) == [128, 192, 256]      # the cache caps them
+    for lo in range(1, 300, 7):
+        buckets = prefill_buckets(lo, lo + 150, max_len=10_000)
+        assert all(b % PREFILL_BUCKET == 0 for b in buckets)
+        for n in range(lo, lo + 151):
+            assert any(b >= n for b in buckets) and min(b for b in buckets if b >= n) - n < PREFILL_BUCKET
 
 
 def test_cache_full_and_stale_handles_fail_clearly():

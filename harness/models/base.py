@@ -19,12 +19,14 @@ engine tests: any Llama-shaped LM, any size).
 from __future__ import annotations
 
 import inspect
+import time
+import warnings
 from typing import Any
 
 import torch
 from transformers import DynamicCache
 
-from harness.models.static_decode import StaticDecoder, resolve_decode_impl
+from harness.models.static_decode import GraphedFunction, StaticDecoder, prefill_buckets, resolve_decode_impl
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
@@ -49,13 +51,17 @@ class CausalLMRunner:
         self._cache_kw = _cache_kwarg(model)
         self.decode_impl = "hf"
         self.static: StaticDecoder | None = None   # set by use_decode_impl
+        self.vision_graph: GraphedFunction | None = None
         self.decode_setup: dict = {"decode_impl": "hf"}
 
-    def use_decode_impl(self, impl: str = "auto", *, max_len: int | None = None) -> dict:
+    def use_decode_impl(self, impl: str = "auto", *, max_len: int | None = None,
+                        prompt_tokens: tuple[int, int] | None = None) -> dict:
         """Switch stages 4-5 to 'hf', 'static' or 'cuda-graph' (see models/static_decode.py).
-        Static impls need `max_len`, the cache size in positions. Returns what was set up."""
+        Static impls need `max_len`, the cache size in positions. 'cuda-graph' also graphs the
+        prefill for prompts of prompt_tokens = (shortest, longest) positions, in buckets, and the
+        vision stage's one input shape (`vision_example`). Returns what was set up."""
         impl = resolve_decode_impl(impl, self.device)
-        self.static, self.decode_impl = None, impl
+        self.static, self.vision_graph, self.decode_impl = None, None, impl
         info = {"decode_impl": impl}
         if impl != "hf":
             if not max_len or max_len < 2:
@@ -63,8 +69,22 @@ class CausalLMRunner:
             self.static = StaticDecoder(self.model, max_len=max_len, graphs=impl == "cuda-graph")
             info.update(cache_len=int(max_len), cache_bytes=self.static.memory_bytes())
             if impl == "cuda-graph":
-                info["graph_capture_s"] = round(self.static.capture_graphs(), 3)
+                buckets = prefill_buckets(*prompt_tokens, max_len=max_len) if prompt_tokens else []
+                seconds = self.static.capture_graphs(prefill_sizes=buckets)
+                example = self.vision_example()
+                if example is not None:
+                    t0 = time.perf_counter()
+                    try:
+                        self.vision_graph = GraphedFunction(self.vision_features, example)
+                        info["vision_graph_input"] = list(example.shape)
+                    except Exception as exc:  # a tower that cannot be captured still runs, eagerly
+                        warnings.warn(f"{self.name}: vision stage runs eagerly, its CUDA graph capture "
+                                      f"failed: {type(exc).__name__}: {exc}")
+                        info["vision_graph_error"] = f"{type(exc).__name__}: {exc}"
+                    seconds += time.perf_counter() - t0
+                info["graph_capture_s"] = round(seconds, 3)
                 info["graph_sizes"] = sorted(self.static.graphs)
+                info["prefill_graph_sizes"] = sorted(self.static.prefill_graphs)
         self.decode_setup = info
         return info
 
@@ -98,6 +118,18 @@ class CausalLMRunner:
 
     def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Stage 3's tensor function (vision tower + projector) of the pixel input; the part that
+        is replayed as a CUDA graph under 'cuda-graph'. VLM runners implement it."""
+        raise NotImplementedError
+
+    def vision_example(self) -> torch.Tensor | None:
+        """A pixel input of the one shape stage 3 sees (zeros), to capture its graph; None: no graph."""
+        return None
+
+    def _vision(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.vision_graph(pixels) if self.vision_graph is not None else self.vision_features(pixels)
 
     # -- stages 4-5: shared by every causal LM -----------------------------------------------------
     def _forward(self, cache: DynamicCache, *, input_ids=None, inputs_embeds=None, keep: int = 1):

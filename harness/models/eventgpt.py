@@ -222,4 +222,12 @@ class EventGPTRunner(CausalLMRunner):
     def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = prepared["input_ids"]
         text = self.model.get_input_embeddings()(ids.clamp(min=0))  # the marker row is replaced below
-        return splice(text, ids, EVENT_TOKEN_INDEX, self.model.encode_events(prepared["pixel_values"]))
+        return splice(text, ids, EVENT_TOKEN_INDEX, self._vision(prepared["pixel_values"]))
+
+    def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.model.encode_events(pixels)
+
+    def vision_example(self) -> torch.Tensor:
+        size = self.vision_config.image_size
+        tower = self.model.model.visual_tower.visual_tower
+        return torch.zeros(self.n_chunks, 3, size, size, dtype=tower.dtype, device=self.device)

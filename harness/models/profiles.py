@@ -181,8 +181,14 @@ def configure_decode(runners, impl: str = "auto", *, max_new_tokens: int = 50,
                      cache_len: int | None = None) -> dict:
     """Sets every runner's decode implementation (models/static_decode.py); returns, per runner
     role, what was set up (impl, cache length and bytes, graph capture time). Graphs are captured
-    here, at load time, never inside a timed region."""
-    return {r.role: r.use_decode_impl(impl, max_len=cache_len or static_cache_len(r, max_new_tokens))
+    here, at load time, never inside a timed region; prefill graphs cover every prompt of the
+    visual tokens plus up to TEXT_TOKEN_BUDGET text tokens."""
+    def prompt_tokens(r):
+        n_visual = int(getattr(r, "n_visual_tokens", 0) or 0)
+        return n_visual + 1, n_visual + TEXT_TOKEN_BUDGET
+
+    return {r.role: r.use_decode_impl(impl, max_len=cache_len or static_cache_len(r, max_new_tokens),
+                                      prompt_tokens=prompt_tokens(r))
             for r in runners}
 
 

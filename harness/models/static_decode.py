@@ -25,6 +25,15 @@ Graphs exist for step sizes GRAPH_SIZES. A step of k tokens replays the smallest
 padded with dummy tokens after the real ones: causal masking keeps the dummies out of the real
 rows. Every graph is captured at setup (`capture_graphs`), never inside a timed region; a step with
 no graph big enough runs eagerly on the same cache.
+
+Prefill is graphed the same way, in buckets of PREFILL_BUCKET positions over the prompt lengths a
+runner can produce (its visual tokens plus the text budget): the prompt's embeddings are padded with
+zero rows after the real ones, and the graph returns the logits of the last real row only. Stage 3
+(vision tower + projector: one fixed input shape per model) is graphed by `GraphedFunction`.
+Why graphs for prefill and vision too: in the parallel engine two pipelines share one Python
+process, and an eager stage that needs the GIL for each of its ~1,000 launches stretches 2-5x while
+the other thread also runs Python (measured on H100s, docs/results/h100x2-7b-shaped-pipeline-2gpu).
+A replayed graph is one launch.
 """
 from __future__ import annotations
 
@@ -38,6 +47,7 @@ import torch.nn.functional as F
 DECODE_IMPLS = ("hf", "static", "cuda-graph")
 # Exact sizes for typical draft blocks (gamma <= 8 -> k <= 9), then buckets up to the hidden cap.
 GRAPH_SIZES = (1, 2, 3, 4, 5, 6, 7, 8, 9, 12, 16, 24, 32, 48, 65)
+PREFILL_BUCKET = 64      # prefill graphs every 64 positions: at most 63 padded rows per prefill
 
 
 class CacheFullError(RuntimeError):
@@ -81,6 +91,58 @@ def llama_parts(model: torch.nn.Module):
     return dec, head
 
 
+def prefill_buckets(shortest: int, longest: int, max_len: int, step: int = PREFILL_BUCKET) -> list[int]:
+    """Bucket sizes (multiples of `step`, at most max_len) covering prompts of shortest..longest."""
+    first = max(step, -(-max(1, shortest) // step) * step)
+    last = -(-max(shortest, longest) // step) * step
+    return [b for b in range(first, last + 1, step) if b <= max_len]
+
+
+def capture(fn, device: torch.device, pool=None):
+    """(graph, output) of fn() captured on `device`: two warm-up calls on a side stream first, as
+    CUDA requires, and one replay after, so the first launch's one-time upload never lands in a
+    timed step. Capture uses that warmed stream: torch.cuda.graph's default capture stream is one
+    per process, made on whichever device was current at first use, and a stream new to cuBLAS
+    would allocate its workspace mid-capture (not permitted)."""
+    with torch.cuda.device(device):
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                fn()
+        torch.cuda.current_stream(device).wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+            out = fn()
+        graph.replay()
+        torch.cuda.synchronize(device)
+    return graph, out
+
+
+class GraphedFunction:
+    """fn(x) -> tensor as a CUDA graph for the one input shape of `example`; any other shape,
+    dtype or device runs fn eagerly. Replay returns a copy (the next replay overwrites the output)."""
+
+    def __init__(self, fn, example: torch.Tensor):
+        self.fn = fn
+        self.input = example.detach().clone()
+        with torch.inference_mode():
+            self.graph, self.output = capture(lambda: fn(self.input), self.input.device)
+        if not isinstance(self.output, torch.Tensor):
+            raise TypeError(f"a graphed function must return one tensor, got {type(self.output).__name__}")
+
+    def matches(self, x: torch.Tensor) -> bool:
+        return x.shape == self.input.shape and x.dtype == self.input.dtype and x.device == self.input.device
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.matches(x):
+            return self.fn(x)
+        with torch.cuda.device(self.input.device):
+            self.input.copy_(x)
+            self.graph.replay()
+            return self.output.clone()
+
+
 def _rotate_half(x):
     x1, x2 = x.chunk(2, dim=-1)
     return torch.cat((-x2, x1), dim=-1)
@@ -112,6 +174,14 @@ class _Graph:
     logits: torch.Tensor     # (k, V) static output
 
 
+@dataclass
+class _PrefillGraph:
+    graph: torch.cuda.CUDAGraph
+    embeds: torch.Tensor     # (1, B, D) static input: the prompt, then zero rows
+    last: torch.Tensor       # (1,) static input: index of the last real row
+    logits: torch.Tensor     # (1, V) static output
+
+
 class StaticDecoder:
     """Fixed-size K/V buffers plus the Llama forward over them; one live sequence at a time."""
 
@@ -130,6 +200,8 @@ class StaticDecoder:
         self.epoch = 0
         self.graphs: dict[int, _Graph] | None = {} if graphs else None
         self._sizes: list[int] = []      # sorted keys of self.graphs (looked up on every step)
+        self.prefill_graphs: dict[int, _PrefillGraph] = {}
+        self._prefill_sizes: list[int] = []
         self._pool = None
 
     def new_cache(self) -> StaticCache:
@@ -140,7 +212,9 @@ class StaticDecoder:
         return 2 * self.k.numel() * self.k.element_size()
 
     # -- the forward --------------------------------------------------------------------------------
-    def _layers(self, h: torch.Tensor, positions: torch.Tensor, *, prefill: bool, keep: int) -> torch.Tensor:
+    def _layers(self, h: torch.Tensor, positions: torch.Tensor, *, prefill: bool, keep: int = 1,
+                rows: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits of the last `keep` rows, or of the rows indexed by `rows` (a padded prefill)."""
         n = h.shape[1]
         cos, sin = self.dec.rotary_emb(h, positions[None])
         cos, sin = cos[:, None], sin[:, None]
@@ -161,7 +235,14 @@ class StaticDecoder:
                                                    enable_gqa=self.gqa)
             h = h + attn.o_proj(o.transpose(1, 2).reshape(1, n, -1))
             h = h + layer.mlp(layer.post_attention_layernorm(h))
-        return self.head(self.dec.norm(h[:, -keep:]))[0].float()
+        h = h[:, -keep:] if rows is None else h.index_select(1, rows)
+        return self.head(self.dec.norm(h))[0].float()
+
+    def padded_prefill(self, embeds: torch.Tensor, n: int) -> torch.Tensor:
+        """Prefill of a prompt whose first `n` rows are real and the rest padding: the graphed
+        prefill's computation (eager here, so CPU tests can check it). Logits of row n-1."""
+        rows = torch.tensor([n - 1], device=embeds.device)
+        return self._layers(embeds, self.slots[:embeds.shape[1]], prefill=True, rows=rows)
 
     def forward(self, cache: StaticCache, *, input_ids=None, inputs_embeds=None, keep: int = 1) -> torch.Tensor:
         """Appends the step's tokens to `cache`; returns logits (keep, V) as float32."""
@@ -172,8 +253,12 @@ class StaticDecoder:
         if start + n > self.max_len:
             raise CacheFullError(f"static KV cache holds {self.max_len} positions; this step needs {start + n} "
                                  f"(raise the cache length: --cache-len / --ppbench-cache-len)")
+        prefill = self._prefill_graph_for(n) if inputs_embeds is not None and start == 0 and keep == 1 else None
         graph = self._graph_for(n, start) if input_ids is not None and start > 0 else None
-        if graph is not None:
+        if prefill is not None:
+            with torch.cuda.device(self.device):
+                logits = self._replay_prefill(prefill, inputs_embeds, n)
+        elif graph is not None:
             # Graphs launch on the current device's stream: make it this model's device (the
             # drafter may live on a second GPU).
             with torch.cuda.device(self.device):
@@ -191,6 +276,17 @@ class StaticDecoder:
             return None
         return self.graphs[self._sizes[i]]
 
+    def _prefill_graph_for(self, n: int) -> _PrefillGraph | None:
+        i = bisect.bisect_left(self._prefill_sizes, n)
+        return self.prefill_graphs[self._prefill_sizes[i]] if i < len(self._prefill_sizes) else None
+
+    def _replay_prefill(self, g: _PrefillGraph, embeds: torch.Tensor, n: int) -> torch.Tensor:
+        g.embeds[:, :n].copy_(embeds)
+        g.embeds[:, n:].zero_()          # padding rows: causally after the prompt, never attended to
+        g.last.fill_(n - 1)
+        g.graph.replay()
+        return g.logits.clone()
+
     def _replay(self, g: _Graph, ids: torch.Tensor, start: int, n: int) -> torch.Tensor:
         k = g.ids.shape[1]
         g.ids[:, :n].copy_(ids)
@@ -201,38 +297,36 @@ class StaticDecoder:
         return g.logits.clone()    # the next replay overwrites the static output
 
     @torch.inference_mode()
-    def capture_graphs(self, sizes=GRAPH_SIZES) -> float:
-        """Captures one graph per step size (warm-up on a side stream first, as CUDA requires).
-        Invalidates any live cache. Returns seconds spent."""
+    def capture_graphs(self, sizes=GRAPH_SIZES, prefill_sizes=()) -> float:
+        """Captures one graph per decode/verify step size and per prefill bucket. Invalidates any
+        live cache. Returns seconds spent."""
         if self.graphs is None:
             raise RuntimeError("this decoder was built without graphs")
         t0 = time.perf_counter()
         self.epoch += 1
-        with torch.cuda.device(self.device):       # capture runs on the current device's streams
-            self._capture_all(sizes)
-        torch.cuda.synchronize(self.device)
-        return time.perf_counter() - t0
-
-    def _capture_all(self, sizes) -> None:
         for k in sorted(set(sizes)):
             if k > self.max_len // 2:
                 continue
             # Warm-up and capture write K/V into the cache's last k slots: masked until overwritten.
             ids = torch.zeros(1, k, dtype=torch.long, device=self.device)
             positions = self.slots[self.max_len - k:].clone()
-            side = torch.cuda.Stream(self.device)
-            side.wait_stream(torch.cuda.current_stream(self.device))
-            with torch.cuda.stream(side):
-                for _ in range(2):
-                    self._layers(self.dec.embed_tokens(ids), positions, prefill=False, keep=k)
-            torch.cuda.current_stream(self.device).wait_stream(side)
-            graph = torch.cuda.CUDAGraph()
-            # Capture on the warmed-up stream of this device: torch.cuda.graph's default capture
-            # stream is one per process, made on whichever device was current at first use, and a
-            # stream new to cuBLAS would allocate its workspace mid-capture (not permitted).
-            with torch.cuda.graph(graph, pool=self._pool, stream=side, capture_error_mode="thread_local"):
-                logits = self._layers(self.dec.embed_tokens(ids), positions, prefill=False, keep=k)
+            graph, logits = capture(lambda: self._layers(self.dec.embed_tokens(ids), positions, prefill=False,
+                                                         keep=k), self.device, self._pool)
             self._pool = graph.pool()
-            graph.replay()           # the first launch of a graph pays a one-time upload: not in a timed step
             self.graphs[k] = _Graph(graph, ids, positions, logits)
         self._sizes = sorted(self.graphs)
+        buckets = sorted(b for b in set(prefill_sizes) if 0 < b <= self.max_len)
+        if buckets:
+            # One input buffer for every bucket (each graph reads its prefix); K/V of the padding
+            # rows land in slots past the prompt, masked until real tokens overwrite them.
+            hidden = self.dec.embed_tokens.weight.shape[1]
+            embeds = torch.zeros(1, buckets[-1], hidden, dtype=self.dtype, device=self.device)
+            for b in buckets:
+                last = torch.zeros(1, dtype=torch.long, device=self.device)
+                graph, logits = capture(lambda: self._layers(embeds[:, :b], self.slots[:b], prefill=True,
+                                                             rows=last), self.device, self._pool)
+                self._pool = graph.pool()
+                self.prefill_graphs[b] = _PrefillGraph(graph, embeds[:, :b], last, logits)
+            self._prefill_sizes = sorted(self.prefill_graphs)
+        torch.cuda.synchronize(self.device)
+        return time.perf_counter() - t0

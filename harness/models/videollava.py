@@ -100,12 +100,20 @@ class VideoLlavaRunner(CausalLMRunner):
         return {"input_ids": torch.tensor([ids], device=self.device), "pixel_values_videos": frames[None]}
 
     @torch.inference_mode()
-    def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+    def vision_features(self, videos: torch.Tensor) -> torch.Tensor:
+        """(1, T, 3, S, S) frames -> (T, P + 1, D) projected features ("full": CLS kept)."""
         inner = self.model.model
-        videos = prepared["pixel_values_videos"]
         out = inner.video_tower(videos.flatten(0, 1).to(inner.video_tower.dtype), output_hidden_states=True)
-        feats = out.hidden_states[self.config.vision_feature_layer]          # (T, P + 1, C): "full"
-        feats = inner.multi_modal_projector(feats)                           # (T, P + 1, D)
+        return inner.multi_modal_projector(out.hidden_states[self.config.vision_feature_layer])
+
+    def vision_example(self) -> torch.Tensor:
+        size = _vision_config(self.config).image_size
+        tower = self.model.model.video_tower
+        return torch.zeros(1, self.n_frames, 3, size, size, dtype=tower.dtype, device=self.device)
+
+    @torch.inference_mode()
+    def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
+        feats = self._vision(prepared["pixel_values_videos"])                 # (T, P + 1, D)
         ids = prepared["input_ids"]
         embeds = self.model.get_input_embeddings()(ids)
         mask = (ids == video_token_id(self.config)).unsqueeze(-1)
