@@ -11,6 +11,7 @@ from types import SimpleNamespace
 import torch
 
 from . import pipeline
+from .engine import resolve_overlap
 from .records import RecordWriter
 from .stages import STAGES, run_stage_pipeline, warm_up
 
@@ -150,7 +151,8 @@ class BenchSession:
             opts.profile, device, self.drafter, self.target, dtype, quant, source, self.root,
             run_id=time.strftime("pytest-%Y%m%d-%H%M%S"), command="pytest (ppbench plugin)",
             samples_per_duration=opts.samples, max_new_tokens=opts.max_new_tokens, warmup=1,
-            injected_delay=injected)
+            injected_delay=injected,
+            overlap=resolve_overlap(opts.overlap, self.drafter, self.target))
         self.record_meta = pipeline.record_fields(self.meta)
         self.out = Path(opts.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -172,7 +174,7 @@ class BenchSession:
             durations=[d.strip() for d in durations.split(",") if d.strip()] if durations
             else list(pipeline.DEFAULT_DURATIONS),
             max_new_tokens=g("--ppbench-max-new-tokens"), decode=g("--ppbench-decode"),
-            cache_len=g("--ppbench-cache-len"),
+            cache_len=g("--ppbench-cache-len"), overlap=g("--ppbench-overlap"),
             out=g("--ppbench-out") or os.path.join(".benchmarks", "ppbench-report"),
             inject_delay=g("--ppbench-inject-delay"))
         return cls(opts)
@@ -203,13 +205,14 @@ class BenchSession:
 
             self._warm_up()
             if not self._engine:
-                warm_up_engine(self.drafter, self.target, self.samples[duration][0])
+                warm_up_engine(self.drafter, self.target, self.samples[duration][0], overlap=self.opts.overlap)
             before = len(self.records)
             # Nightly: the overlapped run and its target-only baseline (sequential and assisted
             # are for `ppbench run`; they do not change between nights).
             for record in engine_records_for(self.drafter, self.target, self.samples[duration],
                                              max_new_tokens=self.opts.max_new_tokens,
-                                             sequential=False, meta=self.record_meta):
+                                             sequential=False, overlap=self.opts.overlap,
+                                             meta=self.record_meta):
                 self._append(record)
             self._engine[duration] = self.records[before:]
         return self._engine[duration]

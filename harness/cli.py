@@ -49,6 +49,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gammas", default="adaptive", help="engine draft lengths, e.g. adaptive,1,4")
     p.add_argument("--alphas", default="",
                    help="simulated acceptance rates to sweep, e.g. 0,0.35,0.7,0.9 (labelled simulated)")
+    p.add_argument("--overlap", choices=["auto", "always", "yield-gpu"], default="auto",
+                   help="hidden drafting: always (until the target is ready) or yield-gpu (only while the "
+                        "target is in its host stages); auto: yield-gpu when both models share a GPU")
     p.add_argument("--assisted", choices=["on", "off"], default="on",
                    help="try transformers' assisted generation as a baseline")
     p.add_argument("--out", help="output directory (default runs/<run id>)")

@@ -7,6 +7,13 @@ cost nothing on the critical path; the target checks the first against its own f
 verifies the rest in ONE forward. Decoding then continues as ordinary speculative decoding with a
 fixed or adaptive draft length. Output is always the target's own greedy output (lossless).
 
+Overlap policy (`overlap`): with the drafter on its own GPU (or on CPU) it drafts until the target is
+ready ("always"). On a GPU it shares with the target, a hidden token is not free: the drafter's
+decode kernels take SMs from the target's vision encoder and prefill, delaying the critical path
+(H100, NF4: prefill 71 -> 81 ms, drafter starved to ~30 ms a token, docs/results). So there it
+drafts only while the target is in its host stages (data loading, preprocessing) and waits while
+the target's GPU stages run ("yield-gpu", the default on a shared GPU). Its own stages 1-4 always run.
+
 Bookkeeping conventions (the two models have different prompt lengths Pd and Pt):
   * `out` is the output so far; out[-1] is the target's pending token (not yet in its cache), so
     the target cache always holds Pt + len(out) - 1 positions.
@@ -37,7 +44,9 @@ import torch
 from harness.models.base import CausalLMRunner, TextRunner, greedy
 
 STAGES = ("load", "preprocess", "vision", "prefill")
+HOST_STAGES = ("load", "preprocess")     # the target's stages that leave its GPU idle
 MAX_GAMMA = 8
+OVERLAP_POLICIES = ("auto", "always", "yield-gpu")
 
 
 # -- timing -----------------------------------------------------------------------------------------
@@ -74,8 +83,9 @@ def _question(sample: Any) -> str:
 
 # -- stages 1-4 -----------------------------------------------------------------------------------
 def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None = None, *,
-                      t0: float | None = None):
-    """Stages 1-4 -> (cache, first_logits, {stage: end_ms}); end times are relative to `t0`."""
+                      t0: float | None = None, on_host_done: Callable[[], None] | None = None):
+    """Stages 1-4 -> (cache, first_logits, {stage: end_ms}); end times are relative to `t0`.
+    on_host_done() is called when the host stages (load, preprocess) are over."""
     question = _question(sample) if question is None else question
     t0 = now_ms(runner.device) if t0 is None else t0
     ends = {}
@@ -83,6 +93,8 @@ def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None 
     ends["load"] = now_ms(runner.device) - t0
     prepared = runner.preprocess(raw, question)
     ends["preprocess"] = now_ms(runner.device) - t0
+    if on_host_done is not None:
+        on_host_done()
     embeds = runner.encode_vision(prepared)
     ends["vision"] = now_ms(runner.device) - t0
     cache, logits = runner.prefill(embeds)
@@ -209,6 +221,7 @@ class EngineResult:
     ttft_ms: float | None = None
     tpot_ms: float | None = None
     window_ms: float | None = None
+    overlap: str | None = None  # the overlap policy that ran: "always" | "yield-gpu"
     hidden_block: int = 0      # tokens drafted before verification started (the hidden block)
     hidden_drafted: int = 0    # of those, finished inside the window (by target prefill end)
     hidden_accepted: int = 0   # of those, accepted
@@ -329,11 +342,23 @@ def sequential(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
 
 
 # -- parallel prefill -------------------------------------------------------------------------------
-def _target_pipeline(target, sample, t0, select, box, ready: threading.Event) -> None:
-    """Worker thread: target stages 1-4 on its own stream; signals the drafter when done."""
+def resolve_overlap(policy: str, drafter: CausalLMRunner, target: CausalLMRunner) -> str:
+    """'auto' -> 'yield-gpu' when both models share one CUDA device, else 'always'."""
+    if policy not in OVERLAP_POLICIES:
+        raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {policy!r}")
+    if policy != "auto":
+        return policy
+    shared = drafter.device.type == "cuda" and drafter.device == target.device
+    return "yield-gpu" if shared else "always"
+
+
+def _target_pipeline(target, sample, t0, select, box, ready: threading.Event,
+                     on_gpu: threading.Event) -> None:
+    """Worker thread: target stages 1-4 on its own stream; `on_gpu` is set when its GPU stages
+    begin, `ready` when its prefill is done."""
     try:
         with torch.inference_mode(), _own_stream(target, high_priority=True):
-            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0)
+            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_host_done=on_gpu.set)
             t1 = int(select(logits))
             box.update(cache=cache, t1=t1, ends=ends, t1_ms=now_ms(target.device) - t0)
     except BaseException as exc:  # re-raised on the main thread after join
@@ -342,10 +367,15 @@ def _target_pipeline(target, sample, t0, select, box, ready: threading.Event) ->
         ready.set()
 
 
-def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t0, costs):
-    """Draft greedily from the drafter's prefill until the target is ready or n_max tokens."""
+def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t0, costs,
+                  pause: threading.Event | None = None):
+    """Draft greedily from the drafter's prefill until the target is ready or n_max tokens; once
+    `pause` is set, wait for the target instead of drafting (the yield-gpu policy)."""
     tokens, times = [emit(logits, 0)], [now_ms(drafter.device) - t0]
     while len(tokens) < n_max and not ready.is_set():
+        if pause is not None and pause.is_set():
+            ready.wait()
+            break
         start = now_ms(drafter.device)
         logits = drafter.decode(tokens[-1], cache)
         tokens.append(emit(logits, len(tokens)))
@@ -404,10 +434,12 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
                             max_new_tokens: int = 50, gamma: int | str = "adaptive",
                             hidden_cap: int = 64, stop_at_eos: bool = False,
                             alpha: float | None = None, reference_tokens: Sequence[int] | None = None,
-                            seed: int = 0, select=greedy, switch_interval: float | None = None,
+                            seed: int = 0, select=greedy, overlap: str = "auto",
+                            switch_interval: float | None = None,
                             debug_hook: Callable[[dict], None] | None = None) -> EngineResult:
     """Parallel prefill + hidden drafting + speculative decoding; see the module docstring.
 
+    overlap: 'always', 'yield-gpu' or 'auto' (yield-gpu when both models share a CUDA device).
     alpha: simulated acceptance (the drafter emits the reference token with this probability).
     reference_tokens: the target's plain greedy output for this sample; computed with
     `target_only` when alpha is given without it. debug_hook(state) is called after every step.
@@ -421,20 +453,21 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
     if switch_interval is not None and not switch_interval > 0:
         raise ValueError(f"switch_interval must be > 0 seconds, got {switch_interval}")
+    overlap = resolve_overlap(overlap, drafter, target)
     if alpha is not None and reference_tokens is None:
         reference_tokens = target_only(target, sample, max_new_tokens=max_new_tokens,
                                        stop_at_eos=stop_at_eos, select=select).output_tokens
     emit = _Emitter(select, alpha, reference_tokens, seed)
     eos = _eos_set(target, stop_at_eos)
-    res = EngineResult(mode="parallel", gamma=gamma, alpha_simulated=alpha)
+    res = EngineResult(mode="parallel", gamma=gamma, alpha_simulated=alpha, overlap=overlap)
     acc, costs, tl = Acceptance(), res.costs, res.timeline
 
     # Stages 1-4 of both models from one common start; the drafter drafts while it waits.
     _sync_all(drafter, target)
-    ready, box = threading.Event(), {}
+    ready, on_gpu, box = threading.Event(), threading.Event(), {}
     saved_interval = sys.getswitchinterval()
     t0 = now_ms()
-    worker = threading.Thread(target=_target_pipeline, args=(target, sample, t0, select, box, ready),
+    worker = threading.Thread(target=_target_pipeline, args=(target, sample, t0, select, box, ready, on_gpu),
                               name="ppbench-target", daemon=True)
     try:
         if switch_interval:
@@ -443,7 +476,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
         with _own_stream(drafter):
             dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
             hidden, hidden_ms = _draft_hidden(drafter, dcache, dlogits, min(hidden_cap, max_new_tokens),
-                                              ready, emit, t0, costs)
+                                              ready, emit, t0, costs,
+                                              pause=on_gpu if overlap == "yield-gpu" else None)
     finally:
         if worker.is_alive():
             worker.join()
@@ -568,20 +602,22 @@ def _plain_greedy_config(target: CausalLMRunner, max_new_tokens: int, stop_at_eo
 def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: float,
                  verify_ms: Callable[[int], float], decode_ms: float,
                  accept_per_position: Sequence[Sequence[int]], n_tokens: int, gamma: int,
-                 hidden_cap: int = 64) -> float:
+                 hidden_cap: int = 64, draft_until_ms: float | None = None) -> float:
     """E2E of a perfect parallel-prefill engine with these measured costs (no overhead, no contention).
 
     r_j = accepted_j / drafted_j, the measured probability that draft position j is accepted
     (0 beyond the measured positions). D = drafter ready, T = target ready, c_d = draft step,
-    c_v(k) = k-token verify, c_1 = plain decode, N = tokens:
-      hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, T - D) / c_d))
+    c_v(k) = k-token verify, c_1 = plain decode, N = tokens, U = when hidden drafting must stop
+    (draft_until_ms: T, or the end of the target's host stages under the yield-gpu policy):
+      hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, U - D) / c_d))
       hidden block   yields  E_h = 1 + sum_{j<n_h} r_j  tokens, costing  r_0 * c_v(n_h)  after T
       rest           R = max(0, N - E_h) tokens: gamma = 0 -> R * c_1;
                      else R / (1 + sum_{j<gamma} r_j) blocks of  gamma * c_d + c_v(gamma + 1)
       ideal = T + r_0 * c_v(n_h) + rest."""
     r = [a / d if d else 0.0 for a, d in accept_per_position]
     rate = lambda j: r[j] if j < len(r) else 0.0
-    window = max(0.0, target_ready_ms - drafter_ready_ms)
+    until = target_ready_ms if draft_until_ms is None else min(draft_until_ms, target_ready_ms)
+    window = max(0.0, until - drafter_ready_ms)
     # No measured draft step means only d1 (from the drafter's prefill logits) was drafted.
     n_h = int(min(hidden_cap, n_tokens, 1 + window // draft_ms)) if draft_ms > 0 else 1
     tokens_h = 1 + sum(rate(j) for j in range(n_h))
@@ -603,8 +639,10 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
     draft = c.draft() if c.draft() is not None else 0.0
     # The regime the run settled in: adaptive runs that fell back to plain decoding model gamma 0.
     gamma = Counter(res.gamma_trace).most_common(1)[0][0] if res.gamma_trace else 0
+    target_ends = res.timeline["target_stage_end_ms"]
     return ideal_e2e_ms(drafter_ready_ms=res.timeline["drafter_stage_end_ms"]["prefill"],
-                        target_ready_ms=res.timeline["target_stage_end_ms"]["prefill"],
+                        target_ready_ms=target_ends["prefill"],
+                        draft_until_ms=target_ends[HOST_STAGES[-1]] if res.overlap == "yield-gpu" else None,
                         draft_ms=draft, verify_ms=c.verify, decode_ms=decode,
                         accept_per_position=res.accept_per_position, n_tokens=n_tokens,
                         gamma=gamma, hidden_cap=hidden_cap)
@@ -612,7 +650,7 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
 
 # -- records ---------------------------------------------------------------------------------------
 RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "window_ms",
-               "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
+               "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
                "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline", "error", "note")
 META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl")
 

@@ -37,7 +37,7 @@ def simulation_seed(sample) -> int:
 
 def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=("adaptive",),
                    alphas=(), assisted: bool = True, sequential: bool = True,
-                   stop_at_eos: bool = False,
+                   stop_at_eos: bool = False, overlap: str = "auto",
                    skip=lambda mode, gamma, alpha: False) -> Iterator[engine.EngineResult]:
     kw = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
     ref = _safe("target_only", lambda: engine.target_only(target, sample, **kw))
@@ -62,7 +62,7 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
                 continue
             yield finish(_safe("parallel", lambda: engine.parallel_prefill_decode(
                 drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
-                seed=simulation_seed(sample), **kw),
+                seed=simulation_seed(sample), overlap=overlap, **kw),
                 gamma=gamma, alpha_simulated=alpha))
     if assisted and not skip("assisted", gammas[0], None):
         yield finish(_safe("assisted", lambda: engine.assisted_generation(
@@ -82,8 +82,8 @@ def parse_alphas(text: str) -> tuple:
 
 def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: int = 50,
                        gammas=("adaptive",), alphas=(), assisted: bool = False,
-                       sequential: bool = True, stop_at_eos: bool = False, meta: dict,
-                       done: set | None = None) -> Iterator[dict]:
+                       sequential: bool = True, stop_at_eos: bool = False, overlap: str = "auto",
+                       meta: dict, done: set | None = None) -> Iterator[dict]:
     from .records import record_key
 
     for sample in samples:
@@ -95,16 +95,17 @@ def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: in
 
         for res in engine_results(drafter, target, sample, max_new_tokens=max_new_tokens,
                                   gammas=gammas, alphas=alphas, assisted=assisted,
-                                  sequential=sequential, stop_at_eos=stop_at_eos, skip=skip):
+                                  sequential=sequential, stop_at_eos=stop_at_eos, overlap=overlap,
+                                  skip=skip):
             rec = engine.to_record(res, **base)
             assert record_key(rec)[0] == "engine"
             yield rec
 
 
-def warm_up_engine(drafter, target, sample) -> None:
+def warm_up_engine(drafter, target, sample, overlap: str = "auto") -> None:
     """One unrecorded overlapped run: pays thread, stream and allocator first-use costs."""
     try:
-        engine.parallel_prefill_decode(drafter, target, sample, max_new_tokens=4, gamma=2)
+        engine.parallel_prefill_decode(drafter, target, sample, max_new_tokens=4, gamma=2, overlap=overlap)
     except Exception:
         pass  # a bad warm-up sample shows up, recorded, in the measured runs
 
@@ -127,14 +128,14 @@ def run_engine_suite(drafter, target, samples, writer, *, done, args, meta, prog
 
     samples = samples_for_engine(samples, args.engine_samples)
     if samples and args.warmup:
-        warm_up_engine(drafter, target, samples[0])
+        warm_up_engine(drafter, target, samples[0], overlap=args.overlap)
     n = 0
     bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
     for sample in samples:
         for rec in engine_records_for(drafter, target, [sample], max_new_tokens=args.max_new_tokens,
                                       gammas=parse_gammas(args.gammas), alphas=parse_alphas(args.alphas),
                                       assisted=args.assisted == "on", stop_at_eos=args.stop_at_eos,
-                                      meta=meta, done=done):
+                                      overlap=args.overlap, meta=meta, done=done):
             writer.write(rec)
             n += 1
         bar.update(1)

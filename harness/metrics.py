@@ -369,13 +369,20 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) else math.nan
 
 
-def engine_summary(engine: pd.DataFrame) -> pd.DataFrame:
+def engine_summary(engine: pd.DataFrame, drafter_tpot: dict | None = None) -> pd.DataFrame:
     """dataset (and "all") x mode x gamma x alpha. Speedup vs target_only = mean target_only e2e /
     mean e2e of the group (ratio of means), both over the samples the group completed, so a
-    configuration that failed on some samples is not compared with a baseline that includes them."""
+    configuration that failed on some samples is not compared with a baseline that includes them.
+
+    Hidden fill = hidden tokens drafted inside the window ÷ the tokens the drafter could draft
+    there at its isolated speed, 1 + floor(window ÷ its stage-5 time per token on that dataset)
+    (drafter_tpot: dataset -> ms, from the stage records; without it, not computed)."""
     if engine.empty:
         return pd.DataFrame()
-    ok = engine[engine["ok"]]
+    ok = engine[engine["ok"]].copy()
+    tpot = ok["dataset"].map(drafter_tpot or {}).astype(float)
+    window = pd.to_numeric(ok["window_ms"], errors="coerce").clip(lower=0)
+    ok["hidden_capacity"] = 1 + (window // tpot)
     frames = [ok, ok.assign(dataset="all")]
     rows = []
     for ds_frame in frames:
@@ -400,6 +407,8 @@ def engine_summary(engine: pd.DataFrame) -> pd.DataFrame:
                 "acceptance_rate": _ratio(accepted, drafted),
                 "mean_acceptance_length": 1 + accepted / steps if steps > 0 else math.nan,
                 "hidden_drafted": _num(g, "hidden_drafted").mean(),
+                "hidden_fill": _ratio(_num(g, "hidden_drafted")[g["hidden_capacity"].notna()].sum(),
+                                      g["hidden_capacity"].sum(min_count=1)),
                 "hidden_accepted": _num(g, "hidden_accepted").mean(),
                 "window_ms": _num(g, "window_ms").mean(),
                 "token_match_rate": _num(g, "token_match_rate").mean()})
@@ -453,12 +462,15 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
     pairs = pair_frame(stages)
     engine = engine_frame(records)
     overall = overall_stage_means(stages)
+    datasets = dataset_summary(stages, pairs)
+    drafter_tpot = (dict(zip(datasets["dataset"], datasets["drafter_tpot_ms"]))
+                    if "drafter_tpot_ms" in datasets else {})
     return {
         "stages": stages, "pairs": pairs, "samples": samples_table(stages, pairs),
-        "datasets": dataset_summary(stages, pairs), "stage_summary": stage_summary(stages),
+        "datasets": datasets, "stage_summary": stage_summary(stages),
         "stage_overall": overall, "stage_comparison": stage_comparison(overall),
         "unsupported": unsupported_baselines(records),
         "failures": failures(records), "peak_memory": peak_memory(stages),
-        "engine_records": engine, "engine": engine_summary(engine),
+        "engine_records": engine, "engine": engine_summary(engine, drafter_tpot),
         "engine_positions": per_position_acceptance(engine),
     }

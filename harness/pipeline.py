@@ -16,6 +16,7 @@ from pathlib import Path
 
 import torch
 
+from .engine import resolve_overlap
 from .records import RecordWriter, done_keys, load_records, repair_torn_tail
 
 DEFAULT_DURATIONS = ("500ms", "1s", "2s", "4s", "5s", "8s", "10s", "16s", "20s")
@@ -106,6 +107,7 @@ def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, 
         "decode_impl": target.decode_impl, "decode_label": DECODE_LABELS[target.decode_impl],
         "decode_setup": {"drafter": drafter.decode_setup, "target": target.decode_setup},
         "data_source": data_source, "data_root": str(root),
+        "overlap": resolve_overlap("auto", drafter, target),
         "versions": versions(), "commit": git_commit(), "git_commit": git_commit(),
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "memory_footprint_bytes": {"drafter": drafter.memory_footprint(),
@@ -182,7 +184,8 @@ def run_main(args) -> int:
     meta = run_meta(args.profile, device, drafter, target, dtype, quant, data_source, root,
                     run_id=run_id, command="ppbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                     max_new_tokens=args.max_new_tokens, stop_at_eos=args.stop_at_eos,
-                    warmup=args.warmup, missing_datasets=missing)
+                    warmup=args.warmup, missing_datasets=missing,
+                    overlap=resolve_overlap(args.overlap, drafter, target))
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     record_meta = record_fields(meta)
 

@@ -21,6 +21,13 @@ import pandas as pd
 from . import metrics as M
 from .plots import all_plots
 
+OVERLAP_LABELS = {
+    "always": "always: the drafter drafts hidden tokens until the target's prefill is done",
+    "yield-gpu": ("yield-gpu: the drafter drafts hidden tokens only while the target is in its host stages "
+                  "(load, preprocess), then waits, so it never takes the shared GPU from the target's "
+                  "vision encoder and prefill"),
+}
+
 DEFAULT_NAMES = {"drafter": "EventGPT", "target": "Video-LLaVA"}
 STAGE_TITLES = {"load": "Stage 1: Data loading", "preprocess": "Stage 2: Preprocessing",
                 "vision": "Stage 3: Vision encoding", "prefill": "Stage 4: LLM prefill",
@@ -253,15 +260,16 @@ def speculative_section(tables: dict, names: dict) -> list[str]:
              ms(r["e2e_ms"]), ratio(r["speedup_vs_target_only"]), ratio(r["ideal_speedup"]),
              pct(r["measured_over_ideal"]), pct(r["acceptance_rate"]),
              num(r["mean_acceptance_length"], 2), num(r["hidden_drafted"]),
-             num(r["hidden_accepted"]), pct(r["token_match_rate"])]
+             pct(r.get("hidden_fill")), num(r["hidden_accepted"]), pct(r["token_match_rate"])]
             for _, r in spec.iterrows()]
     out += [md_table(["Dataset", "Mode", "γ", "Drafter", "n", "e2e", "Speedup vs target_only",
                       "Ideal speedup", "Measured ÷ ideal", "Acceptance rate", "MAL",
-                      "Hidden drafted", "Hidden accepted", "Token match"], rows), "",
+                      "Hidden drafted", "Hidden fill", "Hidden accepted", "Token match"], rows), "",
             "Speedup = mean target_only e2e ÷ mean e2e of the configuration (same dataset); "
             "ideal speedup uses the engine's ideal_e2e_ms model; acceptance rate = accepted ÷ "
-            "drafted; MAL = 1 + accepted ÷ verify steps. Rows marked *simulated α* are not real "
-            "drafter outputs.", ""]
+            "drafted; MAL = 1 + accepted ÷ verify steps; hidden fill = hidden tokens drafted in the "
+            "window ÷ (1 + window ÷ the drafter's isolated stage-5 time per token). Rows marked "
+            "*simulated α* are not real drafter outputs.", ""]
     pos = tables["engine_positions"]
     if not pos.empty:
         prow = []
@@ -346,6 +354,7 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
            f"- **dtype:** {meta.get('dtype', 'not given')}",
            f"- **Quantization:** {meta.get('quantization', 'not given')}",
            f"- **Decode implementation:** {meta.get('decode_label') or meta.get('decode_impl') or 'transformers eager (not recorded)'}",
+           f"- **Hidden drafting (overlap policy):** {OVERLAP_LABELS.get(meta.get('overlap'), 'always (not recorded)')}",
            f"- **Versions:** " + (", ".join(f"{k} {v[k]}" for k in sorted(v)) or "not given"),
            f"- **Git commit:** {meta.get('git_commit', 'not given')}",
            f"- **Max new tokens:** {meta.get('max_new_tokens', 'not given')}"]

@@ -279,7 +279,7 @@ def test_to_record_matches_the_contract(rand):
     assert set(rec) == {
         "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl", "mode",
         "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "n_output_tokens",
-        "output_tokens", "window_ms", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted",
+        "output_tokens", "window_ms", "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted",
         "verify_steps", "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline",
         "error", "note"}
     assert rec["kind"] == "engine" and rec["mode"] == "parallel" and rec["n_output_tokens"] == 6
@@ -301,28 +301,30 @@ def test_now_ms_is_monotonic_on_cpu():
     assert E.now_ms() >= a
 
 
+class Slow:
+    """A runner whose methods `slow` (name -> ms) sleep first: a stand-in for a slow stage."""
+
+    def __init__(self, inner, **slow):
+        self._inner, self._slow = inner, slow
+
+    def __getattr__(self, name):
+        import time
+
+        attr = getattr(self._inner, name)
+        if name not in self._slow:
+            return attr
+
+        def slowed(*a, **k):
+            time.sleep(self._slow[name] / 1e3)
+            return attr(*a, **k)
+        return slowed
+
+
 def test_hidden_tokens_are_those_finished_inside_the_window(rand):
     """A draft step still running when the target becomes ready joins the verified block, but it
     is not a hidden token: hidden = drafted tokens whose finish time is inside the window."""
-    import time
-
     drafter, target = rand
-
-    class Slow:
-        def __init__(self, inner, method, ms):
-            self._inner, self._method, self._ms = inner, method, ms
-
-        def __getattr__(self, name):
-            attr = getattr(self._inner, name)
-            if name != self._method:
-                return attr
-
-            def slowed(*a, **k):
-                time.sleep(self._ms / 1e3)
-                return attr(*a, **k)
-            return slowed
-
-    res = E.parallel_prefill_decode(Slow(drafter, "decode", 30), Slow(target, "load_inputs", 100),
+    res = E.parallel_prefill_decode(Slow(drafter, decode=30), Slow(target, load_inputs=100),
                                     PROMPT, max_new_tokens=12, gamma=0)
     ready = res.timeline["target_stage_end_ms"]["prefill"]
     finished = res.timeline["draft_token_ms"][:res.hidden_block]
@@ -356,3 +358,32 @@ def test_switch_interval_applies_only_while_the_pipelines_overlap(rand):
     E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=4, switch_interval=2e-4,
                               debug_hook=lambda state: seen.append(sys.getswitchinterval()))
     assert sys.getswitchinterval() == before and seen and all(s == before for s in seen)
+
+
+def test_overlap_policy_resolution(rand):
+    drafter, target = rand
+    assert E.resolve_overlap("auto", drafter, target) == "always"          # CPU: nothing shared on a GPU
+    assert E.resolve_overlap("yield-gpu", drafter, target) == "yield-gpu"
+    with pytest.raises(ValueError, match="overlap must be one of"):
+        E.resolve_overlap("never", drafter, target)
+    with pytest.raises(ValueError, match="overlap must be one of"):
+        E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=4, overlap="sometimes")
+
+
+@pytest.mark.parametrize("overlap", ["always", "yield-gpu"])
+def test_yield_gpu_drafts_only_while_the_target_is_in_its_host_stages(rand, overlap):
+    """Target: 150 ms of loading, then 400 ms of vision encoding. The drafter (40 ms a step) drafts
+    through both under 'always', but under 'yield-gpu' it stops once the target's GPU stages begin
+    (a step already running may finish), waits, and the output is still the target's own."""
+    drafter, target = rand
+    res = E.parallel_prefill_decode(Slow(drafter, decode=40), Slow(target, load_inputs=150, encode_vision=400),
+                                    PROMPT, max_new_tokens=30, gamma=0, overlap=overlap)
+    ends = res.timeline["target_stage_end_ms"]
+    hidden = res.timeline["draft_token_ms"][:res.hidden_block]
+    assert res.overlap == overlap and E.to_record(res)["overlap"] == overlap
+    assert res.output_tokens == _greedy(target, 30)
+    if overlap == "yield-gpu":
+        assert all(t <= ends["preprocess"] + 40 * 3 for t in hidden)    # one step in flight, slack for CI
+        assert hidden[-1] < ends["vision"] - 150
+    else:
+        assert hidden[-1] > ends["vision"] - 150 and res.hidden_block > 6
