@@ -66,15 +66,18 @@ def _sync_all(*runners: CausalLMRunner) -> None:
             torch.cuda.synchronize(r.device)
 
 
-def _own_stream(runner: CausalLMRunner, *, high_priority: bool = False):
-    """A fresh CUDA stream for one pipeline. On a shared GPU the target's stream gets the highest
-    priority, so the drafter's decode steps yield the SMs to the target's vision encoder and
-    prefill (graph replays inherit their stream's priority). It did not remove the stretch of the
-    target's stages 1-4 measured on an H100 (docs/results: it happens on two GPUs too)."""
-    if runner.device.type == "cuda":
-        priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
-        return torch.cuda.stream(torch.cuda.Stream(runner.device, priority=priority))
-    return contextlib.nullcontext()
+def _new_stream(runner: CausalLMRunner, *, high_priority: bool = False) -> torch.cuda.Stream | None:
+    """A fresh CUDA stream for one pipeline (None on CPU). On a shared GPU the target's stream gets
+    the highest priority, so the drafter's kernels yield the SMs to the target's vision encoder
+    and prefill (graph replays run at their stream's priority)."""
+    if runner.device.type != "cuda":
+        return None
+    priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
+    return torch.cuda.Stream(runner.device, priority=priority)
+
+
+def _on(stream: torch.cuda.Stream | None):
+    return torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext()
 
 
 def _question(sample: Any) -> str:
@@ -357,7 +360,7 @@ def _target_pipeline(target, sample, t0, select, box, ready: threading.Event,
     """Worker thread: target stages 1-4 on its own stream; `on_gpu` is set when its GPU stages
     begin, `ready` when its prefill is done."""
     try:
-        with torch.inference_mode(), _own_stream(target, high_priority=True):
+        with torch.inference_mode(), _on(_new_stream(target, high_priority=True)):
             cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_host_done=on_gpu.set)
             t1 = int(select(logits))
             box.update(cache=cache, t1=t1, ends=ends, t1_ms=now_ms(target.device) - t0)
@@ -370,7 +373,11 @@ def _target_pipeline(target, sample, t0, select, box, ready: threading.Event,
 def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t0, costs,
                   pause: threading.Event | None = None):
     """Draft greedily from the drafter's prefill until the target is ready or n_max tokens; once
-    `pause` is set, wait for the target instead of drafting (the yield-gpu policy)."""
+    `pause` is set, wait for the target instead of drafting (the yield-gpu policy).
+
+    On CUDA a step still running when the target becomes ready is abandoned (its cache entry
+    cropped; the kernels finish in the background) rather than waited for: verification starts
+    at once instead of up to one draft step later. On CPU the step is synchronous and joins."""
     tokens, times = [emit(logits, 0)], [now_ms(drafter.device) - t0]
     while len(tokens) < n_max and not ready.is_set():
         if pause is not None and pause.is_set():
@@ -378,10 +385,27 @@ def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t
             break
         start = now_ms(drafter.device)
         logits = drafter.decode(tokens[-1], cache)
+        if not _finished_before(ready, drafter.device):
+            drafter.crop(cache, drafter.cache_len(cache) - 1)
+            break
         tokens.append(emit(logits, len(tokens)))
         times.append(now_ms(drafter.device) - t0)
         costs.draft_ms.append(times[-1] + t0 - start)
     return tokens, times
+
+
+def _finished_before(ready: threading.Event, device: torch.device, poll_s: float = 1e-4) -> bool:
+    """Waits for the work queued on `device`'s current stream; False if `ready` is set first.
+    Polls with sleeps (each releases the GIL for the target's thread)."""
+    if device.type != "cuda":
+        return True
+    done = torch.cuda.Event()
+    done.record(torch.cuda.current_stream(device))
+    while not done.query():
+        if ready.is_set():
+            return False
+        time.sleep(poll_s)
+    return True
 
 
 def _draft_block(drafter, cache, pending, gamma, pos, emit, t0, costs):
@@ -473,7 +497,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
         if switch_interval:
             sys.setswitchinterval(switch_interval)
         worker.start()
-        with _own_stream(drafter):
+        dstream = _new_stream(drafter)
+        with _on(dstream):
             dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
             hidden, hidden_ms = _draft_hidden(drafter, dcache, dlogits, min(hidden_cap, max_new_tokens),
                                               ready, emit, t0, costs,
@@ -484,7 +509,11 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
         sys.setswitchinterval(saved_interval)
     if "error" in box:
         raise box["error"]
-    _sync_all(drafter, target)
+    # The target's stream is done (its thread synchronized it after prefill). An abandoned draft
+    # step may still run on the drafter's stream: later drafter work is ordered after it on the
+    # GPU, not waited for (a device-wide synchronize would wait for it).
+    if dstream is not None:
+        torch.cuda.current_stream(drafter.device).wait_stream(dstream)
     tcache, t1 = box["cache"], box["t1"]
     pt = target.cache_len(tcache)
     pd = drafter.cache_len(dcache) - (len(hidden) - 1)
@@ -493,8 +522,10 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     res.window_ms = box["ends"]["prefill"] - d_ends["prefill"]
     res.ttft_ms = box["t1_ms"]
 
+    plain = False           # set once the engine has fallen back to plain decoding for good
+
     def state(step: str) -> dict:
-        return {"step": step, "out": list(out), "pending": list(pending), "target_prompt": pt,
+        return {"step": step, "out": list(out), "pending": list(pending), "plain": plain, "target_prompt": pt,
                 "drafter_prompt": pd, "target_cache": target.cache_len(tcache),
                 "drafter_cache": drafter.cache_len(dcache)}
 
@@ -502,8 +533,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     out = [t1]
     m = _verify(target, tcache, pt, out, hidden[1:], select, t0, res) if hidden[0] == t1 else -1
     acc.add_block(len(hidden), m + 1)
-    # A draft step that was running when the target became ready still joins the block, but only
-    # tokens finished inside the window are "hidden" (the overlap-window definition).
+    # A draft step that was running when the target became ready (CPU only; CUDA abandons it)
+    # joins the block, but only tokens finished inside the window are "hidden".
     in_window = sum(1 for t in hidden_ms if t <= box["ends"]["prefill"])
     res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
     pending = _realign_drafter(drafter, dcache, pd, out)
@@ -511,10 +542,16 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
         debug_hook(state("hidden"))
 
     # Speculative decoding with a fixed or adaptive draft length; gamma 0 = plain target decode.
-    while len(out) < max_new_tokens and not eos.intersection(out):
-        g = _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
+    # A gamma of 0 chosen from measured costs is final: no block is verified while decoding
+    # plainly, so the acceptance estimate it rests on cannot change. The rest is then the same
+    # loop as target_only's, with no per-step drafter bookkeeping.
+    ended = bool(eos.intersection(out))
+    while len(out) < max_new_tokens and not ended:
+        g = 0 if plain else _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
         res.gamma_trace.append(g)
+        n_before = len(out)
         if g == 0:
+            plain = plain or gamma != "adaptive" or 1 in costs.verify_ms
             start = now_ms(target.device)
             logits = target.decode(out[-1], tcache)
             out.append(int(select(logits)))
@@ -525,7 +562,9 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
             tl["draft_token_ms"].extend(times)
             m = _verify(target, tcache, pt, out, block, select, t0, res)
             acc.add_block(g, m)
-        pending = _realign_drafter(drafter, dcache, pd, out)
+        ended = bool(eos.intersection(out[n_before:]))
+        if not plain:
+            pending = _realign_drafter(drafter, dcache, pd, out)
         if debug_hook:
             debug_hook(state("decode" if g == 0 else "verify"))
 

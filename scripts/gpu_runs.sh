@@ -48,6 +48,7 @@ for step in "$@"; do
     overlap)     # GIL switch interval vs the two host threads' mutual slowdown (scripts/overlap_probe.py)
       mkdir -p $R/overlap
       timeout "$(cap "${OVERLAP_SECS:-150}")" python3 scripts/overlap_probe.py --out $R/overlap \
+        --intervals-ms "${INTERVALS:-5,1,0.2,0.05}" --durations "${OVERLAP_DURATIONS:-4s}" \
         ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} 2>&1 | grep -v Warning | tee $R/overlap/log.txt
       pack overlap ;;
     engine)      # issue 5: both models on one GPU, engine (adaptive gamma) on every sample and alpha

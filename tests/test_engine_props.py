@@ -24,6 +24,9 @@ def _with_eos(r, eos):
 def _check_step(state: dict) -> None:
     out, pending = state["out"], state["pending"]
     assert state["target_cache"] == state["target_prompt"] + len(out) - 1, state
+    if state["plain"]:     # fell back to plain decoding: the drafter is left where it was
+        assert state["drafter_cache"] <= state["drafter_prompt"] + len(out) - 1, state
+        return
     assert 1 <= len(pending) <= len(out) and out[len(out) - len(pending):] == pending, state
     assert state["drafter_cache"] == state["drafter_prompt"] + len(out) - len(pending), state
 
