@@ -135,6 +135,7 @@ class Acceptance:
 @dataclass
 class Costs:
     draft_ms: list = field(default_factory=list)     # one drafter forward of 1-2 tokens
+    hidden_ms: list = field(default_factory=list)    # one queued hidden step (CUDA: GPU time)
     verify_ms: dict = field(default_factory=dict)    # k tokens -> [ms]; k == 1 is a plain decode
 
     def add_verify(self, k: int, ms: float) -> None:
@@ -142,6 +143,10 @@ class Costs:
 
     def draft(self) -> float | None:
         return statistics.fmean(self.draft_ms) if self.draft_ms else None
+
+    def hidden(self) -> float | None:
+        """Cost of a hidden draft step: queued steps where measured, else a synchronous draft step."""
+        return statistics.fmean(self.hidden_ms) if self.hidden_ms else self.draft()
 
     def verify(self, k: int) -> float | None:
         """Mean measured cost of a k-token target forward; unmeasured k from a least-squares line."""
@@ -204,12 +209,16 @@ class _Emitter:
 
     def __call__(self, logits: torch.Tensor, pos: int) -> int:
         own = int(self.select(logits))
+        forced = self.forced(pos, logits.shape[-1])
+        return own if forced is None else forced
+
+    def forced(self, pos: int, vocab: int) -> int | None:
+        """The simulated token at `pos` (one coin drawn), or None where the drafter's own counts."""
         if self.alpha is None or pos >= len(self.reference):
-            return own
+            return None
         ref = int(self.reference[pos])
         if self.rng.random() < self.alpha:
             return ref
-        vocab = logits.shape[-1]
         return (ref + 1 + self.rng.randrange(vocab - 1)) % vocab
 
 
@@ -374,10 +383,10 @@ def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t
                   pause: threading.Event | None = None):
     """Draft greedily from the drafter's prefill until the target is ready or n_max tokens; once
     `pause` is set, wait for the target instead of drafting (the yield-gpu policy).
-
-    On CUDA a step still running when the target becomes ready is abandoned (its cache entry
-    cropped; the kernels finish in the background) rather than waited for: verification starts
-    at once instead of up to one draft step later. On CPU the step is synchronous and joins."""
+    -> (tokens, finish times in ms from t0). On CPU each step is synchronous; a step still running
+    when the target becomes ready joins the block."""
+    if drafter.device.type == "cuda":
+        return _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, pause)
     tokens, times = [emit(logits, 0)], [now_ms(drafter.device) - t0]
     while len(tokens) < n_max and not ready.is_set():
         if pause is not None and pause.is_set():
@@ -385,23 +394,59 @@ def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t
             break
         start = now_ms(drafter.device)
         logits = drafter.decode(tokens[-1], cache)
-        if not _finished_before(ready, drafter.device):
-            drafter.crop(cache, drafter.cache_len(cache) - 1)
-            break
         tokens.append(emit(logits, len(tokens)))
         times.append(now_ms(drafter.device) - t0)
         costs.draft_ms.append(times[-1] + t0 - start)
     return tokens, times
 
 
-def _finished_before(ready: threading.Event, device: torch.device, poll_s: float = 1e-4) -> bool:
-    """Waits for the work queued on `device`'s current stream; False if `ready` is set first.
-    Polls with sleeps (each releases the GIL for the target's thread)."""
-    if device.type != "cuda":
-        return True
-    done = torch.cuda.Event()
-    done.record(torch.cuda.current_stream(device))
-    while not done.query():
+def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, pause, depth: int = 2):
+    """The CUDA version: steps are queued back to back with each token kept on the GPU (the next
+    step reads it there), `depth` steps in flight, so the drafter drafts at its GPU speed with no
+    host round trip per token. Each step copies its token into pinned host memory and records a
+    timing event; once the target is ready, finished steps are read from there and steps still
+    queued or running are abandoned: cropped from the cache, left to finish in the background,
+    never waited for, so verification starts at once."""
+    dev = drafter.device
+    stream = torch.cuda.current_stream(dev)
+    first = emit(logits, 0)                              # synchronizes: the drafter is ready here
+    origin = torch.cuda.Event(enable_timing=True)
+    origin.record(stream)
+    origin_ms = now_ms(dev) - t0                         # origin has completed: host time of it
+    # Simulated tokens are drawn up front (they do not depend on the drafter's output).
+    forced = [emit.forced(pos, logits.shape[-1]) for pos in range(1, n_max)]
+    forced_dev = torch.tensor([first] + [-1 if f is None else f for f in forced], device=dev)
+    host = torch.zeros(max(n_max - 1, 1), dtype=torch.long, pin_memory=True)
+    token = forced_dev[0]
+    steps = []                                           # one done-event per queued step
+    with torch.cuda.device(dev):
+        while 1 + len(steps) < n_max and not ready.is_set():
+            if pause is not None and pause.is_set():
+                break
+            if len(steps) >= depth and not _done_or_ready(steps[-depth], ready):
+                break
+            own = emit.select(drafter.decode(token, cache))
+            i = len(steps)
+            token = own if forced[i] is None else forced_dev[i + 1]
+            host[i].copy_(own, non_blocking=True)
+            done = torch.cuda.Event(enable_timing=True)
+            done.record(stream)
+            steps.append(done)
+    if pause is not None and pause.is_set():
+        ready.wait()
+    n_done = next((i for i, ev in enumerate(steps) if not ev.query()), len(steps))
+    if n_done < len(steps):
+        drafter.crop(cache, drafter.cache_len(cache) - (len(steps) - n_done))
+    tokens = [first] + [int(host[i]) if forced[i] is None else forced[i] for i in range(n_done)]
+    times = [origin_ms] + [origin_ms + origin.elapsed_time(ev) for ev in steps[:n_done]]
+    costs.hidden_ms.extend(b - a for a, b in zip(times, times[1:]))
+    return tokens, times
+
+
+def _done_or_ready(event: torch.cuda.Event, ready: threading.Event, poll_s: float = 1e-4) -> bool:
+    """Waits for `event`; False if `ready` is set first. Polls with sleeps, which release the GIL
+    for the target's thread."""
+    while not event.query():
         if ready.is_set():
             return False
         time.sleep(poll_s)
@@ -641,14 +686,16 @@ def _plain_greedy_config(target: CausalLMRunner, max_new_tokens: int, stop_at_eo
 def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: float,
                  verify_ms: Callable[[int], float], decode_ms: float,
                  accept_per_position: Sequence[Sequence[int]], n_tokens: int, gamma: int,
-                 hidden_cap: int = 64, draft_until_ms: float | None = None) -> float:
+                 hidden_cap: int = 64, draft_until_ms: float | None = None,
+                 hidden_step_ms: float | None = None) -> float:
     """E2E of a perfect parallel-prefill engine with these measured costs (no overhead, no contention).
 
     r_j = accepted_j / drafted_j, the measured probability that draft position j is accepted
     (0 beyond the measured positions). D = drafter ready, T = target ready, c_d = draft step,
     c_v(k) = k-token verify, c_1 = plain decode, N = tokens, U = when hidden drafting must stop
     (draft_until_ms: T, or the end of the target's host stages under the yield-gpu policy):
-      hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, U - D) / c_d))
+      hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, U - D) / c_h)), c_h = a hidden step
+                     (queued back to back on CUDA: hidden_step_ms; default c_d)
       hidden block   yields  E_h = 1 + sum_{j<n_h} r_j  tokens, costing  r_0 * c_v(n_h)  after T
       rest           R = max(0, N - E_h) tokens: gamma = 0 -> R * c_1;
                      else R / (1 + sum_{j<gamma} r_j) blocks of  gamma * c_d + c_v(gamma + 1)
@@ -658,7 +705,8 @@ def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: f
     until = target_ready_ms if draft_until_ms is None else min(draft_until_ms, target_ready_ms)
     window = max(0.0, until - drafter_ready_ms)
     # No measured draft step means only d1 (from the drafter's prefill logits) was drafted.
-    n_h = int(min(hidden_cap, n_tokens, 1 + window // draft_ms)) if draft_ms > 0 else 1
+    step = draft_ms if hidden_step_ms is None else hidden_step_ms
+    n_h = int(min(hidden_cap, n_tokens, 1 + window // step)) if step > 0 else 1
     tokens_h = 1 + sum(rate(j) for j in range(n_h))
     hidden_cost = rate(0) * verify_ms(n_h)
     rest = max(0.0, n_tokens - tokens_h)
@@ -676,13 +724,14 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
     if decode is None:
         return None
     draft = c.draft() if c.draft() is not None else 0.0
+    hidden = c.hidden() if c.hidden() is not None else 0.0
     # The regime the run settled in: adaptive runs that fell back to plain decoding model gamma 0.
     gamma = Counter(res.gamma_trace).most_common(1)[0][0] if res.gamma_trace else 0
     target_ends = res.timeline["target_stage_end_ms"]
     return ideal_e2e_ms(drafter_ready_ms=res.timeline["drafter_stage_end_ms"]["prefill"],
                         target_ready_ms=target_ends["prefill"],
                         draft_until_ms=target_ends[HOST_STAGES[-1]] if res.overlap == "yield-gpu" else None,
-                        draft_ms=draft, verify_ms=c.verify, decode_ms=decode,
+                        draft_ms=draft, hidden_step_ms=hidden, verify_ms=c.verify, decode_ms=decode,
                         accept_per_position=res.accept_per_position, n_tokens=n_tokens,
                         gamma=gamma, hidden_cap=hidden_cap)
 

@@ -65,3 +65,22 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(saved)
+
+
+class Slow:
+    """A runner whose methods `slow` (name -> ms) sleep first: a stand-in for a slow stage."""
+
+    def __init__(self, inner, **slow):
+        self._inner, self._slow = inner, slow
+
+    def __getattr__(self, name):
+        import time
+
+        attr = getattr(self._inner, name)
+        if name not in self._slow:
+            return attr
+
+        def slowed(*a, **k):
+            time.sleep(self._slow[name] / 1e3)
+            return attr(*a, **k)
+        return slowed

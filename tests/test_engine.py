@@ -11,7 +11,7 @@ from harness import engine as E
 from harness.errors import DataError
 from harness.models.base import CausalLMRunner
 
-from engine_testers import one_thread, random_pair, runner, same_pair, tiny_llama
+from engine_testers import Slow, one_thread, random_pair, runner, same_pair, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -299,25 +299,6 @@ def test_error_result_record():
 def test_now_ms_is_monotonic_on_cpu():
     a = E.now_ms(torch.device("cpu"))
     assert E.now_ms() >= a
-
-
-class Slow:
-    """A runner whose methods `slow` (name -> ms) sleep first: a stand-in for a slow stage."""
-
-    def __init__(self, inner, **slow):
-        self._inner, self._slow = inner, slow
-
-    def __getattr__(self, name):
-        import time
-
-        attr = getattr(self._inner, name)
-        if name not in self._slow:
-            return attr
-
-        def slowed(*a, **k):
-            time.sleep(self._slow[name] / 1e3)
-            return attr(*a, **k)
-        return slowed
 
 
 def test_hidden_tokens_are_those_finished_inside_the_window(rand):

@@ -114,3 +114,47 @@ def test_token_timer_times_the_models_own_device():
     ms = timer.intervals_ms()
     torch.cuda.synchronize("cuda:1")
     assert len(ms) == 20 and min(ms) > 0.05
+
+
+def test_engine_on_cuda_with_queued_hidden_steps_is_lossless():
+    """The CUDA hidden phase queues draft steps back to back and abandons the ones still running
+    when the target is ready. Tiny fp32 pair on CUDA graphs; the drafter's steps are slowed on the
+    GPU (a spin kernel) and the target's loading on the host, so steps get abandoned: the output
+    must still be the target's own, the caches consistent after every step, and a drafter that
+    always proposes the reference (simulated alpha = 1) fully accepted."""
+    from fixtures.synthetic_dsec import ensure_default_dataset
+    from harness import data
+    from harness import engine as E
+    from harness.models.profiles import configure_decode, load_pair
+
+    from engine_testers import Slow
+    from test_engine_props import _check_step
+
+    drafter, target = load_pair("tiny", device="cuda", quant="none", dtype=torch.float32)
+    configure_decode([drafter, target], "cuda-graph", max_new_tokens=24)
+    sample = data.load_samples(ensure_default_dataset(progress=False), "4s")[0]
+
+    class GpuSlowDecode:
+        def __init__(self, inner):
+            self._inner = inner
+
+        def __getattr__(self, name):
+            return getattr(self._inner, name)
+
+        def decode(self, token, cache):
+            torch.cuda._sleep(20_000_000)          # ~10 ms of GPU time before each draft step
+            return self._inner.decode(token, cache)
+
+    ref = E.target_only(target, sample, max_new_tokens=24).output_tokens
+    for alpha in (None, 1.0, 0.5):
+        res = E.parallel_prefill_decode(GpuSlowDecode(drafter), Slow(target, load_inputs=80), sample,
+                                        max_new_tokens=24, alpha=alpha, reference_tokens=ref,
+                                        overlap="always", debug_hook=_check_step)
+        assert res.output_tokens == ref
+        assert 2 <= res.hidden_block and res.hidden_drafted <= res.hidden_block
+        times = res.timeline["draft_token_ms"][:res.hidden_block]
+        assert times == sorted(times) and len(res.costs.hidden_ms) == res.hidden_block - 1
+        # stopped by the target, not by the cap: two steps were queued, so some were abandoned
+        assert res.hidden_block < 24
+        if alpha == 1.0:
+            assert res.hidden_accepted == res.hidden_drafted and res.accepted == res.drafted
