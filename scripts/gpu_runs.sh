@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: gputests | probe | overlap | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
+# Steps: gputests | probe | overlap | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step.
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
@@ -43,6 +43,12 @@ for step in "$@"; do
       timeout "$(cap "${PROBE_SECS:-200}")" python3 scripts/decode_probe.py --out $R/probe 2>&1 \
         | grep -v Warning | tee $R/probe/log.txt
       pack probe ;;
+    alpha0)      # issue 5: alpha ~ 0 (real drafter of a random pair) vs target-only, alternating, repeated
+      n=alpha0${DRAFTER_DEVICE:+-2gpu}; mkdir -p $R/$n
+      timeout "$(cap "${ALPHA0_SECS:-120}")" python3 scripts/overlap_probe.py --out $R/$n --intervals-ms 5 \
+        --durations "${ALPHA0_DURATIONS:-1s,4s,10s,20s}" --reps "${ALPHA0_REPS:-4}" \
+        ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} 2>&1 | grep -v Warning | tee $R/$n/log.txt
+      pack $n ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
       run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
     overlap)     # GIL switch interval vs the two host threads' mutual slowdown (scripts/overlap_probe.py)
