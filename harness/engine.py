@@ -44,6 +44,7 @@ import torch
 from harness.models.base import CausalLMRunner, TextRunner, greedy
 
 STAGES = ("load", "preprocess", "vision", "prefill")
+_PINNED_TOKENS = 64                      # pinned host slots for queued hidden tokens (the default cap)
 HOST_STAGES = ("load", "preprocess")     # the target's stages that leave its GPU idle
 MAX_GAMMA = 8
 OVERLAP_POLICIES = ("auto", "always", "yield-gpu")
@@ -354,14 +355,19 @@ def sequential(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
 
 
 # -- parallel prefill -------------------------------------------------------------------------------
-def resolve_overlap(policy: str, drafter: CausalLMRunner, target: CausalLMRunner) -> str:
-    """'auto' -> 'yield-gpu' when both models share one CUDA device, else 'always'."""
+def resolve_overlap(policy: str, drafter, target) -> str:
+    """'auto' -> 'yield-gpu' when both models share one CUDA device, else 'always'. drafter and
+    target are runners or devices."""
     if policy not in OVERLAP_POLICIES:
         raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {policy!r}")
     if policy != "auto":
         return policy
-    shared = drafter.device.type == "cuda" and drafter.device == target.device
-    return "yield-gpu" if shared else "always"
+    d, t = (torch.device(getattr(x, "device", x)) for x in (drafter, target))
+    if d.type == "cuda" and d.index is None:
+        d = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    if t.type == "cuda" and t.index is None:
+        t = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    return "yield-gpu" if d.type == "cuda" and d == t else "always"
 
 
 def _target_pipeline(target, sample, t0, select, box, ready: threading.Event,
@@ -416,14 +422,14 @@ def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, 
     # Simulated tokens are drawn up front (they do not depend on the drafter's output).
     forced = [emit.forced(pos, logits.shape[-1]) for pos in range(1, n_max)]
     forced_dev = torch.tensor([first] + [-1 if f is None else f for f in forced], device=dev)
-    host = torch.zeros(max(n_max - 1, 1), dtype=torch.long, pin_memory=True)
+    # One size for every sample (the hidden cap's), so the pinned block is reused, not reallocated.
+    host = torch.zeros(max(n_max - 1, _PINNED_TOKENS), dtype=torch.long, pin_memory=True)
     token = forced_dev[0]
+    stop = (ready,) if pause is None else (ready, pause)
     steps = []                                           # one done-event per queued step
     with torch.cuda.device(dev):
-        while 1 + len(steps) < n_max and not ready.is_set():
-            if pause is not None and pause.is_set():
-                break
-            if len(steps) >= depth and not _done_or_ready(steps[-depth], ready):
+        while 1 + len(steps) < n_max and not any(f.is_set() for f in stop):
+            if len(steps) >= depth and not _done_unless(steps[-depth], *stop):
                 break
             own = emit.select(drafter.decode(token, cache))
             i = len(steps)
@@ -434,6 +440,8 @@ def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, 
             steps.append(done)
     if pause is not None and pause.is_set():
         ready.wait()
+    elif steps and not ready.is_set():
+        _done_unless(steps[-1], ready)       # stopped by the cap: the last steps still count
     n_done = next((i for i, ev in enumerate(steps) if not ev.query()), len(steps))
     if n_done < len(steps):
         drafter.crop(cache, drafter.cache_len(cache) - (len(steps) - n_done))
@@ -443,14 +451,15 @@ def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, 
     return tokens, times
 
 
-def _done_or_ready(event: torch.cuda.Event, ready: threading.Event, poll_s: float = 2e-3) -> bool:
-    """Waits for `event`; False as soon as `ready` is set. Waits on `ready` between polls of the
-    event (the GIL is released meanwhile): a set `ready` wakes it at once, and the coarse poll
-    costs no drafter speed because the next step is already queued. (A 0.5 ms poll woke the
-    drafter's thread a dozen times a step, and the target's frame decoding, which takes the GIL
-    back after every frame, lost ~4 ms more per sample on two H200s.)"""
+def _done_unless(event: torch.cuda.Event, ready: threading.Event, *others: threading.Event,
+                 poll_s: float = 2e-3) -> bool:
+    """Waits for `event`; False as soon as `ready` (or any of `others`) is set. Waits on `ready`
+    between polls of the event (the GIL is released meanwhile): a set `ready` wakes it at once,
+    and the coarse poll costs no drafter speed because the next step is already queued. (A 0.5 ms
+    poll woke the drafter's thread a dozen times a step, and the target's frame decoding, which
+    takes the GIL back after every frame, lost ~4 ms more per sample on two H200s.)"""
     while not event.query():
-        if ready.wait(poll_s):
+        if ready.wait(poll_s) or any(f.is_set() for f in others):
             return False
     return True
 
@@ -556,11 +565,10 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
         sys.setswitchinterval(saved_interval)
     if "error" in box:
         raise box["error"]
-    # The target's stream is done (its thread synchronized it after prefill). An abandoned draft
-    # step may still run on the drafter's stream: later drafter work is ordered after it on the
-    # GPU, not waited for (a device-wide synchronize would wait for it).
-    if dstream is not None:
-        torch.cuda.current_stream(drafter.device).wait_stream(dstream)
+    # The target's stream is done (its thread synchronized it after prefill). Abandoned draft
+    # steps may still run on the drafter's stream: all later drafter work stays on that stream
+    # (ordered after them on the GPU), and the target's work never waits for it, on a shared
+    # GPU either (a device-wide synchronize, or the default stream waiting on it, would).
     tcache, t1 = box["cache"], box["t1"]
     pt = target.cache_len(tcache)
     pd = drafter.cache_len(dcache) - (len(hidden) - 1)
@@ -584,14 +592,16 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     # joins the block, but only tokens finished inside the window are "hidden".
     in_window = sum(1 for t in hidden_ms if t <= box["ends"]["prefill"])
     res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
-    pending = _realign_drafter(drafter, dcache, pd, out)
+    with _on(dstream):
+        pending = _realign_drafter(drafter, dcache, pd, out)
     if debug_hook:
         debug_hook(state("hidden"))
 
     # Speculative decoding with a fixed or adaptive draft length; gamma 0 = plain target decode.
-    # A gamma of 0 chosen from measured costs is final: no block is verified while decoding
-    # plainly, so the acceptance estimate it rests on cannot change. The rest is then the same
-    # loop as target_only's, with no per-step drafter bookkeeping.
+    # A gamma of 0 chosen from measured costs is kept to the end: no block is verified while
+    # decoding plainly, so the acceptance estimate and the draft and verify costs it rests on stay
+    # as they were; only the decode-cost mean moves, by noise. The rest is then the same loop as
+    # target_only's, with no per-step drafter bookkeeping.
     ended = bool(eos.intersection(out))
     while len(out) < max_new_tokens and not ended:
         g = 0 if plain else _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
@@ -605,13 +615,15 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
             costs.add_verify(1, now_ms(target.device) - start)
             res.decode_steps += 1
         else:
-            block, times = _draft_block(drafter, dcache, pending, g, len(out), emit, t0, costs)
+            with _on(dstream):
+                block, times = _draft_block(drafter, dcache, pending, g, len(out), emit, t0, costs)
             tl["draft_token_ms"].extend(times)
             m = _verify(target, tcache, pt, out, block, select, t0, res)
             acc.add_block(g, m)
         ended = bool(eos.intersection(out[n_before:]))
         if not plain:
-            pending = _realign_drafter(drafter, dcache, pd, out)
+            with _on(dstream):
+                pending = _realign_drafter(drafter, dcache, pd, out)
         if debug_hook:
             debug_hook(state("decode" if g == 0 else "verify"))
 

@@ -381,6 +381,7 @@ def engine_summary(engine: pd.DataFrame, drafter_tpot: dict | None = None) -> pd
         return pd.DataFrame()
     ok = engine[engine["ok"]].copy()
     tpot = ok["dataset"].map(drafter_tpot or {}).astype(float)
+    tpot = tpot.where(tpot > 0)                       # no (or a zero) per-token time: not computed
     window = pd.to_numeric(ok["window_ms"], errors="coerce").clip(lower=0)
     ok["hidden_capacity"] = 1 + (window // tpot)
     frames = [ok, ok.assign(dataset="all")]

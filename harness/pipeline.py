@@ -143,7 +143,8 @@ def run_main(args) -> int:
     decode_impl = resolve_decode_impl(args.decode, device)
     settings = {"profile": args.profile, "quant": quant, "dtype": str(dtype).replace("torch.", ""),
                 "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos,
-                "decode_impl": decode_impl}
+                "decode_impl": decode_impl,
+                "overlap": resolve_overlap(args.overlap, args.drafter_device or device, device)}
     previous = _resumable_meta(out, settings) if has_records else None
     if previous:
         run_id = previous.get("run_id", run_id)   # resumed records keep the run's identity
@@ -212,7 +213,7 @@ def run_main(args) -> int:
 
 
 # Settings that change what a record means: a resumed run must use the same ones.
-RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos", "decode_impl")
+RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos", "decode_impl", "overlap")
 
 
 def _resumable_meta(out: Path, now: dict) -> dict | None:
@@ -221,8 +222,9 @@ def _resumable_meta(out: Path, now: dict) -> dict | None:
     if not path.exists():
         return None
     previous = json.loads(path.read_text())
-    # Runs from before decode_impl existed were all transformers-eager ("hf").
-    saved = {"decode_impl": "hf", **previous}
+    # Runs from before decode_impl / overlap existed were transformers-eager ("hf") and drafted
+    # through the whole window ("always").
+    saved = {"decode_impl": "hf", "overlap": "always", **previous}
     differ = [f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS
               if k in saved and saved[k] != now[k]]
     if differ:

@@ -270,6 +270,51 @@ def test_ideal_e2e_perfect_drafter():
     assert ideal == pytest.approx(100 + 20 + rest_blocks * (3 * 5 + 20))
 
 
+def test_ideal_e2e_drafts_only_where_the_policy_lets_it():
+    """yield-gpu: hidden drafting stops when the target's host stages end (draft_until_ms), and
+    queued hidden steps have their own cost (hidden_step_ms), not the synchronous draft step's."""
+    kw = dict(drafter_ready_ms=50, target_ready_ms=100, verify_ms=flat(20), decode_ms=20,
+              accept_per_position=[[1, 1]] * 16, n_tokens=30, gamma=0, hidden_cap=64)
+    full = E.ideal_e2e_ms(draft_ms=5, **kw)                              # 1 + 50 // 5 = 11 hidden
+    until = E.ideal_e2e_ms(draft_ms=5, draft_until_ms=70, **kw)          # 1 + 20 // 5 = 5 hidden
+    queued = E.ideal_e2e_ms(draft_ms=10, hidden_step_ms=5, **kw)         # hidden at 5 ms: 11 again
+    assert full == pytest.approx(100 + 20 + (30 - 12) * 20)
+    assert until == pytest.approx(100 + 20 + (30 - 6) * 20)
+    assert queued == pytest.approx(full)
+    # past the target's readiness the window is the target's: a later host-stage end changes nothing
+    assert E.ideal_e2e_ms(draft_ms=5, draft_until_ms=500, **kw) == pytest.approx(full)
+
+
+def test_costs_hidden_falls_back_to_synchronous_draft_steps():
+    c = E.Costs(draft_ms=[6.0, 8.0])
+    assert c.hidden() == 7.0
+    c.hidden_ms.extend([5.0, 5.5])
+    assert c.hidden() == pytest.approx(5.25) and c.draft() == 7.0
+
+
+def test_adaptive_gamma_zero_is_kept_and_skips_the_drafter(rand):
+    """A random drafter is rejected; once adaptive gamma settles on 0 with measured costs the
+    engine decodes plainly to the end, leaving the drafter's cache where it was."""
+    drafter, target = rand
+    states = []
+    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=20, gamma="adaptive",
+                                    debug_hook=states.append)
+    assert res.output_tokens == _greedy(target, 20)
+    plain = [s["plain"] for s in states]
+    first = plain.index(True)
+    assert all(plain[first:]) and first <= 3
+    frozen = {s["drafter_cache"] for s in states[first:]}
+    assert len(frozen) == 1
+    assert set(res.gamma_trace[first - 1:]) == {0}
+
+
+def test_overlap_auto_resolves_from_devices():
+    assert E.resolve_overlap("auto", "cuda:0", "cuda:0") == "yield-gpu"
+    assert E.resolve_overlap("auto", "cuda:1", "cuda:0") == "always"
+    assert E.resolve_overlap("auto", "cpu", "cpu") == "always"
+    assert E.resolve_overlap("always", "cuda:0", "cuda:0") == "always"
+
+
 def test_to_record_matches_the_contract(rand):
     drafter, target = rand
     res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=6, gamma=2,

@@ -223,3 +223,20 @@ def test_speedup_baseline_uses_only_samples_the_configuration_completed():
     row = summary[(summary["dataset"] == "4s") & (summary["mode"] == "parallel")].iloc[0]
     assert row["target_only_e2e_ms"] == 100.0      # sample b failed in parallel: not in the baseline
     assert row["speedup_vs_target_only"] == pytest.approx(2.0)
+
+
+def test_hidden_fill_is_hidden_over_the_windows_capacity():
+    """capacity = 1 + floor(window / the drafter's isolated time per token) per sample, pooled;
+    no per-token time (or a zero one) leaves it not computed rather than 0%."""
+    recs = [dict(engine_record("4s", "a", "parallel", gamma="adaptive", e2e_ms=90.0), window_ms=60.0,
+                 hidden_drafted=5),
+            dict(engine_record("4s", "b", "parallel", gamma="adaptive", e2e_ms=90.0), window_ms=-5.0,
+                 hidden_drafted=0),
+            engine_record("4s", "a", "target_only", e2e_ms=100.0),
+            engine_record("4s", "b", "target_only", e2e_ms=100.0)]
+    frame = M.engine_frame(recs)
+    row = lambda s: s[(s["dataset"] == "4s") & (s["mode"] == "parallel")].iloc[0]
+    # 60 ms at 10 ms a token: 7 tokens fit; -5 ms: 1 (the token from the prefill logits)
+    assert row(M.engine_summary(frame, {"4s": 10.0}))["hidden_fill"] == pytest.approx(5 / 8)
+    assert math.isnan(row(M.engine_summary(frame, {"4s": 0.0}))["hidden_fill"])
+    assert math.isnan(row(M.engine_summary(frame))["hidden_fill"])

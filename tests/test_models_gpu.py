@@ -116,12 +116,14 @@ def test_token_timer_times_the_models_own_device():
     assert len(ms) == 20 and min(ms) > 0.05
 
 
-def test_engine_on_cuda_with_queued_hidden_steps_is_lossless():
+@pytest.mark.parametrize("impl, overlap", [("cuda-graph", "always"), ("hf", "always"), ("cuda-graph", "yield-gpu")])
+def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
     """The CUDA hidden phase queues draft steps back to back and abandons the ones still running
-    when the target is ready. Tiny fp32 pair on CUDA graphs; the drafter's steps are slowed on the
-    GPU (a spin kernel) and the target's loading on the host, so steps get abandoned: the output
-    must still be the target's own, the caches consistent after every step, and a drafter that
-    always proposes the reference (simulated alpha = 1) fully accepted."""
+    when the target is ready. Tiny fp32 pair; the drafter's steps are slowed on the GPU (a spin
+    kernel) and the target's loading on the host, so steps get abandoned: the output must still be
+    the target's own, the caches consistent after every step (static cache and transformers'
+    DynamicCache), and a drafter that always proposes the reference (simulated alpha = 1) fully
+    accepted. Under yield-gpu no hidden step may start after the target's host stages ended."""
     from fixtures.synthetic_dsec import ensure_default_dataset
     from harness import data
     from harness import engine as E
@@ -131,7 +133,7 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless():
     from test_engine_props import _check_step
 
     drafter, target = load_pair("tiny", device="cuda", quant="none", dtype=torch.float32)
-    configure_decode([drafter, target], "cuda-graph", max_new_tokens=24)
+    configure_decode([drafter, target], impl, max_new_tokens=24)
     sample = data.load_samples(ensure_default_dataset(progress=False), "4s")[0]
 
     class GpuSlowDecode:
@@ -149,12 +151,28 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless():
     for alpha in (None, 1.0, 0.5):
         res = E.parallel_prefill_decode(GpuSlowDecode(drafter), Slow(target, load_inputs=80), sample,
                                         max_new_tokens=24, alpha=alpha, reference_tokens=ref,
-                                        overlap="always", debug_hook=_check_step)
-        assert res.output_tokens == ref
+                                        overlap=overlap, debug_hook=_check_step)
+        assert res.output_tokens == ref and res.overlap == overlap
         assert 2 <= res.hidden_block and res.hidden_drafted <= res.hidden_block
         times = res.timeline["draft_token_ms"][:res.hidden_block]
         assert times == sorted(times) and len(res.costs.hidden_ms) == res.hidden_block - 1
         # stopped by the target, not by the cap: two steps were queued, so some were abandoned
         assert res.hidden_block < 24
+        if overlap == "yield-gpu":    # a step queued before the pause may still finish (2 in flight)
+            assert times[-1] <= res.timeline["target_stage_end_ms"]["preprocess"] + 2 * 15
         if alpha == 1.0:
             assert res.hidden_accepted == res.hidden_drafted and res.accepted == res.drafted
+
+
+def test_graphed_vision_runs_other_shapes_eagerly_and_says_so():
+    from harness.models.profiles import configure_decode, load_pair
+
+    drafter, _ = load_pair("tiny", device="cuda", quant="none", dtype=torch.float32)
+    configure_decode([drafter], "cuda-graph", max_new_tokens=8)
+    g = drafter.vision_graph
+    other = torch.zeros(g.input.shape[0] + 1, *g.input.shape[1:], device="cuda")
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        out = g(other)
+    torch.testing.assert_close(out, drafter.vision_features(other))
+    assert g.eager_calls == 1
+    torch.testing.assert_close(g(g.input.clone()), drafter.vision_features(g.input.clone()), atol=1e-5, rtol=1e-5)

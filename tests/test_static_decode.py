@@ -194,6 +194,10 @@ def test_resume_treats_runs_without_a_decode_impl_as_transformers_eager(tmp_path
 
     settings = {"profile": "tiny", "quant": "none", "dtype": "float32", "max_new_tokens": 8, "stop_at_eos": False}
     (tmp_path / "meta.json").write_text(json.dumps(settings))          # written before decode_impl existed
-    assert _resumable_meta(tmp_path, dict(settings, decode_impl="hf")) is not None
+    now = dict(settings, decode_impl="hf", overlap="always")
+    assert _resumable_meta(tmp_path, now) is not None
     with pytest.raises(SystemExit, match="decode_impl: saved 'hf', now 'static'"):
-        _resumable_meta(tmp_path, dict(settings, decode_impl="static"))
+        _resumable_meta(tmp_path, dict(now, decode_impl="static"))
+    # ...and as drafting through the whole window: a yield-gpu run must not resume into one
+    with pytest.raises(SystemExit, match="overlap: saved 'always', now 'yield-gpu'"):
+        _resumable_meta(tmp_path, dict(now, overlap="yield-gpu"))

@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import bisect
 import time
+import warnings
 from dataclasses import dataclass
 
 import torch
@@ -125,6 +126,7 @@ class GraphedFunction:
 
     def __init__(self, fn, example: torch.Tensor):
         self.fn = fn
+        self.warned, self.eager_calls = False, 0
         self.input = example.detach().clone()
         with torch.inference_mode():
             self.graph, self.output = capture(lambda: fn(self.input), self.input.device)
@@ -136,6 +138,11 @@ class GraphedFunction:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if not self.matches(x):
+            if not self.warned:       # said once: an eager stage 3 times differently
+                warnings.warn(f"graphed stage captured for {tuple(self.input.shape)} {self.input.dtype} "
+                              f"runs eagerly for {tuple(x.shape)} {x.dtype}")
+                self.warned = True
+            self.eager_calls += 1
             return self.fn(x)
         with torch.cuda.device(self.input.device):
             self.input.copy_(x)
@@ -249,6 +256,8 @@ class StaticDecoder:
         if cache.owner is not self or cache.epoch != self.epoch:
             raise RuntimeError("stale static KV cache: this runner has started another sequence since")
         start = cache.length
+        if inputs_embeds is not None:
+            inputs_embeds = inputs_embeds.to(self.dtype)   # what a graph's static input would hold
         n = (input_ids if input_ids is not None else inputs_embeds).shape[1]
         if start + n > self.max_len:
             raise CacheFullError(f"static KV cache holds {self.max_len} positions; this step needs {start + n} "
