@@ -152,7 +152,12 @@ class BenchSession:
             run_id=time.strftime("pytest-%Y%m%d-%H%M%S"), command="pytest (ppbench plugin)",
             samples_per_duration=opts.samples, max_new_tokens=opts.max_new_tokens, warmup=1,
             injected_delay=injected,
-            overlap=resolve_overlap(opts.overlap, self.drafter, self.target))
+            overlap=resolve_overlap(opts.overlap, self.drafter, self.target),
+            drafter_process=bool(getattr(opts, "drafter_process", False)))
+        self.parallel_drafter = (pipeline.start_drafter_process(
+            opts.profile, device=self.drafter.device, quant=quant, dtype=dtype, path=opts.drafter_path,
+            decode_impl=opts.decode, max_new_tokens=opts.max_new_tokens, cache_len=opts.cache_len)
+            if getattr(opts, "drafter_process", False) else None)
         self.record_meta = pipeline.record_fields(self.meta)
         self.out = Path(opts.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -175,6 +180,7 @@ class BenchSession:
             else list(pipeline.DEFAULT_DURATIONS),
             max_new_tokens=g("--ppbench-max-new-tokens"), decode=g("--ppbench-decode"),
             cache_len=g("--ppbench-cache-len"), overlap=g("--ppbench-overlap"),
+            drafter_process=g("--ppbench-drafter-process"),
             out=g("--ppbench-out") or os.path.join(".benchmarks", "ppbench-report"),
             inject_delay=g("--ppbench-inject-delay"))
         return cls(opts)
@@ -205,13 +211,15 @@ class BenchSession:
 
             self._warm_up()
             if not self._engine:
-                warm_up_engine(self.drafter, self.target, self.samples[duration][0], overlap=self.opts.overlap)
+                warm_up_engine(self.parallel_drafter or self.drafter, self.target, self.samples[duration][0],
+                               overlap=self.opts.overlap)
             before = len(self.records)
             # Nightly: the overlapped run and its target-only baseline (sequential and assisted
             # are for `ppbench run`; they do not change between nights).
             for record in engine_records_for(self.drafter, self.target, self.samples[duration],
                                              max_new_tokens=self.opts.max_new_tokens,
                                              sequential=False, overlap=self.opts.overlap,
+                                             parallel_drafter=self.parallel_drafter,
                                              meta=self.record_meta):
                 self._append(record)
             self._engine[duration] = self.records[before:]
@@ -219,6 +227,8 @@ class BenchSession:
 
     def close(self) -> None:
         self._writer.close()
+        if self.parallel_drafter is not None:
+            self.parallel_drafter.close()
 
 
 def stage_seconds(records: list[dict], model: str, stage: str) -> tuple[list[float], list[str]]:

@@ -52,6 +52,9 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", choices=["auto", "always", "yield-gpu"], default="auto",
                    help="hidden drafting: always (until the target is ready) or yield-gpu (only while the "
                         "target is in its host stages); auto: yield-gpu when both models share a GPU")
+    p.add_argument("--drafter-process", action="store_true",
+                   help="run the engine's drafter in its own process (no GIL shared with the target's "
+                        "pipeline; its weights are loaded a second time there)")
     p.add_argument("--assisted", choices=["on", "off"], default="on",
                    help="try transformers' assisted generation as a baseline")
     p.add_argument("--out", help="output directory (default runs/<run id>)")

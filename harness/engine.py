@@ -385,6 +385,38 @@ def _target_pipeline(target, sample, t0, select, box, ready: threading.Event,
         ready.set()
 
 
+class Drafting:
+    """The drafter's half of one parallel run: its KV cache, CUDA stream and emitter. Stages 1-4
+    and hidden drafting, then draft blocks and cache realignment for the speculative phase. This
+    one runs in the engine's process; harness/drafter_process.py has the same methods served by
+    a drafter in its own process."""
+
+    def __init__(self, drafter: CausalLMRunner, emit: "_Emitter", costs: "Costs"):
+        self.runner, self.emit, self.costs = drafter, emit, costs
+        self.stream = _new_stream(drafter)
+        self.cache, self.prompt_len = None, 0
+
+    def stages_and_hidden(self, sample, t0: float, n_max: int, ready, pause=None):
+        """-> (hidden tokens, their finish times, drafter stage end times); see _draft_hidden."""
+        with _on(self.stream):
+            self.cache, logits, ends = run_stages_1_to_4(self.runner, sample, t0=t0)
+            hidden, times = _draft_hidden(self.runner, self.cache, logits, n_max, ready, self.emit, t0,
+                                          self.costs, pause)
+        self.prompt_len = self.runner.cache_len(self.cache) - (len(hidden) - 1)
+        return hidden, times, ends
+
+    def realign(self, out: list[int]) -> list[int]:
+        with _on(self.stream):
+            return _realign_drafter(self.runner, self.cache, self.prompt_len, out)
+
+    def draft_block(self, pending: list[int], gamma: int, pos: int, t0: float):
+        with _on(self.stream):
+            return _draft_block(self.runner, self.cache, pending, gamma, pos, self.emit, t0, self.costs)
+
+    def cache_len(self) -> int:
+        return self.runner.cache_len(self.cache)
+
+
 def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t0, costs,
                   pause: threading.Event | None = None):
     """Draft greedily from the drafter's prefill until the target is ready or n_max tokens; once
@@ -537,32 +569,41 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     if alpha is not None and reference_tokens is None:
         reference_tokens = target_only(target, sample, max_new_tokens=max_new_tokens,
                                        stop_at_eos=stop_at_eos, select=select).output_tokens
-    emit = _Emitter(select, alpha, reference_tokens, seed)
     eos = _eos_set(target, stop_at_eos)
     res = EngineResult(mode="parallel", gamma=gamma, alpha_simulated=alpha, overlap=overlap)
     acc, costs, tl = Acceptance(), res.costs, res.timeline
+    n_hidden = min(hidden_cap, max_new_tokens)
 
     # Stages 1-4 of both models from one common start; the drafter drafts while it waits.
-    _sync_all(drafter, target)
-    ready, on_gpu, box = threading.Event(), threading.Event(), {}
+    # In-process, the target runs in a worker thread and the drafter here; a drafter in its own
+    # process (harness/drafter_process.py) starts there and the target runs here.
+    remote = getattr(drafter, "is_process", False)
+    side = (drafter.drafting(costs, select, alpha, reference_tokens, seed) if remote
+            else Drafting(drafter, _Emitter(select, alpha, reference_tokens, seed), costs))
+    _sync_all(*([target] if remote else [drafter, target]))
+    ready, on_gpu = side.events() if remote else (threading.Event(), threading.Event())
+    pause = on_gpu if overlap == "yield-gpu" else None
+    box = {}
     saved_interval = sys.getswitchinterval()
     t0 = now_ms()
-    worker = threading.Thread(target=_target_pipeline, args=(target, sample, t0, select, box, ready, on_gpu),
-                              name="ppbench-target", daemon=True)
-    try:
-        if switch_interval:
-            sys.setswitchinterval(switch_interval)
-        worker.start()
-        dstream = _new_stream(drafter)
-        with _on(dstream):
-            dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
-            hidden, hidden_ms = _draft_hidden(drafter, dcache, dlogits, min(hidden_cap, max_new_tokens),
-                                              ready, emit, t0, costs,
-                                              pause=on_gpu if overlap == "yield-gpu" else None)
-    finally:
-        if worker.is_alive():
-            worker.join()
-        sys.setswitchinterval(saved_interval)
+    if remote:
+        side.start(sample, t0, n_hidden, yield_gpu=pause is not None)
+        try:
+            _target_pipeline(target, sample, t0, select, box, ready, on_gpu)   # sets `ready` at the end
+        finally:
+            hidden, hidden_ms, d_ends = side.finish()
+    else:
+        worker = threading.Thread(target=_target_pipeline, args=(target, sample, t0, select, box, ready, on_gpu),
+                                  name="ppbench-target", daemon=True)
+        try:
+            if switch_interval:
+                sys.setswitchinterval(switch_interval)
+            worker.start()
+            hidden, hidden_ms, d_ends = side.stages_and_hidden(sample, t0, n_hidden, ready, pause)
+        finally:
+            if worker.is_alive():
+                worker.join()
+            sys.setswitchinterval(saved_interval)
     if "error" in box:
         raise box["error"]
     # The target's stream is done (its thread synchronized it after prefill). Abandoned draft
@@ -571,7 +612,7 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     # GPU either (a device-wide synchronize, or the default stream waiting on it, would).
     tcache, t1 = box["cache"], box["t1"]
     pt = target.cache_len(tcache)
-    pd = drafter.cache_len(dcache) - (len(hidden) - 1)
+    pd = side.prompt_len
     res.n_prompt_tokens = {"drafter": pd, "target": pt}
     tl.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=box["ends"], draft_token_ms=list(hidden_ms))
     res.window_ms = box["ends"]["prefill"] - d_ends["prefill"]
@@ -582,7 +623,7 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     def state(step: str) -> dict:
         return {"step": step, "out": list(out), "pending": list(pending), "plain": plain, "target_prompt": pt,
                 "drafter_prompt": pd, "target_cache": target.cache_len(tcache),
-                "drafter_cache": drafter.cache_len(dcache)}
+                "drafter_cache": side.cache_len()}
 
     # The hidden block: d1 is checked against t1 by the prefill logits, the rest by one forward.
     out = [t1]
@@ -592,8 +633,7 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     # joins the block, but only tokens finished inside the window are "hidden".
     in_window = sum(1 for t in hidden_ms if t <= box["ends"]["prefill"])
     res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
-    with _on(dstream):
-        pending = _realign_drafter(drafter, dcache, pd, out)
+    pending = side.realign(out)
     if debug_hook:
         debug_hook(state("hidden"))
 
@@ -615,15 +655,13 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
             costs.add_verify(1, now_ms(target.device) - start)
             res.decode_steps += 1
         else:
-            with _on(dstream):
-                block, times = _draft_block(drafter, dcache, pending, g, len(out), emit, t0, costs)
+            block, times = side.draft_block(pending, g, len(out), t0)
             tl["draft_token_ms"].extend(times)
             m = _verify(target, tcache, pt, out, block, select, t0, res)
             acc.add_block(g, m)
         ended = bool(eos.intersection(out[n_before:]))
         if not plain:
-            with _on(dstream):
-                pending = _realign_drafter(drafter, dcache, pd, out)
+            pending = side.realign(out)
         if debug_hook:
             debug_hook(state("decode" if g == 0 else "verify"))
 

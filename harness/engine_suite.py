@@ -37,8 +37,10 @@ def simulation_seed(sample) -> int:
 
 def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=("adaptive",),
                    alphas=(), assisted: bool = True, sequential: bool = True,
-                   stop_at_eos: bool = False, overlap: str = "auto",
+                   stop_at_eos: bool = False, overlap: str = "auto", parallel_drafter=None,
                    skip=lambda mode, gamma, alpha: False) -> Iterator[engine.EngineResult]:
+    """target-only, sequential, parallel (per alpha and gamma; with `parallel_drafter`, e.g. a
+    DrafterProcess, in place of `drafter`) and assisted generation on one sample."""
     kw = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
     ref = _safe("target_only", lambda: engine.target_only(target, sample, **kw))
     if not skip("target_only", 0, None):
@@ -61,7 +63,7 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
             if skip("parallel", gamma, alpha):
                 continue
             yield finish(_safe("parallel", lambda: engine.parallel_prefill_decode(
-                drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
+                parallel_drafter or drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
                 seed=simulation_seed(sample), overlap=overlap, **kw),
                 gamma=gamma, alpha_simulated=alpha))
     if assisted and not skip("assisted", gammas[0], None):
@@ -83,7 +85,7 @@ def parse_alphas(text: str) -> tuple:
 def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: int = 50,
                        gammas=("adaptive",), alphas=(), assisted: bool = False,
                        sequential: bool = True, stop_at_eos: bool = False, overlap: str = "auto",
-                       meta: dict, done: set | None = None) -> Iterator[dict]:
+                       parallel_drafter=None, meta: dict, done: set | None = None) -> Iterator[dict]:
     from .records import record_key
 
     for sample in samples:
@@ -96,7 +98,7 @@ def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: in
         for res in engine_results(drafter, target, sample, max_new_tokens=max_new_tokens,
                                   gammas=gammas, alphas=alphas, assisted=assisted,
                                   sequential=sequential, stop_at_eos=stop_at_eos, overlap=overlap,
-                                  skip=skip):
+                                  parallel_drafter=parallel_drafter, skip=skip):
             rec = engine.to_record(res, **base)
             assert record_key(rec)[0] == "engine"
             yield rec
@@ -123,19 +125,21 @@ def samples_for_engine(samples, per_duration: int | None) -> list:
     return out
 
 
-def run_engine_suite(drafter, target, samples, writer, *, done, args, meta, progress=True) -> int:
+def run_engine_suite(drafter, target, samples, writer, *, done, args, meta, progress=True,
+                     parallel_drafter=None) -> int:
     from tqdm import tqdm
 
     samples = samples_for_engine(samples, args.engine_samples)
     if samples and args.warmup:
-        warm_up_engine(drafter, target, samples[0], overlap=args.overlap)
+        warm_up_engine(parallel_drafter or drafter, target, samples[0], overlap=args.overlap)
     n = 0
     bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
     for sample in samples:
         for rec in engine_records_for(drafter, target, [sample], max_new_tokens=args.max_new_tokens,
                                       gammas=parse_gammas(args.gammas), alphas=parse_alphas(args.alphas),
                                       assisted=args.assisted == "on", stop_at_eos=args.stop_at_eos,
-                                      overlap=args.overlap, meta=meta, done=done):
+                                      overlap=args.overlap, parallel_drafter=parallel_drafter,
+                                      meta=meta, done=done):
             writer.write(rec)
             n += 1
         bar.update(1)

@@ -88,6 +88,28 @@ def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path
     return drafter, target
 
 
+def build_drafter(profile, *, device, quant, dtype, path=None, decode_impl="auto", max_new_tokens=50,
+                  cache_len=None):
+    """The drafter runner as load_models builds it: the factory of a drafter process."""
+    from .models.profiles import configure_decode, load_drafter
+
+    drafter = load_drafter(profile, device=torch.device(device), quant=quant, dtype=dtype, path=path)
+    configure_decode([drafter], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
+    return drafter
+
+
+def start_drafter_process(profile, *, device, quant, dtype, path=None, decode_impl="auto",
+                          max_new_tokens=50, cache_len=None):
+    """A DrafterProcess building the same drafter (harness/drafter_process.py)."""
+    import functools
+
+    from .drafter_process import DrafterProcess
+
+    return DrafterProcess(functools.partial(build_drafter, profile, device=str(device), quant=quant, dtype=dtype,
+                                            path=path, decode_impl=decode_impl,
+                                            max_new_tokens=max_new_tokens, cache_len=cache_len))
+
+
 DECODE_LABELS = {
     "hf": "transformers eager forward, DynamicCache",
     "static": "static KV cache, eager (models/static_decode.py)",
@@ -144,7 +166,8 @@ def run_main(args) -> int:
     settings = {"profile": args.profile, "quant": quant, "dtype": str(dtype).replace("torch.", ""),
                 "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos,
                 "decode_impl": decode_impl,
-                "overlap": resolve_overlap(args.overlap, args.drafter_device or device, device)}
+                "overlap": resolve_overlap(args.overlap, args.drafter_device or device, device),
+                "drafter_process": bool(args.drafter_process)}
     previous = _resumable_meta(out, settings) if has_records else None
     if previous:
         run_id = previous.get("run_id", run_id)   # resumed records keep the run's identity
@@ -186,7 +209,8 @@ def run_main(args) -> int:
                     run_id=run_id, command="ppbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                     max_new_tokens=args.max_new_tokens, stop_at_eos=args.stop_at_eos,
                     warmup=args.warmup, missing_datasets=missing,
-                    overlap=resolve_overlap(args.overlap, drafter, target))
+                    overlap=resolve_overlap(args.overlap, drafter, target),
+                    drafter_process=bool(args.drafter_process))
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     record_meta = record_fields(meta)
 
@@ -206,14 +230,23 @@ def run_main(args) -> int:
         if args.engine == "on":
             from .engine_suite import run_engine_suite
 
-            run_engine_suite(drafter, target, samples, writer, done=done, args=args,
-                             meta=record_meta, progress=not args.no_progress)
+            proc = (start_drafter_process(args.profile, device=drafter.device, quant=quant, dtype=dtype,
+                                          path=args.drafter_path, decode_impl=decode_impl,
+                                          max_new_tokens=args.max_new_tokens, cache_len=args.cache_len)
+                    if args.drafter_process else None)
+            try:
+                run_engine_suite(drafter, target, samples, writer, done=done, args=args,
+                                 meta=record_meta, progress=not args.no_progress, parallel_drafter=proc)
+            finally:
+                if proc is not None:
+                    proc.close()
 
     return _write_report(records_path, out, meta)
 
 
 # Settings that change what a record means: a resumed run must use the same ones.
-RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos", "decode_impl", "overlap")
+RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos", "decode_impl", "overlap",
+               "drafter_process")
 
 
 def _resumable_meta(out: Path, now: dict) -> dict | None:
@@ -224,7 +257,7 @@ def _resumable_meta(out: Path, now: dict) -> dict | None:
     previous = json.loads(path.read_text())
     # Runs from before decode_impl / overlap existed were transformers-eager ("hf") and drafted
     # through the whole window ("always").
-    saved = {"decode_impl": "hf", "overlap": "always", **previous}
+    saved = {"decode_impl": "hf", "overlap": "always", "drafter_process": False, **previous}
     differ = [f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS
               if k in saved and saved[k] != now[k]]
     if differ:

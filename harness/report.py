@@ -355,6 +355,9 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
            f"- **Quantization:** {meta.get('quantization', 'not given')}",
            f"- **Decode implementation:** {meta.get('decode_label') or meta.get('decode_impl') or 'transformers eager (not recorded)'}",
            f"- **Hidden drafting (overlap policy):** {OVERLAP_LABELS.get(meta.get('overlap'), 'always (not recorded)')}",
+           f"- **Engine's drafter runs in:** "
+           + ("its own process (harness/drafter_process.py)" if meta.get("drafter_process")
+              else "a thread of the engine's process"),
            f"- **Versions:** " + (", ".join(f"{k} {v[k]}" for k in sorted(v)) or "not given"),
            f"- **Git commit:** {meta.get('git_commit', 'not given')}",
            f"- **Max new tokens:** {meta.get('max_new_tokens', 'not given')}"]

@@ -57,6 +57,23 @@ def random_pair(seed: int = 0, drafter_prefix=(1, 5, 6, 7), eos_token_id: int | 
             runner(tiny_llama(seed), eos_token_id=eos_token_id, name="target"))
 
 
+def drafter_of(kind: str, seed: int = 0, eos_token_id: int | None = 2):
+    """The drafter of same_pair / random_pair, rebuilt from its seed: a picklable factory for a
+    drafter process (tiny_llama seeds its weights, so the child's copy equals the parent's)."""
+    return (same_pair if kind == "same" else random_pair)(seed, eos_token_id=eos_token_id)[0]
+
+
+class FailingDrafter(TextRunner):
+    def load_inputs(self, sample):
+        from harness.errors import DataError
+
+        raise DataError("events unreadable", path="events.h5", sample=str(sample))
+
+
+def failing_drafter():
+    return FailingDrafter(tiny_llama(0), CharTokenizer(), name="drafter")
+
+
 @pytest.fixture(autouse=False)
 def one_thread():
     """Tiny models run several times faster on one intra-op thread (and the two pipelines already

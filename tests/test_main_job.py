@@ -133,3 +133,23 @@ def test_main_job_on_the_static_decode_path_says_so_and_stays_lossless(tmp_path)
     report = (out / "report.md").read_text()
     assert "**Decode implementation:** static KV cache, eager" in report
     assert "static KV cache:** " in report
+
+
+def test_main_job_with_the_drafter_in_its_own_process(tmp_path):
+    """`--drafter-process`: the engine's parallel runs use a drafter served by a child process; the
+    output stays the target's own, and meta and report say where the drafter ran."""
+    out = tmp_path / "proc"
+    assert main(["run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
+                 "--drafter-process", "--alphas", "1.0", "--gammas", "adaptive,2", "--assisted", "off",
+                 "--out", str(out), "--no-progress"]) == 0
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["drafter_process"] is True
+    engine = [r for r in load_records(out / "records.jsonl") if r["kind"] == "engine"]
+    parallel = [r for r in engine if r["mode"] == "parallel"]
+    assert len(parallel) == 4 and all(r["error"] is None for r in parallel)
+    assert all(r["token_match_rate"] == 1.0 for r in parallel)
+    assert all(r["accepted"] == r["drafted"] for r in parallel if r["alpha_simulated"] == 1.0)
+    assert "**Engine's drafter runs in:** its own process" in (out / "report.md").read_text()
+    with pytest.raises(SystemExit, match="drafter_process: saved True, now False"):
+        main(["run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
+              "--out", str(out), "--resume", "--no-progress"])

@@ -194,7 +194,7 @@ def test_resume_treats_runs_without_a_decode_impl_as_transformers_eager(tmp_path
 
     settings = {"profile": "tiny", "quant": "none", "dtype": "float32", "max_new_tokens": 8, "stop_at_eos": False}
     (tmp_path / "meta.json").write_text(json.dumps(settings))          # written before decode_impl existed
-    now = dict(settings, decode_impl="hf", overlap="always")
+    now = dict(settings, decode_impl="hf", overlap="always", drafter_process=False)
     assert _resumable_meta(tmp_path, now) is not None
     with pytest.raises(SystemExit, match="decode_impl: saved 'hf', now 'static'"):
         _resumable_meta(tmp_path, dict(now, decode_impl="static"))

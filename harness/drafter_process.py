@@ -1,0 +1,202 @@
+"""The drafter in its own process, so its Python never competes with the target's for one GIL.
+
+Why: in one process the two pipelines share the GIL. The target's data loading decodes video
+frames in a Python loop that takes the GIL back after every frame, so every millisecond the
+drafter's thread spends in Python (its own loading, preprocessing, launching draft steps) delays
+it: on two H200s the target's loading took ~8 ms longer next to the drafter, and 10-20 s clips
+were 5-6% slower than target-only at zero acceptance (docs/results). On CPU,
+scripts/loader_contention_probe.py shows the mechanism: a busy thread slows that loop 1.7x (the
+drafter's loading) to 100x (pure Python); the same work in another process, 1.2x (cores only).
+
+`DrafterProcess(factory)` spawns a process that builds the drafter with `factory()` (it must be
+picklable: a module-level function or a functools.partial of one) and serves the methods of
+`engine.Drafting` over a pipe. `engine.parallel_prefill_decode` accepts it as its drafter: the
+child runs stages 1-4 and hidden drafting while the parent runs the target; the two share
+`ready` / `on_gpu` events. Times are `time.perf_counter` ms, which is the system-wide monotonic
+clock on Linux and macOS, so parent and child timestamps share one origin. Per-step calls of the
+speculative phase cost a pipe round trip (tens of µs).
+
+Only the parallel engine uses it: stage timing, target-only, sequential and the other baselines
+run the in-process drafter, so with `--drafter-process` the drafter's weights are loaded twice.
+"""
+from __future__ import annotations
+
+import multiprocessing as mp
+import traceback
+from typing import Any, Callable
+
+import torch
+
+from .engine import Costs, Drafting, _Emitter
+
+
+class DrafterProcessError(RuntimeError):
+    pass
+
+
+class DrafterProcess:
+    """A drafter served by a child process; use as `drafter` in engine.parallel_prefill_decode."""
+
+    is_process = True
+    role = "drafter"
+
+    def __init__(self, factory: Callable[[], Any], *, start_timeout_s: float = 600.0):
+        ctx = mp.get_context("spawn")     # never fork a process that may hold CUDA state
+        self.ready, self.on_gpu = ctx.Event(), ctx.Event()
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(factory, child, self.ready, self.on_gpu),
+                                 name="ppbench-drafter", daemon=True)
+        self._proc.start()
+        child.close()
+        if not self._conn.poll(start_timeout_s):
+            self.close()
+            raise DrafterProcessError(f"drafter process did not start within {start_timeout_s:.0f} s")
+        self.info = self._reply()
+        self.name = self.info["name"]
+        self.device = torch.device(self.info["device"])
+        self.eos_token_id = self.info["eos_token_id"]
+        self.decode_impl = self.info["decode_impl"]
+
+    # -- pipe ---------------------------------------------------------------------------------------
+    def call(self, method: str, *args):
+        self._send(method, *args)
+        return self._reply()
+
+    def _send(self, method: str, *args) -> None:
+        try:
+            self._conn.send((method, args))
+        except (BrokenPipeError, OSError) as exc:
+            raise DrafterProcessError(f"drafter process is gone ({self._exit_text()}): {exc}") from exc
+
+    def _reply(self):
+        try:
+            status, value = self._conn.recv()
+        except (EOFError, OSError) as exc:
+            raise DrafterProcessError(f"drafter process died ({self._exit_text()})") from exc
+        if status == "error":
+            raise value
+        return value
+
+    def _exit_text(self) -> str:
+        self._proc.join(timeout=1.0)
+        code = self._proc.exitcode
+        return "still running" if code is None else f"exit code {code}"
+
+    # -- the engine's interface -----------------------------------------------------------------------
+    def drafting(self, costs: Costs, select, alpha, reference, seed: int) -> "RemoteDrafting":
+        self.call("drafting", select, alpha, None if reference is None else list(reference), seed)
+        return RemoteDrafting(self, costs)
+
+    def close(self) -> None:
+        if self._proc.is_alive():
+            try:
+                self._conn.send(("close", ()))
+            except (BrokenPipeError, OSError):
+                pass
+            self._proc.join(timeout=10.0)
+            if self._proc.is_alive():
+                self._proc.kill()
+                self._proc.join()
+        self._conn.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+class RemoteDrafting:
+    """engine.Drafting's methods for a drafter in a child process. The hidden phase is split:
+    start() returns at once (the child drafts), finish() collects what it drafted."""
+
+    def __init__(self, proc: DrafterProcess, costs: Costs):
+        self.proc, self.costs, self.prompt_len = proc, costs, 0
+
+    def events(self):
+        return self.proc.ready, self.proc.on_gpu
+
+    def start(self, sample, t0: float, n_max: int, *, yield_gpu: bool) -> None:
+        self.proc.ready.clear()
+        self.proc.on_gpu.clear()
+        self.proc._send("start", sample, t0, n_max, yield_gpu)
+
+    def finish(self):
+        self.proc.ready.set()       # the target is ready (or failed): stop drafting in any case
+        hidden, times, ends, self.prompt_len, costs = self.proc._reply()
+        self._add(costs)
+        return hidden, times, ends
+
+    def realign(self, out: list[int]) -> list[int]:
+        return self.proc.call("realign", list(out))
+
+    def draft_block(self, pending: list[int], gamma: int, pos: int, t0: float):
+        tokens, times, costs = self.proc.call("draft_block", list(pending), gamma, pos, t0)
+        self._add(costs)
+        return tokens, times
+
+    def cache_len(self) -> int:
+        return self.proc.call("cache_len")
+
+    def _add(self, costs: dict) -> None:
+        self.costs.draft_ms.extend(costs["draft_ms"])
+        self.costs.hidden_ms.extend(costs["hidden_ms"])
+
+
+# -- the child --------------------------------------------------------------------------------------
+def _serve(factory, conn, ready, on_gpu) -> None:
+    try:
+        runner = factory()
+        conn.send(("ok", {"name": runner.name, "device": str(runner.device),
+                          "eos_token_id": runner.eos_token_id, "decode_impl": runner.decode_impl}))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+        _send_error(conn, exc)
+        return
+    side = None
+    while True:
+        try:
+            method, args = conn.recv()
+        except (EOFError, OSError):
+            return
+        if method == "close":
+            return
+        try:
+            with torch.inference_mode():
+                if method == "drafting":
+                    select, alpha, reference, seed = args
+                    side = Drafting(runner, _Emitter(select, alpha, reference, seed), Costs())
+                    value = None
+                elif method == "start":
+                    sample, t0, n_max, yield_gpu = args
+                    hidden, times, ends = side.stages_and_hidden(sample, t0, n_max, ready,
+                                                                 on_gpu if yield_gpu else None)
+                    value = (hidden, times, ends, side.prompt_len, _take_costs(side))
+                elif method == "realign":
+                    value = side.realign(args[0])
+                elif method == "draft_block":
+                    tokens, times = side.draft_block(*args)
+                    value = (tokens, times, _take_costs(side))
+                elif method == "cache_len":
+                    value = side.cache_len()
+                else:
+                    raise DrafterProcessError(f"unknown drafter process call {method!r}")
+            conn.send(("ok", value))
+        except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
+            _send_error(conn, exc)
+
+
+def _take_costs(side: Drafting) -> dict:
+    costs = {"draft_ms": list(side.costs.draft_ms), "hidden_ms": list(side.costs.hidden_ms)}
+    side.costs.draft_ms.clear()
+    side.costs.hidden_ms.clear()
+    return costs
+
+
+def _send_error(conn, exc: BaseException) -> None:
+    """The exception itself when it pickles (a DataError keeps its type and message naming the
+    file and sample), else a DrafterProcessError carrying its type, message and traceback."""
+    try:
+        conn.send(("error", exc))
+    except Exception:  # noqa: BLE001 - unpicklable exception
+        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        conn.send(("error", DrafterProcessError(f"in the drafter process: {type(exc).__name__}: {exc}\n{text}")))

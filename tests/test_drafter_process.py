@@ -1,0 +1,82 @@
+"""The drafter in its own process (harness/drafter_process.py): the same engine, the same
+guarantees. Tiny fp32 pairs on CPU; each process is spawned once per module (a few seconds)."""
+from __future__ import annotations
+
+import functools
+
+import pytest
+
+from harness import engine as E
+from harness.drafter_process import DrafterProcess
+from harness.errors import DataError
+
+from engine_testers import drafter_of, failing_drafter, random_pair, same_pair
+
+PROMPT = "what happens next in this scene?"
+
+
+@pytest.fixture(scope="module")
+def procs():
+    made = {kind: DrafterProcess(functools.partial(drafter_of, kind, 0)) for kind in ("same", "random")}
+    yield made
+    for p in made.values():
+        p.close()
+
+
+def _greedy(target, n):
+    return E.target_only(target, PROMPT, max_new_tokens=n).output_tokens
+
+
+@pytest.mark.parametrize("gamma", [0, 2, "adaptive"])
+def test_process_drafter_equal_to_the_target_is_fully_accepted(procs, gamma):
+    target = same_pair(0)[1]
+    res = E.parallel_prefill_decode(procs["same"], target, PROMPT, max_new_tokens=24, gamma=gamma,
+                                    debug_hook=_consistent)
+    assert res.output_tokens == _greedy(target, 24)
+    assert res.accepted == res.drafted and res.drafted >= 1
+    assert res.hidden_block >= 1 and len(res.timeline["draft_token_ms"]) == res.drafted
+
+
+@pytest.mark.parametrize("alpha", [None, 0.0, 1.0, 0.6])
+def test_process_drafter_is_lossless_and_counts_add_up(procs, alpha):
+    target = random_pair(0)[1]
+    ref = _greedy(target, 30)
+    res = E.parallel_prefill_decode(procs["random"], target, PROMPT, max_new_tokens=30, gamma=3,
+                                    alpha=alpha, reference_tokens=ref, seed=5, debug_hook=_consistent)
+    assert res.output_tokens == ref
+    assert 0 <= res.accepted <= res.drafted
+    assert res.produced == res.verify_steps + res.accepted + res.decode_steps
+    if alpha == 1.0:
+        assert res.accepted == res.drafted
+    if alpha == 0.0:
+        assert res.accepted == 0
+    # the hidden block's times share the parent's clock: after the start, in order
+    times = res.timeline["draft_token_ms"][:res.hidden_block]
+    assert times == sorted(times) and times[0] > 0
+
+
+def test_process_drafter_matches_the_in_process_engine(procs):
+    """Same pair, same inputs, same seed: the same tokens and acceptance counts either way."""
+    drafter, target = random_pair(0)
+    ref = _greedy(target, 20)
+    kw = dict(max_new_tokens=20, gamma=2, alpha=0.5, reference_tokens=ref, seed=3, hidden_cap=1)
+    local = E.parallel_prefill_decode(drafter, target, PROMPT, **kw)
+    remote = E.parallel_prefill_decode(procs["random"], target, PROMPT, **kw)
+    assert remote.output_tokens == local.output_tokens == ref
+    assert (remote.drafted, remote.accepted, remote.verify_steps) == (local.drafted, local.accepted,
+                                                                      local.verify_steps)
+
+
+def test_errors_in_the_drafter_process_keep_their_type_and_message():
+    target = random_pair(0)[1]
+    with DrafterProcess(failing_drafter) as proc:
+        with pytest.raises(DataError, match="events unreadable.*file events.h5"):
+            E.parallel_prefill_decode(proc, target, PROMPT, max_new_tokens=4)
+        # the process survives a failed sample and serves the next call
+        assert proc.call("drafting", E.greedy, None, None, 0) is None
+
+
+def _consistent(state):
+    from test_engine_props import _check_step
+
+    _check_step(state)
