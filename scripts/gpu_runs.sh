@@ -2,7 +2,8 @@
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
 # Steps: gputests | probe | overlap | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
-# DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step.
+# DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
+# DRAFTER_PROCESS=1 runs the engine's drafter in its own process (alpha0, pipeline-2gpu).
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
 set -uo pipefail
@@ -44,10 +45,11 @@ for step in "$@"; do
         | grep -v Warning | tee $R/probe/log.txt
       pack probe ;;
     alpha0)      # issue 5: alpha ~ 0 (real drafter of a random pair) vs target-only, alternating, repeated
-      n=alpha0${DRAFTER_DEVICE:+-2gpu}; mkdir -p $R/$n
+      n=alpha0${DRAFTER_DEVICE:+-2gpu}${DRAFTER_PROCESS:+-proc}; mkdir -p $R/$n
       timeout "$(cap "${ALPHA0_SECS:-120}")" python3 scripts/overlap_probe.py --out $R/$n --intervals-ms 5 \
         --durations "${ALPHA0_DURATIONS:-1s,4s,10s,20s}" --reps "${ALPHA0_REPS:-4}" \
-        ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} 2>&1 | grep -v Warning | tee $R/$n/log.txt
+        ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} ${DRAFTER_PROCESS:+--drafter-process} 2>&1 \
+        | grep -v Warning | tee $R/$n/log.txt
       pack $n ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
       run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
@@ -61,8 +63,9 @@ for step in "$@"; do
       run_main engine "${PIPELINE_SECS:-330}" --samples-per-duration 2 \
         --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" ;;
     pipeline-2gpu)  # issue 5: the drafter on its own GPU (needs two), engine on every sample
-      run_main pipeline-2gpu "${PIPELINE_SECS:-330}" --drafter-device cuda:1 --samples-per-duration 2 \
-        --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" ;;
+      run_main pipeline-2gpu${DRAFTER_PROCESS:+-proc} "${PIPELINE_SECS:-330}" --drafter-device cuda:1 \
+        --samples-per-duration 2 --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" \
+        ${DRAFTER_PROCESS:+--drafter-process} ;;
     sweep-nf4)   # issue 5: simulated alpha x gamma, NF4
       run_main sweep-nf4 "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 \
         --gammas adaptive,1,2,4,8 --alphas 0,0.35,0.7,0.9 ;;

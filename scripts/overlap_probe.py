@@ -36,6 +36,7 @@ def main():
     ap.add_argument("--intervals-ms", default="5,1,0.2,0.05")
     ap.add_argument("--drafter-device", default=None)
     ap.add_argument("--data-root", default=None)
+    ap.add_argument("--drafter-process", action="store_true", help="the engine's drafter in its own process")
     a = ap.parse_args()
     from fixtures.synthetic_dsec import ensure_default_dataset
 
@@ -43,6 +44,10 @@ def main():
     samples = [s for d in a.durations.split(",") for s in data.load_samples(root, d)]
     drafter, target = load_models("7b-shaped", device=torch.device("cuda"), quant="nf4", dtype=torch.bfloat16,
                                   drafter_device=a.drafter_device)
+    if a.drafter_process:
+        from harness.pipeline import start_drafter_process
+
+        drafter = start_drafter_process("7b-shaped", device=drafter.device, quant="nf4", dtype=torch.bfloat16)
     warm_up_engine(drafter, target, samples[0])
     rows = []
     for ms in (float(x) for x in a.intervals_ms.split(",")):
