@@ -154,10 +154,13 @@ class BenchSession:
             injected_delay=injected,
             overlap=resolve_overlap(opts.overlap, self.drafter, self.target),
             drafter_process=bool(getattr(opts, "drafter_process", False)))
-        self.parallel_drafter = (pipeline.start_drafter_process(
-            opts.profile, device=self.drafter.device, quant=quant, dtype=dtype, path=opts.drafter_path,
-            decode_impl=opts.decode, max_new_tokens=opts.max_new_tokens, cache_len=opts.cache_len)
-            if getattr(opts, "drafter_process", False) else None)
+        if getattr(opts, "drafter_process", False) and opts.inject_delay:
+            raise ValueError("--ppbench-inject-delay slows the in-process runners only; it cannot be "
+                             "combined with --ppbench-drafter-process")
+        self.parallel_drafter = None          # started by the first engine benchmark (engine())
+        self._drafter_spec = dict(device=self.drafter.device, quant=quant, dtype=dtype, path=opts.drafter_path,
+                                  decode_impl=opts.decode, max_new_tokens=opts.max_new_tokens,
+                                  cache_len=opts.cache_len)
         self.record_meta = pipeline.record_fields(self.meta)
         self.out = Path(opts.out)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -210,6 +213,8 @@ class BenchSession:
             from .engine_suite import engine_records_for, warm_up_engine
 
             self._warm_up()
+            if getattr(self.opts, "drafter_process", False) and self.parallel_drafter is None:
+                self.parallel_drafter = pipeline.start_drafter_process(self.opts.profile, **self._drafter_spec)
             if not self._engine:
                 warm_up_engine(self.parallel_drafter or self.drafter, self.target, self.samples[duration][0],
                                overlap=self.opts.overlap)

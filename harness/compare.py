@@ -136,14 +136,18 @@ def load_save(path) -> Save:
 
 
 # Run settings that change what a time means; saves without a ppbench meta are not checked.
-SETTING_KEYS = ("profile", "quant", "dtype", "decode_impl", "max_new_tokens")
+SETTING_KEYS = ("profile", "quant", "dtype", "decode_impl", "max_new_tokens", "overlap", "drafter_process")
 
 
 def settings_note(base: Save, new: Save) -> str:
     if not base.meta or not new.meta:
         return ""
-    def get(meta, k):   # saves from before decode_impl existed ran transformers-eager decode
-        return meta.get(k, "hf" if k == "decode_impl" else None)
+    # saves from before these settings existed ran transformers-eager decode, drafting through the
+    # whole window, with the drafter in a thread
+    defaults = {"decode_impl": "hf", "overlap": "always", "drafter_process": False}
+
+    def get(meta, k):
+        return meta.get(k, defaults.get(k))
     differ = [f"{k} {get(base.meta, k)!r} -> {get(new.meta, k)!r}" for k in SETTING_KEYS
               if get(base.meta, k) != get(new.meta, k)]
     return ("runs differ in settings (" + ", ".join(differ) + "): a change is expected; read it as the "

@@ -18,10 +18,14 @@ speculative phase cost a pipe round trip (tens of µs).
 
 Only the parallel engine uses it: stage timing, target-only, sequential and the other baselines
 run the in-process drafter, so with `--drafter-process` the drafter's weights are loaded twice.
+Meant for the drafter on its own GPU: on one shared GPU two processes' CUDA contexts time-slice
+(without MPS), so the target's high-priority stream no longer pre-empts the drafter, and those
+runs are not comparable with in-process ones.
 """
 from __future__ import annotations
 
 import multiprocessing as mp
+import pickle
 import traceback
 from typing import Any, Callable
 
@@ -48,10 +52,13 @@ class DrafterProcess:
                                  name="ppbench-drafter", daemon=True)
         self._proc.start()
         child.close()
-        if not self._conn.poll(start_timeout_s):
+        try:
+            if not self._conn.poll(start_timeout_s):
+                raise DrafterProcessError(f"drafter process did not start within {start_timeout_s:.0f} s")
+            self.info = self._reply()
+        except BaseException:
             self.close()
-            raise DrafterProcessError(f"drafter process did not start within {start_timeout_s:.0f} s")
-        self.info = self._reply()
+            raise
         self.name = self.info["name"]
         self.device = torch.device(self.info["device"])
         self.eos_token_id = self.info["eos_token_id"]
@@ -164,6 +171,8 @@ def _serve(factory, conn, ready, on_gpu) -> None:
             with torch.inference_mode():
                 if method == "drafting":
                     select, alpha, reference, seed = args
+                    if runner.device.type == "cuda":   # steps abandoned by the previous run finish first
+                        torch.cuda.synchronize(runner.device)
                     side = Drafting(runner, _Emitter(select, alpha, reference, seed), Costs())
                     value = None
                 elif method == "start":
@@ -193,10 +202,13 @@ def _take_costs(side: Drafting) -> dict:
 
 
 def _send_error(conn, exc: BaseException) -> None:
-    """The exception itself when it pickles (a DataError keeps its type and message naming the
-    file and sample), else a DrafterProcessError carrying its type, message and traceback."""
+    """The exception itself when it survives a pickle round trip (a DataError keeps its type and
+    its message naming the file and sample), else a DrafterProcessError carrying its type and
+    message; either way with the child's traceback as a note."""
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
+        pickle.loads(pickle.dumps(exc))
+        exc.add_note(f"in the drafter process:\n{text}")
         conn.send(("error", exc))
-    except Exception:  # noqa: BLE001 - unpicklable exception
-        text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    except Exception:  # noqa: BLE001 - does not pickle, or does not unpickle
         conn.send(("error", DrafterProcessError(f"in the drafter process: {type(exc).__name__}: {exc}\n{text}")))

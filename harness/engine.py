@@ -578,6 +578,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     # In-process, the target runs in a worker thread and the drafter here; a drafter in its own
     # process (harness/drafter_process.py) starts there and the target runs here.
     remote = getattr(drafter, "is_process", False)
+    if remote and switch_interval:
+        raise ValueError("switch_interval applies to threads of one process; the drafter runs in its own")
     side = (drafter.drafting(costs, select, alpha, reference_tokens, seed) if remote
             else Drafting(drafter, _Emitter(select, alpha, reference_tokens, seed), costs))
     _sync_all(*([target] if remote else [drafter, target]))

@@ -1,8 +1,8 @@
-"""Bounds from the engine records of `ppbench run` folders (real drafter tokens only), for device
-classes that have no saved pytest-benchmark run. Each bound's measured value is the lowest of the
+"""Bounds from the engine records of `ppbench run` folders (real drafter tokens only; run them with
+one gamma, as the nightly does), for device classes that have no saved pytest-benchmark run. Each bound's measured value is the lowest of the
 folders' medians (per duration and overall), so every folder passes; margins as given.
 
-    python3 scripts/derive_bounds_from_records.py --device-class h200 --out FILE \\
+    PYTHONPATH=. python3 scripts/derive_bounds_from_records.py --device-class h200 --out FILE \\
         --margin overall_speedup=0.3 ... RUN_DIR [RUN_DIR ...]
 """
 from __future__ import annotations
@@ -34,6 +34,10 @@ def per_duration(records: list[dict]) -> dict:
     for n in NAMES:
         if pooled[n]:
             out[n]["all"] = statistics.median(pooled[n])
+    par = [r for r in real if r["kind"] == "engine" and r["mode"] == "parallel" and not r.get("error")]
+    drafted = sum(r["drafted"] for r in par)
+    if drafted:   # pooled, as summarize_engine defines it
+        out["acceptance_rate"]["all"] = sum(r["accepted"] for r in par) / drafted
     return out
 
 

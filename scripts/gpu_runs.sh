@@ -3,7 +3,8 @@
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
 # Steps: gputests | probe | overlap | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
-# DRAFTER_PROCESS=1 runs the engine's drafter in its own process (alpha0, pipeline-2gpu).
+# DRAFTER_PROCESS=1 (any non-empty value; unset it to turn it off) runs the engine's drafter in its
+# own process (alpha0, pipeline-2gpu); meant with DRAFTER_DEVICE set (see harness/drafter_process.py).
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
 set -uo pipefail

@@ -18,14 +18,17 @@ import threading
 import time
 
 
-def _spin(stop) -> None:
+def _spin(stop, started) -> None:
+    started.set()
     while not stop.is_set():
         pass
 
 
-def _drafter_load(stop, sample) -> None:
+def _drafter_load(stop, started, sample) -> None:
     from harness.data import load_event_images
 
+    load_event_images(sample, window_ms=50, n_chunks=5)
+    started.set()
     while not stop.is_set():
         load_event_images(sample, window_ms=50, n_chunks=5)
 
@@ -56,13 +59,14 @@ def main() -> None:
                                   ("drafter stage 1 in a process", _drafter_load, (sample,), "process"),
                                   ("pure-Python spin in a process", _spin, (), "process")):
         if kind == "thread":
-            stop = threading.Event()
-            other = threading.Thread(target=fn, args=(stop, *args), daemon=True)
+            stop, started = threading.Event(), threading.Event()
+            other = threading.Thread(target=fn, args=(stop, started, *args), daemon=True)
         else:
-            stop = mp.get_context("spawn").Event()
-            other = mp.get_context("spawn").Process(target=fn, args=(stop, *args), daemon=True)
+            ctx = mp.get_context("spawn")
+            stop, started = ctx.Event(), ctx.Event()
+            other = ctx.Process(target=fn, args=(stop, started, *args), daemon=True)
         other.start()
-        time.sleep(0.5 if kind == "process" else 0.1)
+        started.wait()            # the competitor is working (a spawned process imports first)
         print(f"  with {label}: {timed():.1f} ms", flush=True)
         stop.set()
         other.join()

@@ -55,7 +55,7 @@ def main():
             for s in samples:
                 base = engine.target_only(target, s, max_new_tokens=50)
                 par = engine.parallel_prefill_decode(drafter, target, s, max_new_tokens=50,
-                                                     switch_interval=ms / 1e3)
+                                                     switch_interval=None if a.drafter_process else ms / 1e3)
                 tl = par.timeline
                 rows.append({"interval_ms": ms, "sample": s.id, "rep": rep, "target_only_e2e": base.e2e_ms,
                              "parallel_e2e": par.e2e_ms, "speedup": base.e2e_ms / par.e2e_ms,
@@ -71,6 +71,8 @@ def main():
               f"{statistics.median(r['hidden_drafted'] for r in sel)}", flush=True)
     Path(a.out).mkdir(parents=True, exist_ok=True)
     (Path(a.out) / "overlap_probe.json").write_text(json.dumps(rows, indent=1))
+    if a.drafter_process:
+        drafter.close()
 
 
 if __name__ == "__main__":

@@ -74,6 +74,28 @@ def failing_drafter():
     return FailingDrafter(tiny_llama(0), CharTokenizer(), name="drafter")
 
 
+class TwoArgError(Exception):
+    """Pickles, but cannot be rebuilt from its args (two required arguments)."""
+
+    def __init__(self, code, what):
+        super().__init__(f"code {code}: {what}")
+
+
+class TwoArgFailingDrafter(TextRunner):
+    def load_inputs(self, sample):
+        raise TwoArgError(7, f"cannot read sample {sample}")
+
+
+def two_arg_failing_drafter():
+    return TwoArgFailingDrafter(tiny_llama(0), CharTokenizer(), name="drafter")
+
+
+def drafter_that_cannot_load():
+    from harness.errors import ModelLoadError
+
+    raise ModelLoadError("missing weights", path="/models/EventGPT-7b")
+
+
 @pytest.fixture(autouse=False)
 def one_thread():
     """Tiny models run several times faster on one intra-op thread (and the two pipelines already

@@ -7,10 +7,11 @@ import functools
 import pytest
 
 from harness import engine as E
-from harness.drafter_process import DrafterProcess
-from harness.errors import DataError
+from harness.drafter_process import DrafterProcess, DrafterProcessError
+from harness.errors import DataError, ModelLoadError
 
-from engine_testers import drafter_of, failing_drafter, random_pair, same_pair
+from engine_testers import (drafter_of, drafter_that_cannot_load, failing_drafter, random_pair, same_pair,
+                            two_arg_failing_drafter)
 
 PROMPT = "what happens next in this scene?"
 
@@ -74,6 +75,22 @@ def test_errors_in_the_drafter_process_keep_their_type_and_message():
             E.parallel_prefill_decode(proc, target, PROMPT, max_new_tokens=4)
         # the process survives a failed sample and serves the next call
         assert proc.call("drafting", E.greedy, None, None, 0) is None
+
+
+def test_an_error_that_does_not_unpickle_still_reaches_the_parent_with_its_message():
+    target = random_pair(0)[1]
+    with DrafterProcess(two_arg_failing_drafter) as proc:
+        with pytest.raises(DrafterProcessError, match="TwoArgError: code 7: cannot read sample"):
+            E.parallel_prefill_decode(proc, target, PROMPT, max_new_tokens=4)
+
+
+def test_a_drafter_that_fails_to_load_raises_its_error_and_leaves_no_process():
+    import multiprocessing as mp
+
+    before = set(mp.active_children())
+    with pytest.raises(ModelLoadError, match="missing weights.*EventGPT-7b"):
+        DrafterProcess(drafter_that_cannot_load)
+    assert set(mp.active_children()) <= before
 
 
 def _consistent(state):
