@@ -130,6 +130,9 @@ class BenchSession:
         from . import data
 
         self.opts = opts
+        if opts.drafter_process and opts.inject_delay:     # refused before any model is loaded
+            raise ValueError("--ppbench-inject-delay slows the in-process runners only; it cannot be "
+                             "combined with --ppbench-drafter-process")
         device = pipeline.resolve_device(opts.device)
         quant, dtype = pipeline.resolve_precision(device, opts.quant, opts.dtype)
         if opts.data_root:
@@ -153,10 +156,7 @@ class BenchSession:
             samples_per_duration=opts.samples, max_new_tokens=opts.max_new_tokens, warmup=1,
             injected_delay=injected,
             overlap=resolve_overlap(opts.overlap, self.drafter, self.target),
-            drafter_process=bool(getattr(opts, "drafter_process", False)))
-        if getattr(opts, "drafter_process", False) and opts.inject_delay:
-            raise ValueError("--ppbench-inject-delay slows the in-process runners only; it cannot be "
-                             "combined with --ppbench-drafter-process")
+            drafter_process=bool(opts.drafter_process))
         self.parallel_drafter = None          # started by the first engine benchmark (engine())
         self._drafter_spec = dict(device=self.drafter.device, quant=quant, dtype=dtype, path=opts.drafter_path,
                                   decode_impl=opts.decode, max_new_tokens=opts.max_new_tokens,
@@ -213,7 +213,7 @@ class BenchSession:
             from .engine_suite import engine_records_for, warm_up_engine
 
             self._warm_up()
-            if getattr(self.opts, "drafter_process", False) and self.parallel_drafter is None:
+            if self.opts.drafter_process and self.parallel_drafter is None:
                 self.parallel_drafter = pipeline.start_drafter_process(self.opts.profile, **self._drafter_spec)
             if not self._engine:
                 warm_up_engine(self.parallel_drafter or self.drafter, self.target, self.samples[duration][0],

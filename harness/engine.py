@@ -362,11 +362,13 @@ def resolve_overlap(policy: str, drafter, target) -> str:
         raise ValueError(f"overlap must be one of {OVERLAP_POLICIES}, got {policy!r}")
     if policy != "auto":
         return policy
-    d, t = (torch.device(getattr(x, "device", x)) for x in (drafter, target))
-    if d.type == "cuda" and d.index is None:
-        d = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
-    if t.type == "cuda" and t.index is None:
-        t = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+    def indexed(x) -> torch.device:          # "cuda" means the current CUDA device
+        dev = torch.device(getattr(x, "device", x))
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", torch.cuda.current_device() if torch.cuda.is_available() else 0)
+        return dev
+
+    d, t = indexed(drafter), indexed(target)
     return "yield-gpu" if d.type == "cuda" and d == t else "always"
 
 

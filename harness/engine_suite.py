@@ -133,10 +133,11 @@ def run_engine_suite(drafter, target, samples, writer, *, done, args, meta, prog
     if samples and args.warmup:
         warm_up_engine(parallel_drafter or drafter, target, samples[0], overlap=args.overlap)
     n = 0
+    gammas, alphas = parse_gammas(args.gammas), parse_alphas(args.alphas)
     bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
     for sample in samples:
         for rec in engine_records_for(drafter, target, [sample], max_new_tokens=args.max_new_tokens,
-                                      gammas=parse_gammas(args.gammas), alphas=parse_alphas(args.alphas),
+                                      gammas=gammas, alphas=alphas,
                                       assisted=args.assisted == "on", stop_at_eos=args.stop_at_eos,
                                       overlap=args.overlap, parallel_drafter=parallel_drafter,
                                       meta=meta, done=done):

@@ -369,21 +369,23 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) else math.nan
 
 
-def engine_summary(engine: pd.DataFrame, drafter_tpot: dict | None = None) -> pd.DataFrame:
+def engine_summary(engine: pd.DataFrame, drafter_token_ms: dict | None = None) -> pd.DataFrame:
     """dataset (and "all") x mode x gamma x alpha. Speedup vs target_only = mean target_only e2e /
     mean e2e of the group (ratio of means), both over the samples the group completed, so a
     configuration that failed on some samples is not compared with a baseline that includes them.
 
-    Hidden fill = hidden tokens drafted inside the window ÷ the tokens the drafter could draft
-    there at its isolated speed, 1 + floor(window ÷ its stage-5 time per token on that dataset)
-    (drafter_tpot: dataset -> ms, from the stage records; without it, not computed)."""
+    Hidden fill = hidden tokens drafted inside the window ÷ hidden_tokens(the drafter's isolated
+    per-token times of that sample, window), the same capacity as the benchmarks'
+    (engine_suite.summarize_engine). drafter_token_ms: (dataset, sample_id) -> the drafter stage
+    record's decode_token_ms; samples without one, or with no room in the window, are left out."""
     if engine.empty:
         return pd.DataFrame()
     ok = engine[engine["ok"]].copy()
-    tpot = ok["dataset"].map(drafter_tpot or {}).astype(float)
-    tpot = tpot.where(tpot > 0)                       # no (or a zero) per-token time: not computed
-    window = pd.to_numeric(ok["window_ms"], errors="coerce").clip(lower=0)
-    ok["hidden_capacity"] = 1 + (window // tpot)
+    iso = drafter_token_ms or {}
+    capacity = [hidden_tokens(iso[k], w) if k in iso and w is not None and not math.isnan(w) else 0
+                for k, w in zip(zip(ok["dataset"], ok["sample_id"]),
+                                pd.to_numeric(ok["window_ms"], errors="coerce"))]
+    ok["hidden_capacity"] = pd.Series(capacity, index=ok.index, dtype=float).where(lambda c: c > 0)
     frames = [ok, ok.assign(dataset="all")]
     rows = []
     for ds_frame in frames:
@@ -464,14 +466,15 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
     engine = engine_frame(records)
     overall = overall_stage_means(stages)
     datasets = dataset_summary(stages, pairs)
-    drafter_tpot = (dict(zip(datasets["dataset"], datasets["drafter_tpot_ms"]))
-                    if "drafter_tpot_ms" in datasets else {})
+    drafter_token_ms = ({(r.dataset, r.sample_id): r.decode_token_ms for r in stages.itertuples()
+                         if r.model == "drafter" and r.ok and len(r.decode_token_ms)}
+                        if not stages.empty else {})
     return {
         "stages": stages, "pairs": pairs, "samples": samples_table(stages, pairs),
         "datasets": datasets, "stage_summary": stage_summary(stages),
         "stage_overall": overall, "stage_comparison": stage_comparison(overall),
         "unsupported": unsupported_baselines(records),
         "failures": failures(records), "peak_memory": peak_memory(stages),
-        "engine_records": engine, "engine": engine_summary(engine, drafter_tpot),
+        "engine_records": engine, "engine": engine_summary(engine, drafter_token_ms),
         "engine_positions": per_position_acceptance(engine),
     }

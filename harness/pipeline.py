@@ -79,18 +79,19 @@ def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path
                 drafter_device=None, decode_impl="auto", max_new_tokens=50, cache_len=None):
     """(drafter, target) runners; the drafter may live on its own device (two-GPU overlap).
     Each runner's `decode_setup` says which decode implementation it runs (and its cache)."""
-    from .models.profiles import configure_decode, load_drafter, load_target
+    from .models.profiles import configure_decode, load_target
 
-    drafter = load_drafter(profile, device=torch.device(drafter_device) if drafter_device else device,
-                           quant=quant, dtype=dtype, path=drafter_path)
+    drafter = build_drafter(profile, device=drafter_device or device, quant=quant, dtype=dtype,
+                            path=drafter_path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
+                            cache_len=cache_len)
     target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path)
-    configure_decode([drafter, target], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
+    configure_decode([target], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
     return drafter, target
 
 
 def build_drafter(profile, *, device, quant, dtype, path=None, decode_impl="auto", max_new_tokens=50,
                   cache_len=None):
-    """The drafter runner as load_models builds it: the factory of a drafter process."""
+    """The drafter runner, decode implementation set up (load_models; a drafter process's factory)."""
     from .models.profiles import configure_decode, load_drafter
 
     drafter = load_drafter(profile, device=torch.device(device), quant=quant, dtype=dtype, path=path)

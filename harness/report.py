@@ -268,7 +268,7 @@ def speculative_section(tables: dict, names: dict) -> list[str]:
             "Speedup = mean target_only e2e ÷ mean e2e of the configuration (same dataset); "
             "ideal speedup uses the engine's ideal_e2e_ms model; acceptance rate = accepted ÷ "
             "drafted; MAL = 1 + accepted ÷ verify steps; hidden fill = hidden tokens drafted in the "
-            "window ÷ (1 + window ÷ the drafter's isolated stage-5 time per token). Rows marked "
+            "window ÷ the tokens whose isolated per-token decode times (the drafter's stage record) fit in it. Rows marked "
             "*simulated α* are not real drafter outputs.", ""]
     pos = tables["engine_positions"]
     if not pos.empty:

@@ -226,8 +226,9 @@ def test_speedup_baseline_uses_only_samples_the_configuration_completed():
 
 
 def test_hidden_fill_is_hidden_over_the_windows_capacity():
-    """capacity = 1 + floor(window / the drafter's isolated time per token) per sample, pooled;
-    no per-token time (or a zero one) leaves it not computed rather than 0%."""
+    """capacity = hidden_tokens(the sample's isolated drafter per-token times, window), as the
+    benchmarks compute it; pooled over samples; samples without per-token times or with no room
+    in the window are left out, and with none left it is not computed rather than 0%."""
     recs = [dict(engine_record("4s", "a", "parallel", gamma="adaptive", e2e_ms=90.0), window_ms=60.0,
                  hidden_drafted=5),
             dict(engine_record("4s", "b", "parallel", gamma="adaptive", e2e_ms=90.0), window_ms=-5.0,
@@ -236,7 +237,10 @@ def test_hidden_fill_is_hidden_over_the_windows_capacity():
             engine_record("4s", "b", "target_only", e2e_ms=100.0)]
     frame = M.engine_frame(recs)
     row = lambda s: s[(s["dataset"] == "4s") & (s["mode"] == "parallel")].iloc[0]
-    # 60 ms at 10 ms a token: 7 tokens fit; -5 ms: 1 (the token from the prefill logits)
-    assert row(M.engine_summary(frame, {"4s": 10.0}))["hidden_fill"] == pytest.approx(5 / 8)
-    assert math.isnan(row(M.engine_summary(frame, {"4s": 0.0}))["hidden_fill"])
+    tokens = [0.1] + [10.0] * 20          # token 1 from the prefill logits, then 10 ms a token
+    # 60 ms holds 0.1 + 5 x 10 ms: 6 tokens; -5 ms holds none, so sample b is left out
+    iso = {("4s", "a"): tokens, ("4s", "b"): tokens}
+    assert row(M.engine_summary(frame, iso))["hidden_fill"] == pytest.approx(5 / 6)
+    assert math.isnan(row(M.engine_summary(frame, {("4s", "b"): tokens}))["hidden_fill"])
     assert math.isnan(row(M.engine_summary(frame))["hidden_fill"])
+    assert M.hidden_tokens(tokens, 60.0) == 6

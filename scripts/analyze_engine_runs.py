@@ -1,0 +1,86 @@
+"""The figures docs/results/README.md quotes for issue 5, from `ppbench run` folders and
+overlap-probe folders (real drafter tokens and simulated alpha, one gamma):
+
+    PYTHONPATH=. python3 scripts/analyze_engine_runs.py RUN_DIR [RUN_DIR ...]   # records.jsonl inside
+    PYTHONPATH=. python3 scripts/analyze_engine_runs.py --probe PROBE_DIR ...   # overlap_probe.json inside
+
+Per simulated alpha ("real" = the drafter's own tokens): the parallel run's speedup over the same
+sample's target-only run (median, range), how much later the target reached the end of prefill
+(median), hidden fill (hidden drafted ÷ metrics.hidden_tokens(the sample's isolated drafter
+per-token times, window), as the report and the benchmarks define it) and measured ÷ ideal. Then,
+at alpha 0 and real, the target's per-stage time deltas, the delta after it is ready, and TPOT.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics as st
+from pathlib import Path
+
+from harness.engine import STAGES
+from harness.metrics import hidden_tokens
+
+
+def _rng(v):
+    return f"median {st.median(v):.3f} ({min(v):.3f}-{max(v):.3f})" if v else "n/a"
+
+
+def run_folder(path: Path) -> None:
+    recs = [json.loads(x) for x in open(path / "records.jsonl") if x.strip()]
+    meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").exists() else {}
+    iso = {r["sample_id"]: r["decode_token_ms"] for r in recs
+           if r["kind"] == "stages" and r["model"] == "drafter" and not r.get("error")}
+    eng = [r for r in recs if r["kind"] == "engine" and not r.get("error")]
+    base = {r["sample_id"]: r for r in eng if r["mode"] == "target_only"}
+    par = [r for r in eng if r["mode"] == "parallel" and r["sample_id"] in base]
+    print(f"== {path}: {meta.get('device')}, drafter on {meta.get('drafter_device')}, "
+          f"overlap {meta.get('overlap', 'always (not recorded)')}")
+    for alpha in sorted({r["alpha_simulated"] for r in par}, key=lambda a: -1 if a is None else a):
+        g = [r for r in par if r["alpha_simulated"] == alpha]
+        speed = [base[r["sample_id"]]["e2e_ms"] / r["e2e_ms"] for r in g]
+        later = [r["timeline"]["target_stage_end_ms"]["prefill"]
+                 - base[r["sample_id"]]["timeline"]["target_stage_end_ms"]["prefill"] for r in g]
+        fill = [r["hidden_drafted"] / c for r in g if r["sample_id"] in iso
+                for c in [hidden_tokens(iso[r["sample_id"]], r["window_ms"])] if c]
+        eff = [r["ideal_e2e_ms"] / r["e2e_ms"] for r in g if r.get("ideal_e2e_ms")]
+        print(f"alpha {'real' if alpha is None else alpha}: speedup {_rng(speed)}; target ready later by "
+              f"median {st.median(later):.1f} ms; hidden fill {_rng(fill)}; measured/ideal {_rng(eff)}")
+    zero = [r for r in par if r["alpha_simulated"] in (None, 0.0)]
+    deltas = {s: [] for s in STAGES}
+    after, tpot = [], []
+    for r in zero:
+        b = base[r["sample_id"]]
+        te, be = r["timeline"]["target_stage_end_ms"], b["timeline"]["target_stage_end_ms"]
+        for i, s in enumerate(STAGES):
+            prev = STAGES[i - 1] if i else None
+            deltas[s].append((te[s] - (te[prev] if prev else 0)) - (be[s] - (be[prev] if prev else 0)))
+        after.append((r["e2e_ms"] - te["prefill"]) - (b["e2e_ms"] - be["prefill"]))
+        tpot.append(r["tpot_ms"] - b["tpot_ms"])
+    print("alpha 0 and real, parallel - target-only (median ms): "
+          + ", ".join(f"{s} {st.median(v):+.1f}" for s, v in deltas.items())
+          + f"; after ready {st.median(after):+.1f}; TPOT {st.median(tpot):+.3f}")
+    print("alpha 0 by sample: " + ", ".join(
+        f"{r['dataset']} {base[r['sample_id']]['e2e_ms'] / r['e2e_ms']:.3f}" for r in par
+        if r["alpha_simulated"] == 0.0))
+
+
+def probe_folder(path: Path) -> None:
+    rows = json.loads((path / "overlap_probe.json").read_text())
+    by = {}
+    for r in rows:
+        by.setdefault(r["sample"].rsplit("-", 2)[-2], []).append(r["speedup"])
+    print(f"== {path}: {len(rows)} pairs; by duration: "
+          + ", ".join(f"{d} {st.median(v):.3f}" for d, v in by.items()))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("dirs", nargs="+")
+    ap.add_argument("--probe", action="store_true", help="the folders hold overlap_probe.json")
+    a = ap.parse_args()
+    for d in a.dirs:
+        (probe_folder if a.probe else run_folder)(Path(d))
+
+
+if __name__ == "__main__":
+    main()
