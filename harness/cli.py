@@ -51,7 +51,7 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
                    help="simulated acceptance rates to sweep, e.g. 0,0.35,0.7,0.9 (labelled simulated)")
     p.add_argument("--overlap", choices=["auto", "always", "yield-gpu"], default="auto",
                    help="hidden drafting: always (until the target is ready) or yield-gpu (only while the "
-                        "target is in its host stages); auto: yield-gpu when both models share a GPU")
+                        "target loads its data); auto: yield-gpu when both models share a GPU")
     p.add_argument("--drafter-process", action="store_true",
                    help="run the engine's drafter in its own process (no GIL shared with the target's "
                         "pipeline; its weights are loaded a second time there)")

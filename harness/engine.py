@@ -11,8 +11,9 @@ Overlap policy (`overlap`): with the drafter on its own GPU (or on CPU) it draft
 ready ("always"). On a GPU it shares with the target, a hidden token is not free: the drafter's
 decode kernels take SMs from the target's vision encoder and prefill, delaying the critical path
 (H100, NF4: prefill 71 -> 81 ms, drafter starved to ~30 ms a token, docs/results). So there it
-drafts only while the target is in its host stages (data loading, preprocessing) and waits while
-the target's GPU stages run ("yield-gpu", the default on a shared GPU). Its own stages 1-4 always run.
+drafts only while the target loads its data, one step in flight, and waits while the target's
+preprocessing (which ends on the GPU) and GPU stages run ("yield-gpu", the default on a shared
+GPU). Its own stages 1-4 always run.
 
 Bookkeeping conventions (the two models have different prompt lengths Pd and Pt):
   * `out` is the output so far; out[-1] is the target's pending token (not yet in its cache), so
@@ -45,7 +46,10 @@ from harness.models.base import CausalLMRunner, TextRunner, greedy
 
 STAGES = ("load", "preprocess", "vision", "prefill")
 _PINNED_TOKENS = 64                      # pinned host slots for queued hidden tokens (the default cap)
-HOST_STAGES = ("load", "preprocess")     # the target's stages that leave its GPU idle
+# Under yield-gpu the drafter stops when the target's loading ends: its preprocessing ends with the
+# copy of the pixels to the GPU, which waits behind drafter work still in flight (for a drafter in
+# another process, whose work time-slices with the target's instead of yielding to its priority).
+YIELD_AFTER = "load"
 MAX_GAMMA = 8
 OVERLAP_POLICIES = ("auto", "always", "yield-gpu")
 
@@ -87,18 +91,18 @@ def _question(sample: Any) -> str:
 
 # -- stages 1-4 -----------------------------------------------------------------------------------
 def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None = None, *,
-                      t0: float | None = None, on_host_done: Callable[[], None] | None = None):
+                      t0: float | None = None, on_loaded: Callable[[], None] | None = None):
     """Stages 1-4 -> (cache, first_logits, {stage: end_ms}); end times are relative to `t0`.
-    on_host_done() is called when the host stages (load, preprocess) are over."""
+    on_loaded() is called when stage 1 (data loading, host only) is over."""
     question = _question(sample) if question is None else question
     t0 = now_ms(runner.device) if t0 is None else t0
     ends = {}
     raw = runner.load_inputs(sample)
     ends["load"] = now_ms(runner.device) - t0
+    if on_loaded is not None:
+        on_loaded()
     prepared = runner.preprocess(raw, question)
     ends["preprocess"] = now_ms(runner.device) - t0
-    if on_host_done is not None:
-        on_host_done()
     embeds = runner.encode_vision(prepared)
     ends["vision"] = now_ms(runner.device) - t0
     cache, logits = runner.prefill(embeds)
@@ -374,11 +378,11 @@ def resolve_overlap(policy: str, drafter, target) -> str:
 
 def _target_pipeline(target, sample, t0, select, box, ready: threading.Event,
                      on_gpu: threading.Event) -> None:
-    """Worker thread: target stages 1-4 on its own stream; `on_gpu` is set when its GPU stages
-    begin, `ready` when its prefill is done."""
+    """Worker thread: target stages 1-4 on its own stream; `on_gpu` is set when its data loading
+    ends (what follows uses the GPU), `ready` when its prefill is done."""
     try:
         with torch.inference_mode(), _on(_new_stream(target, high_priority=True)):
-            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_host_done=on_gpu.set)
+            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_loaded=on_gpu.set)
             t1 = int(select(logits))
             box.update(cache=cache, t1=t1, ends=ends, t1_ms=now_ms(target.device) - t0)
     except BaseException as exc:  # re-raised on the main thread after join
@@ -440,10 +444,11 @@ def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t
     return tokens, times
 
 
-def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, pause, depth: int = 2):
+def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, pause):
     """The CUDA version: steps are queued back to back with each token kept on the GPU (the next
-    step reads it there), `depth` steps in flight, so the drafter drafts at its GPU speed with no
-    host round trip per token. Each step copies its token into pinned host memory and records a
+    step reads it there), two steps in flight, so the drafter drafts at its GPU speed with no
+    host round trip per token. Under yield-gpu (`pause`) one step only: whatever is in flight when
+    the target takes the GPU delays it. Each step copies its token into pinned host memory and records a
     timing event; once the target is ready, finished steps are read from there and steps still
     queued or running are abandoned: cropped from the cache, left to finish in the background,
     never waited for, so verification starts at once."""
@@ -461,6 +466,7 @@ def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, 
     token = forced_dev[0]
     stop = (ready,) if pause is None else (ready, pause)
     steps = []                                           # one done-event per queued step
+    depth = 1 if pause is not None else 2
     with torch.cuda.device(dev):
         while 1 + len(steps) < n_max and not any(f.is_set() for f in stop):
             if len(steps) >= depth and not _done_unless(steps[-depth], *stop):
@@ -749,7 +755,7 @@ def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: f
     r_j = accepted_j / drafted_j, the measured probability that draft position j is accepted
     (0 beyond the measured positions). D = drafter ready, T = target ready, c_d = draft step,
     c_v(k) = k-token verify, c_1 = plain decode, N = tokens, U = when hidden drafting must stop
-    (draft_until_ms: T, or the end of the target's host stages under the yield-gpu policy):
+    (draft_until_ms: T, or the end of the target's loading under the yield-gpu policy):
       hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, U - D) / c_h)), c_h = a hidden step
                      (queued back to back on CUDA: hidden_step_ms; default c_d)
       hidden block   yields  E_h = 1 + sum_{j<n_h} r_j  tokens, costing  r_0 * c_v(n_h)  after T
@@ -786,7 +792,7 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
     target_ends = res.timeline["target_stage_end_ms"]
     return ideal_e2e_ms(drafter_ready_ms=res.timeline["drafter_stage_end_ms"]["prefill"],
                         target_ready_ms=target_ends["prefill"],
-                        draft_until_ms=target_ends[HOST_STAGES[-1]] if res.overlap == "yield-gpu" else None,
+                        draft_until_ms=target_ends[YIELD_AFTER] if res.overlap == "yield-gpu" else None,
                         draft_ms=draft, hidden_step_ms=hidden, verify_ms=c.verify, decode_ms=decode,
                         accept_per_position=res.accept_per_position, n_tokens=n_tokens,
                         gamma=gamma, hidden_cap=hidden_cap)

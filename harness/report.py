@@ -23,9 +23,9 @@ from .plots import all_plots
 
 OVERLAP_LABELS = {
     "always": "always: the drafter drafts hidden tokens until the target's prefill is done",
-    "yield-gpu": ("yield-gpu: the drafter drafts hidden tokens only while the target is in its host stages "
-                  "(load, preprocess), then waits, so it never takes the shared GPU from the target's "
-                  "vision encoder and prefill"),
+    "yield-gpu": ("yield-gpu: the drafter drafts hidden tokens only while the target loads its data "
+                  "(one step in flight), then waits, so it does not take the shared GPU from the "
+                  "target's preprocessing, vision encoder and prefill"),
 }
 
 DEFAULT_NAMES = {"drafter": "EventGPT", "target": "Video-LLaVA"}
