@@ -130,10 +130,13 @@ class BenchSession:
         from . import data
 
         self.opts = opts
-        if opts.drafter_process and opts.inject_delay:     # refused before any model is loaded
+        if opts.drafter_process == "on" and opts.inject_delay:     # refused before any model is loaded
             raise ValueError("--ppbench-inject-delay slows the in-process runners only; it cannot be "
                              "combined with --ppbench-drafter-process")
         device = pipeline.resolve_device(opts.device)
+        # auto: a process on CUDA, but the in-process drafter when a delay is injected into it
+        opts.drafter_process = pipeline.resolve_drafter_process(
+            opts.drafter_process, opts.drafter_device or device, inject_delay=opts.inject_delay)
         quant, dtype = pipeline.resolve_precision(device, opts.quant, opts.dtype)
         if opts.data_root:
             self.root, source = Path(opts.data_root), f"user dataset at {opts.data_root}"
@@ -156,7 +159,7 @@ class BenchSession:
             samples_per_duration=opts.samples, max_new_tokens=opts.max_new_tokens, warmup=1,
             injected_delay=injected,
             overlap=resolve_overlap(opts.overlap, self.drafter, self.target),
-            drafter_process=bool(opts.drafter_process))
+            drafter_process=opts.drafter_process)
         self.parallel_drafter = None          # started by the first engine benchmark (engine())
         self._drafter_spec = dict(device=self.drafter.device, quant=quant, dtype=dtype, path=opts.drafter_path,
                                   decode_impl=opts.decode, max_new_tokens=opts.max_new_tokens,

@@ -52,9 +52,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--overlap", choices=["auto", "always", "yield-gpu"], default="auto",
                    help="hidden drafting: always (until the target is ready) or yield-gpu (only while the "
                         "target loads its data); auto: yield-gpu when both models share a GPU")
-    p.add_argument("--drafter-process", action="store_true",
-                   help="run the engine's drafter in its own process (no GIL shared with the target's "
-                        "pipeline; its weights are loaded a second time there)")
+    p.add_argument("--drafter-process", choices=["auto", "on", "off"], nargs="?", const="on", default="auto",
+                   help="run the engine's drafter in its own process, so the two pipelines share no GIL "
+                        "(its weights are loaded a second time there); auto (default): on whenever the "
+                        "drafter runs on CUDA; a bare --drafter-process means on")
     p.add_argument("--assisted", choices=["on", "off"], default="on",
                    help="try transformers' assisted generation as a baseline")
     p.add_argument("--out", help="output directory (default runs/<run id>)")

@@ -40,8 +40,9 @@ def pytest_addoption(parser):
                 help="decode implementation (auto: cuda-graph on CUDA, hf on CPU); see models/static_decode.py")
     g.addoption("--ppbench-overlap", default="auto", choices=["auto", "always", "yield-gpu"],
                 help="hidden drafting policy of the engine benchmarks (see ppbench run --overlap)")
-    g.addoption("--ppbench-drafter-process", action="store_true",
-                help="the engine benchmarks' drafter in its own process (see ppbench run --drafter-process)")
+    g.addoption("--ppbench-drafter-process", choices=["auto", "on", "off"], nargs="?", const="on", default="auto",
+                help="the engine benchmarks' drafter in its own process: auto (on when it runs on CUDA), "
+                     "on, off (see ppbench run --drafter-process)")
     g.addoption("--ppbench-cache-len", type=int, default=None, help="static KV cache positions (default: sized "
                 "from the visual tokens and --ppbench-max-new-tokens)")
     g.addoption("--ppbench-out", default=None, help="where the session report goes "

@@ -3,8 +3,9 @@
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
 # Steps: gputests | probe | overlap | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
-# DRAFTER_PROCESS=1 (any non-empty value; unset it to turn it off) runs the engine's drafter in its
-# own process (alpha0, pipeline-2gpu); meant with DRAFTER_DEVICE set (see harness/drafter_process.py).
+# DRAFTER_PROCESS=on|off sets where the engine's drafter runs: ppbench run's default (unset) is auto,
+# its own process on CUDA (harness/pipeline.py: resolve_drafter_process); the alpha0 probe's
+# default is a thread, and DRAFTER_PROCESS=on runs it with the drafter in its own process.
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
 set -uo pipefail
@@ -46,10 +47,10 @@ for step in "$@"; do
         | grep -v Warning | tee $R/probe/log.txt
       pack probe ;;
     alpha0)      # issue 5: alpha ~ 0 (real drafter of a random pair) vs target-only, alternating, repeated
-      n=alpha0${DRAFTER_DEVICE:+-2gpu}${DRAFTER_PROCESS:+-proc}; mkdir -p $R/$n
+      n=alpha0${DRAFTER_DEVICE:+-2gpu}${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}; mkdir -p $R/$n
       timeout "$(cap "${ALPHA0_SECS:-120}")" python3 scripts/overlap_probe.py --out $R/$n --intervals-ms 5 \
         --durations "${ALPHA0_DURATIONS:-1s,4s,10s,20s}" --reps "${ALPHA0_REPS:-4}" \
-        ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} ${DRAFTER_PROCESS:+--drafter-process} 2>&1 \
+        ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} $([ "${DRAFTER_PROCESS:-}" = on ] && echo --drafter-process) 2>&1 \
         | grep -v Warning | tee $R/$n/log.txt
       pack $n ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
@@ -64,9 +65,9 @@ for step in "$@"; do
       run_main engine "${PIPELINE_SECS:-330}" --samples-per-duration 2 \
         --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" ;;
     pipeline-2gpu)  # issue 5: the drafter on its own GPU (needs two), engine on every sample
-      run_main pipeline-2gpu${DRAFTER_PROCESS:+-proc} "${PIPELINE_SECS:-330}" --drafter-device cuda:1 \
+      run_main pipeline-2gpu${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS} "${PIPELINE_SECS:-330}" --drafter-device cuda:1 \
         --samples-per-duration 2 --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" \
-        ${DRAFTER_PROCESS:+--drafter-process} ;;
+        ${DRAFTER_PROCESS:+--drafter-process $DRAFTER_PROCESS} ;;
     sweep-nf4)   # issue 5: simulated alpha x gamma, NF4
       run_main sweep-nf4 "${SWEEP_SECS:-200}" --durations 4s --samples-per-duration 1 \
         --gammas adaptive,1,2,4,8 --alphas 0,0.35,0.7,0.9 ;;

@@ -16,6 +16,23 @@ def test_subcommands_parse():
     assert p.parse_args(["dataset", "build", "--root", "x", "--force"]).force
 
 
+def test_drafter_process_choice():
+    """auto (the default) puts the drafter in its own process whenever it runs on CUDA, not on CPU
+    and not when a delay is injected into the in-process runners; a bare flag means on."""
+    from harness.pipeline import resolve_drafter_process
+
+    p = build_parser()
+    assert p.parse_args(["run"]).drafter_process == "auto"
+    assert p.parse_args(["run", "--drafter-process"]).drafter_process == "on"
+    assert p.parse_args(["run", "--drafter-process", "off"]).drafter_process == "off"
+    assert resolve_drafter_process("auto", "cuda:1") and resolve_drafter_process("auto", "cuda")
+    assert not resolve_drafter_process("auto", "cpu")
+    assert not resolve_drafter_process("auto", "cuda:0", inject_delay="decode:40")
+    assert resolve_drafter_process("on", "cpu") and not resolve_drafter_process("off", "cuda:1")
+    with pytest.raises(ValueError, match="drafter process must be one of"):
+        resolve_drafter_process("sometimes", "cpu")
+
+
 def test_dataset_build_refuses_a_nonempty_root(tmp_path):
     (tmp_path / "something").write_text("x")
     with pytest.raises(SystemExit, match="not empty"):

@@ -75,6 +75,7 @@ def test_records_hold_every_stage_and_lossless_engine_output(main_run):
             assert r["token_match_rate"] == 1.0, r  # fp32: lossless, bit-exact greedy
     meta = json.loads((main_run / "meta.json").read_text())
     assert meta["profile"] == "tiny" and meta["memory_footprint_bytes"]["target"] > 0
+    assert meta["drafter_process"] is False            # auto: a thread on CPU
     for png in ("stage_bars.png", "latency_vs_duration.png", "hidden_vs_duration.png"):
         assert (main_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
