@@ -62,8 +62,8 @@ for step in "$@"; do
         ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} 2>&1 | grep -v Warning | tee $R/overlap/log.txt
       pack overlap ;;
     engine)      # issue 5: both models on one GPU, engine (adaptive gamma) on every sample and alpha
-      run_main engine "${PIPELINE_SECS:-330}" --samples-per-duration 2 \
-        --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" ;;
+      run_main engine${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS} "${PIPELINE_SECS:-330}" --samples-per-duration 2 \
+        --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" ${DRAFTER_PROCESS:+--drafter-process $DRAFTER_PROCESS} ;;
     pipeline-2gpu)  # issue 5: the drafter on its own GPU (needs two), engine on every sample
       run_main pipeline-2gpu${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS} "${PIPELINE_SECS:-330}" --drafter-device cuda:1 \
         --samples-per-duration 2 --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" \
