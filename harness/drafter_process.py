@@ -18,9 +18,11 @@ speculative phase cost a pipe round trip (tens of µs).
 
 Only the parallel engine uses it: stage timing, target-only, sequential and the other baselines
 run the in-process drafter, so with `--drafter-process` the drafter's weights are loaded twice.
-Meant for the drafter on its own GPU: on one shared GPU two processes' CUDA contexts time-slice
-(without MPS), so the target's high-priority stream no longer pre-empts the drafter, and those
-runs are not comparable with in-process ones.
+It is the default whenever the drafter runs on CUDA (pipeline.resolve_drafter_process). On one
+shared GPU the two processes' CUDA contexts time-slice (without MPS), so the target's
+high-priority stream no longer pre-empts the drafter; that is why yield-gpu stops the drafter
+when the target's loading ends, with one step in flight. Measured at alpha ~ 0 on H200s (probe,
+docs/results): two GPUs 0.980 in a thread, 0.997 in a process; one GPU 0.978 and 0.991.
 """
 from __future__ import annotations
 
