@@ -97,3 +97,37 @@ def _consistent(state):
     from test_engine_props import _check_step
 
     _check_step(state)
+
+
+def _bench_opts(tmp_path, **over):
+    from types import SimpleNamespace
+
+    opts = dict(profile="tiny", drafter_path=None, target_path=None, data_root=None, device="cpu",
+                drafter_device=None, quant=None, dtype=None, samples=1, durations=["500ms"],
+                max_new_tokens=6, decode="auto", cache_len=None, overlap="auto", drafter_process="on",
+                out=str(tmp_path / "bench"), inject_delay=None)
+    return SimpleNamespace(**{**opts, **over})
+
+
+def test_the_bench_session_runs_its_engine_benchmarks_with_a_drafter_process(tmp_path):
+    """The nightly's path when the drafter runs on CUDA (auto): BenchSession starts the child with
+    the first engine benchmark; the parallel run stays lossless and its meta says where the
+    drafter ran. With an injected delay, 'on' is refused before any model loads and 'auto'
+    falls back to the in-process drafter."""
+    from harness.benchsupport import BenchSession
+
+    with pytest.raises(ValueError, match="cannot be combined"):
+        BenchSession(_bench_opts(tmp_path, inject_delay="decode:5"))
+    session = BenchSession(_bench_opts(tmp_path))
+    try:
+        assert session.meta["drafter_process"] is True and session.parallel_drafter is None
+        records = session.engine("500ms")
+        assert session.parallel_drafter is not None and session.parallel_drafter._proc.is_alive()
+        parallel = [r for r in records if r["mode"] == "parallel"]
+        assert parallel and all(r["error"] is None and r["token_match_rate"] == 1.0 for r in parallel)
+    finally:
+        session.close()
+    assert not session.parallel_drafter._proc.is_alive()
+    auto = BenchSession(_bench_opts(tmp_path, drafter_process="auto", inject_delay="decode:5"))
+    auto.close()
+    assert auto.meta["drafter_process"] is False
