@@ -13,8 +13,9 @@ picklable: a module-level function or a functools.partial of one) and serves the
 `engine.Drafting` over a pipe. `engine.parallel_prefill_decode` accepts it as its drafter: the
 child runs stages 1-4 and hidden drafting while the parent runs the target; the two share
 `ready` / `on_gpu` events. Times are `time.perf_counter` ms, which is the system-wide monotonic
-clock on Linux and macOS, so parent and child timestamps share one origin. Per-step calls of the
-speculative phase cost a pipe round trip (tens of µs).
+clock on Linux and macOS, so parent and child timestamps share one origin. A draft block of the
+speculative phase costs one pipe round trip: the parent knows the child's cache length, so it
+realigns without asking and the crop travels with the next block.
 
 Only the parallel engine uses it: stage timing, target-only, sequential and the other baselines
 run the in-process drafter, so with `--drafter-process` the drafter's weights are loaded twice.
@@ -33,7 +34,7 @@ from typing import Any, Callable
 
 import torch
 
-from .engine import Costs, Drafting, _Emitter
+from .engine import Costs, Drafting, _Emitter, realign_point
 
 
 class DrafterProcessError(RuntimeError):
@@ -117,10 +118,13 @@ class DrafterProcess:
 
 class RemoteDrafting:
     """engine.Drafting's methods for a drafter in a child process. The hidden phase is split:
-    start() returns at once (the child drafts), finish() collects what it drafted."""
+    start() returns at once (the child drafts), finish() collects what it drafted. realign() is
+    computed here from the child's cache length, which every reply carries; the crop it implies
+    is sent with the next draft_block() (or cache_len()), so a block costs one round trip."""
 
     def __init__(self, proc: DrafterProcess, costs: Costs):
         self.proc, self.costs, self.prompt_len = proc, costs, 0
+        self._cache_len, self._crop_to = 0, None
 
     def events(self):
         return self.proc.ready, self.proc.on_gpu
@@ -132,20 +136,26 @@ class RemoteDrafting:
 
     def finish(self):
         self.proc.ready.set()       # the target is ready (or failed): stop drafting in any case
-        hidden, times, ends, self.prompt_len, costs = self.proc._reply()
+        hidden, times, ends, self.prompt_len, self._cache_len, costs = self.proc._reply()
         self._add(costs)
         return hidden, times, ends
 
     def realign(self, out: list[int]) -> list[int]:
-        return self.proc.call("realign", list(out))
+        self._cache_len = self._crop_to = realign_point(self._cache_len, self.prompt_len, out)
+        return out[self._cache_len - self.prompt_len:]
 
     def draft_block(self, pending: list[int], gamma: int, pos: int, t0: float):
-        tokens, times, costs = self.proc.call("draft_block", list(pending), gamma, pos, t0)
+        tokens, times, costs, self._cache_len = self.proc.call("draft_block", self._crop_to, list(pending),
+                                                               gamma, pos, t0)
+        self._crop_to = None
         self._add(costs)
         return tokens, times
 
     def cache_len(self) -> int:
-        return self.proc.call("cache_len")
+        """The child's own count (after any pending crop), so consistency checks see its cache."""
+        self._cache_len = self.proc.call("cache_len", self._crop_to)
+        self._crop_to = None
+        return self._cache_len
 
     def _add(self, costs: dict) -> None:
         self.costs.draft_ms.extend(costs["draft_ms"])
@@ -181,19 +191,25 @@ def _serve(factory, conn, ready, on_gpu) -> None:
                     sample, t0, n_max, yield_gpu = args
                     hidden, times, ends = side.stages_and_hidden(sample, t0, n_max, ready,
                                                                  on_gpu if yield_gpu else None)
-                    value = (hidden, times, ends, side.prompt_len, _take_costs(side))
-                elif method == "realign":
-                    value = side.realign(args[0])
+                    value = (hidden, times, ends, side.prompt_len, side.cache_len(), _take_costs(side))
                 elif method == "draft_block":
-                    tokens, times = side.draft_block(*args)
-                    value = (tokens, times, _take_costs(side))
+                    _crop(side, args[0])
+                    tokens, times = side.draft_block(*args[1:])
+                    value = (tokens, times, _take_costs(side), side.cache_len())
                 elif method == "cache_len":
+                    _crop(side, args[0])
                     value = side.cache_len()
                 else:
                     raise DrafterProcessError(f"unknown drafter process call {method!r}")
             conn.send(("ok", value))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
             _send_error(conn, exc)
+
+
+def _crop(side: Drafting, length: int | None) -> None:
+    """The crop the parent's realign() implied (engine._realign_drafter, done late)."""
+    if length is not None:
+        side.runner.crop(side.cache, length)
 
 
 def _take_costs(side: Drafting) -> dict:

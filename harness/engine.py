@@ -542,9 +542,14 @@ def _verify(target, tcache, pt, out, block, select, t0, res) -> int:
     return m
 
 
+def realign_point(cache_len: int, pd: int, out: Sequence[int]) -> int:
+    """The drafter cache length that keeps only entries of the output (out[-1] is never in it)."""
+    return min(cache_len, pd + len(out) - 1)
+
+
 def _realign_drafter(drafter, dcache, pd, out) -> list[int]:
     """Drop drafter cache entries past the output; return the output suffix it has not processed."""
-    length = min(drafter.cache_len(dcache), pd + len(out) - 1)
+    length = realign_point(drafter.cache_len(dcache), pd, out)
     drafter.crop(dcache, length)
     return out[length - pd:]
 

@@ -56,16 +56,23 @@ def test_process_drafter_is_lossless_and_counts_add_up(procs, alpha):
     assert times == sorted(times) and times[0] > 0
 
 
-def test_process_drafter_matches_the_in_process_engine(procs):
-    """Same pair, same inputs, same seed: the same tokens and acceptance counts either way."""
+def test_process_drafter_matches_the_in_process_engine(procs, monkeypatch):
+    """Same pair, same inputs, same seed: the same tokens and acceptance counts either way. Without
+    a debug hook the parent realigns on its own and the crop rides with the next block: one round
+    trip per draft block."""
     drafter, target = random_pair(0)
     ref = _greedy(target, 20)
     kw = dict(max_new_tokens=20, gamma=2, alpha=0.5, reference_tokens=ref, seed=3, hidden_cap=1)
     local = E.parallel_prefill_decode(drafter, target, PROMPT, **kw)
-    remote = E.parallel_prefill_decode(procs["random"], target, PROMPT, **kw)
+    proc, calls = procs["random"], []
+    real_call = proc.call
+    monkeypatch.setattr(proc, "call", lambda method, *a: calls.append(method) or real_call(method, *a))
+    remote = E.parallel_prefill_decode(proc, target, PROMPT, **kw)
     assert remote.output_tokens == local.output_tokens == ref
     assert (remote.drafted, remote.accepted, remote.verify_steps) == (local.drafted, local.accepted,
                                                                       local.verify_steps)
+    blocks = sum(1 for g in remote.gamma_trace if g > 0)
+    assert blocks >= 2 and calls == ["drafting"] + ["draft_block"] * blocks
 
 
 def test_errors_in_the_drafter_process_keep_their_type_and_message():
