@@ -8,7 +8,8 @@ Per simulated alpha ("real" = the drafter's own tokens): the parallel run's spee
 sample's target-only run (median, range), how much later the target reached the end of prefill
 (median), hidden fill (hidden drafted ÷ metrics.hidden_tokens(the sample's isolated drafter
 per-token times, window), as the report and the benchmarks define it) and measured ÷ ideal. Then,
-at alpha 0 and real, the target's per-stage time deltas, the delta after it is ready, and TPOT.
+at alpha 0 and real, the target's per-stage time deltas, the delta after it is ready, and TPOT;
+the TPOT spread of target-only and parallel runs, and whether the drafter ran in its own process.
 """
 from __future__ import annotations
 
@@ -59,6 +60,10 @@ def run_folder(path: Path) -> None:
     print("alpha 0 and real, parallel - target-only (median ms): "
           + ", ".join(f"{s} {st.median(v):+.1f}" for s, v in deltas.items())
           + f"; after ready {st.median(after):+.1f}; TPOT {st.median(tpot):+.3f}")
+    tpot_base = [b["tpot_ms"] for b in base.values() if b.get("tpot_ms")]
+    tpot_par = [r["tpot_ms"] for r in zero if r.get("tpot_ms")]
+    print(f"TPOT ms, target-only: {_rng(tpot_base)}; parallel at alpha 0 and real: {_rng(tpot_par)}; "
+          f"drafter process: {meta.get('drafter_process', False)}")
     print("alpha 0 by sample: " + ", ".join(
         f"{r['dataset']} {base[r['sample_id']]['e2e_ms'] / r['e2e_ms']:.3f}" for r in par
         if r["alpha_simulated"] == 0.0))
