@@ -49,10 +49,10 @@ def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--gammas", default="adaptive", help="engine draft lengths, e.g. adaptive,1,4")
     p.add_argument("--alphas", default="",
                    help="simulated acceptance rates to sweep, e.g. 0,0.35,0.7,0.9 (labelled simulated)")
-    p.add_argument("--overlap", choices=["auto", "always", "yield-gpu"], default="auto",
+    p.add_argument("--overlap", choices=pipeline.OVERLAP_POLICIES, default="auto",
                    help="hidden drafting: always (until the target is ready) or yield-gpu (only while the "
                         "target loads its data); auto: yield-gpu when both models share a GPU")
-    p.add_argument("--drafter-process", choices=["auto", "on", "off"], nargs="?", const="on", default="auto",
+    p.add_argument("--drafter-process", choices=pipeline.DRAFTER_PROCESS_CHOICES, nargs="?", const="on", default="auto",
                    help="run the engine's drafter in its own process, so the two pipelines share no GIL "
                         "(its weights are loaded a second time there); auto (default): on whenever the "
                         "drafter runs on CUDA; a bare --drafter-process means on")

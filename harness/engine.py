@@ -448,8 +448,8 @@ def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, 
     """The CUDA version: steps are queued back to back with each token kept on the GPU (the next
     step reads it there), two steps in flight, so the drafter drafts at its GPU speed with no
     host round trip per token. Under yield-gpu (`pause`) one step only: whatever is in flight when
-    the target takes the GPU delays it. Each step copies its token into pinned host memory and records a
-    timing event; once the target is ready, finished steps are read from there and steps still
+    the target takes the GPU delays it. Each step copies its token into pinned host memory and
+    records a timing event; once the target is ready, finished steps are read from there and steps still
     queued or running are abandoned: cropped from the cache, left to finish in the background,
     never waited for, so verification starts at once."""
     dev = drafter.device

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import torch
 
-from .engine import resolve_overlap
+from .engine import OVERLAP_POLICIES, resolve_overlap
 from .records import RecordWriter, done_keys, load_records, repair_torn_tail
 
 DEFAULT_DURATIONS = ("500ms", "1s", "2s", "4s", "5s", "8s", "10s", "16s", "20s")

@@ -38,6 +38,8 @@ def pytest_addoption(parser):
     g.addoption("--ppbench-max-new-tokens", type=int, default=50)
     g.addoption("--ppbench-decode", default="auto", choices=["auto", "hf", "static", "cuda-graph"],
                 help="decode implementation (auto: cuda-graph on CUDA, hf on CPU); see models/static_decode.py")
+    # The choices are literals here, so that loading the plugin does not import torch; they are
+    # engine.OVERLAP_POLICIES and pipeline.DRAFTER_PROCESS_CHOICES (tests/test_cli.py checks).
     g.addoption("--ppbench-overlap", default="auto", choices=["auto", "always", "yield-gpu"],
                 help="hidden drafting policy of the engine benchmarks (see ppbench run --overlap)")
     g.addoption("--ppbench-drafter-process", choices=["auto", "on", "off"], nargs="?", const="on", default="auto",

@@ -33,6 +33,24 @@ def test_drafter_process_choice():
         resolve_drafter_process("sometimes", "cpu")
 
 
+def test_plugin_choices_are_the_library_constants():
+    """plugin.py spells the choices out (loading it must not import torch); they must not drift."""
+    from harness import engine, pipeline, plugin
+
+    class Group:
+        def __init__(self):
+            self.options = {}
+
+        def addoption(self, name, **kw):
+            self.options[name] = kw
+
+    group = Group()
+    plugin.pytest_addoption(type("Parser", (), {"getgroup": lambda self, *a, **k: group,
+                                                "addini": lambda self, *a, **k: None})())
+    assert tuple(group.options["--ppbench-overlap"]["choices"]) == engine.OVERLAP_POLICIES
+    assert tuple(group.options["--ppbench-drafter-process"]["choices"]) == pipeline.DRAFTER_PROCESS_CHOICES
+
+
 def test_dataset_build_refuses_a_nonempty_root(tmp_path):
     (tmp_path / "something").write_text("x")
     with pytest.raises(SystemExit, match="not empty"):
