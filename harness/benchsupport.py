@@ -141,7 +141,7 @@ class BenchSession:
         if opts.data_root:
             self.root, source = Path(opts.data_root), f"user dataset at {opts.data_root}"
         else:
-            from fixtures.synthetic_dsec import ensure_default_dataset
+            from harness.data.synthetic import ensure_default_dataset
 
             self.root, source = ensure_default_dataset(progress=False), \
                 "embedded synthetic DSEC-format dataset (generated, seed 0)"

@@ -1,6 +1,6 @@
 """Versioned performance bounds per profile and device class, and the assertion that checks them.
 
-A bounds file lives at `fixtures/bounds/<profile>-<device_class>.json` (e.g. tiny-cpu.json,
+A bounds file lives at `harness/calibration/bounds/<profile>-<device_class>.json` (e.g. tiny-cpu.json,
 7b-shaped-h100.json) and is reviewed like code: a change to a bound is a visible diff with a reason.
 
     {"schema": 1, "profile": "tiny", "device_class": "cpu", "source": "how it was derived",
@@ -29,7 +29,7 @@ from pathlib import Path
 from harness.errors import PpbenchError
 
 SCHEMA = 1
-BOUNDS_DIR = Path(__file__).resolve().parent.parent / "fixtures" / "bounds"
+BOUNDS_DIR = Path(__file__).resolve().parent / "calibration" / "bounds"
 MAX_LISTED_SAMPLES = 8
 _DURATION = re.compile(r"^\d+(\.\d+)?(ms|s)$")
 

@@ -82,12 +82,12 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--samples-per-duration", type=int, default=None)
     build.add_argument("--force", action="store_true", help="rebuild even if it exists")
 
-    bnd = sub.add_parser("bounds", help="versioned performance bounds (fixtures/bounds/)")
+    bnd = sub.add_parser("bounds", help="versioned performance bounds (harness/calibration/bounds/)")
     bnd_sub = bnd.add_subparsers(dest="bounds_command", required=True)
     der = bnd_sub.add_parser("derive", help="derive a bounds file from saved GPU benchmark runs")
     der.add_argument("saves", nargs="+", help="saved pytest-benchmark JSON files")
     der.add_argument("--device-class", help="default: from the saves' GPU name")
-    der.add_argument("--out", help="default fixtures/bounds/<profile>-<device class>.json")
+    der.add_argument("--out", help="default harness/calibration/bounds/<profile>-<device class>.json")
     der.add_argument("--margin", action="append", default=[], metavar="NAME=REL",
                      help="relative safety margin for one bound (default: bounds.DEFAULT_MARGINS); "
                           "widen it where run-to-run variation is larger")
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     thr = bnd_sub.add_parser("thresholds", help="derive the gate's per-benchmark thresholds from saved runs' spread")
     thr.add_argument("saves", nargs="+", help="saved pytest-benchmark JSON files (with raw rounds)")
-    thr.add_argument("--out", default="fixtures/gate-thresholds.json")
+    thr.add_argument("--out", default="harness/calibration/gate-thresholds.json")
     thr.add_argument("--factor", type=positive_float, default=3.0,
                      help="threshold = factor x the family's median IQR/median (default %(default)s)")
     thr.add_argument("--floor", type=positive_float, default=0.05, help="smallest threshold (default %(default)s)")

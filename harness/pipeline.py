@@ -201,7 +201,7 @@ def run_main(args) -> int:
     if args.data_root:
         root, data_source = Path(args.data_root), f"user dataset at {args.data_root}"
     else:
-        from fixtures.synthetic_dsec import ensure_default_dataset
+        from harness.data.synthetic import ensure_default_dataset
 
         root = ensure_default_dataset(progress=not args.no_progress)
         data_source = "embedded synthetic DSEC-format dataset (generated, seed 0)"
@@ -324,7 +324,7 @@ def report_main(args) -> int:
 
 
 def dataset_main(args) -> int:
-    from fixtures import synthetic_dsec
+    from harness.data import synthetic as synthetic_dsec
 
     t = time.perf_counter()
     kwargs = {"seed": args.seed}

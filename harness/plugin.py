@@ -17,7 +17,7 @@ import pytest
 # -- options -------------------------------------------------------------------------------------
 
 
-DEFAULT_GATE_THRESHOLDS = str(Path(__file__).resolve().parent.parent / "fixtures" / "gate-thresholds.json")
+DEFAULT_GATE_THRESHOLDS = str(Path(__file__).resolve().parent / "calibration" / "gate-thresholds.json")
 
 
 def pytest_addoption(parser):
@@ -49,12 +49,12 @@ def pytest_addoption(parser):
                 "from the visual tokens and --ppbench-max-new-tokens)")
     g.addoption("--ppbench-out", default=None, help="where the session report goes "
                                                     "(default .benchmarks/ppbench-report)")
-    g.addoption("--ppbench-bounds", default=None, help="bounds JSON (default fixtures/bounds/<profile>-<device>.json)")
+    g.addoption("--ppbench-bounds", default=None, help="bounds JSON (default harness/calibration/bounds/<profile>-<device>.json)")
     g.addoption("--ppbench-gate", default=None, metavar="BASE_JSON",
                 help="after the session, compare this session's saved benchmark JSON against BASE_JSON "
                      "with the statistical gate; regressions fail the session")
     g.addoption("--ppbench-gate-thresholds", default=DEFAULT_GATE_THRESHOLDS, metavar="FILE",
-                help="per-benchmark thresholds for --ppbench-gate (default: fixtures/gate-thresholds.json; "
+                help="per-benchmark thresholds for --ppbench-gate (default: harness/calibration/gate-thresholds.json; "
                      "'none' for a flat 5%%)")
     g.addoption("--ppbench-inject-delay", default=None, metavar="STAGE:MS",
                 help="testing aid: add MS of real sleep to every STAGE (checks that the gate fires)")

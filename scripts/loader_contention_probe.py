@@ -38,7 +38,7 @@ def main() -> None:
     ap.add_argument("--duration", default="20s")
     ap.add_argument("--reps", type=int, default=7)
     a = ap.parse_args()
-    from fixtures.synthetic_dsec import ensure_default_dataset
+    from harness.data.synthetic import ensure_default_dataset
     from harness import data
     from harness.data import load_video_frames
 

@@ -38,7 +38,7 @@ def main():
     ap.add_argument("--data-root", default=None)
     ap.add_argument("--drafter-process", action="store_true", help="the engine's drafter in its own process")
     a = ap.parse_args()
-    from fixtures.synthetic_dsec import ensure_default_dataset
+    from harness.data.synthetic import ensure_default_dataset
 
     root = Path(a.data_root) if a.data_root else ensure_default_dataset(progress=False)
     samples = [s for d in a.durations.split(",") for s in data.load_samples(root, d)]

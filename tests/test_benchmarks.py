@@ -6,7 +6,7 @@ parallel-prefill engine end to end per duration.
 
 Each duration's samples are measured once per session (harness/benchsupport.py) and every
 benchmark here replays the measured device times as its rounds (one round per sample; per token
-for decode_token). Bounds come from fixtures/bounds/<profile>-<device class>.json.
+for decode_token). Bounds come from harness/calibration/bounds/<profile>-<device class>.json.
 """
 from __future__ import annotations
 

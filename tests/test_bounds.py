@@ -1,4 +1,4 @@
-"""Bounds files (harness/bounds.py, fixtures/bounds/): schema, the violation message a user sees in
+"""Bounds files (harness/bounds.py, harness/calibration/bounds/): schema, the violation message a user sees in
 a failing test, device classes, and deriving a bounds file from a measured run."""
 from __future__ import annotations
 

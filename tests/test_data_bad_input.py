@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 import pytest
 
-from fixtures.synthetic_dsec import VideoWriter, build_dataset
+from harness.data.synthetic import VideoWriter, build_dataset
 from harness.data import iter_loaded, load_event_images, load_samples, load_video_frames
 from harness.errors import DataError, EmptyWindowError
 

@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from fixtures.synthetic_dsec import write_events_h5
+from harness.data.synthetic import write_events_h5
 from harness.data.dsec import EventReader, read_events
 from harness.errors import EmptyWindowError
 

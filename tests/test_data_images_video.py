@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures.synthetic_dsec import build_dataset, write_events_h5
+from harness.data.synthetic import build_dataset, write_events_h5
 from harness.data import (Sample, events_to_images, load_event_images, load_samples,
                           load_video_frames, sample_frame_indices)
 from harness.data.dsec import Events, read_events

@@ -10,7 +10,7 @@ from harness import engine as E
 from harness.drafter_process import DrafterProcess, DrafterProcessError
 from harness.errors import DataError, ModelLoadError
 
-from engine_testers import (drafter_of, drafter_that_cannot_load, failing_drafter, random_pair, same_pair,
+from fixtures.engine_testers import (drafter_of, drafter_that_cannot_load, failing_drafter, random_pair, same_pair,
                             two_arg_failing_drafter)
 
 PROMPT = "what happens next in this scene?"

@@ -11,7 +11,7 @@ from harness import engine as E
 from harness.errors import DataError
 from harness.models.base import CausalLMRunner
 
-from engine_testers import Slow, one_thread, random_pair, runner, same_pair, tiny_llama
+from fixtures.engine_testers import Slow, one_thread, random_pair, runner, same_pair, tiny_llama
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 
 from harness import engine as E
 
-from engine_testers import one_thread, random_pair, runner, same_pair
+from fixtures.engine_testers import one_thread, random_pair, runner, same_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

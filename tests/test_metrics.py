@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from harness import metrics as M
 from harness.errors import DataError
-from record_factory import dataset_records, engine_record, stage_record
+from fixtures.record_factory import dataset_records, engine_record, stage_record
 
 SETTINGS = settings(max_examples=60, deadline=None)
 times = st.floats(0.0, 1e4, allow_nan=False, allow_infinity=False)

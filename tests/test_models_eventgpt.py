@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fixtures.tiny_models import ensure_tiny_checkpoints, load_tokenizer
+from harness.models.tiny import ensure_tiny_checkpoints, load_tokenizer
 from harness.models import eventgpt as eg
 from harness.models.checkpoint import checkpoint_keys
 from harness.models.profiles import eventgpt_config, load_drafter, visual_token_count

@@ -124,12 +124,12 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
     the target's own, the caches consistent after every step (static cache and transformers'
     DynamicCache), and a drafter that always proposes the reference (simulated alpha = 1) fully
     accepted. Under yield-gpu no hidden step may start after the target's loading ended."""
-    from fixtures.synthetic_dsec import ensure_default_dataset
+    from harness.data.synthetic import ensure_default_dataset
     from harness import data
     from harness import engine as E
     from harness.models.profiles import configure_decode, load_pair
 
-    from engine_testers import Slow
+    from fixtures.engine_testers import Slow
     from test_engine_props import _check_step
 
     drafter, target = load_pair("tiny", device="cuda", quant="none", dtype=torch.float32)

@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from fixtures.tiny_models import build_tokenizer, ensure_tiny_checkpoints
+from harness.models.tiny import build_tokenizer, ensure_tiny_checkpoints
 from harness.errors import ModelLoadError
 from harness.models import eventgpt as eg
 from harness.models import videollava as vl

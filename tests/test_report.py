@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from harness.report import write_report
-from record_factory import dataset_records, engine_records
+from fixtures.record_factory import dataset_records, engine_records
 
 DATASETS = ("500ms", "2s", "8s")
 FAIL = {("2s", 1): ("target", "vision")}
@@ -197,7 +197,7 @@ def test_all_failed_dataset_reports_counts_without_timings(tmp_path):
 
 
 def test_unsupported_baseline_is_reported_not_failed(tmp_path, stage_recs):
-    from record_factory import engine_record
+    from fixtures.record_factory import engine_record
 
     why = "assisted generation needs one prompt for both models"
     rec = engine_record("500ms", stage_recs[0]["sample_id"], "assisted")
@@ -210,7 +210,7 @@ def test_unsupported_baseline_is_reported_not_failed(tmp_path, stage_recs):
 
 
 def test_engine_only_records_with_a_failure_do_not_crash(tmp_path):
-    from record_factory import engine_record
+    from fixtures.record_factory import engine_record
 
     recs = [engine_record("4s", "a", "target_only", e2e_ms=100.0),
             engine_record("4s", "a", "parallel", gamma=2, e2e_ms=80.0),

@@ -20,7 +20,7 @@ def tiny_pair():
 
 @pytest.fixture(scope="module")
 def samples():
-    from fixtures.synthetic_dsec import ensure_default_dataset
+    from harness.data.synthetic import ensure_default_dataset
 
     return load_samples(ensure_default_dataset(progress=False), "1s", limit=2)
 

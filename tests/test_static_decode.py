@@ -13,7 +13,7 @@ from harness.models.profiles import configure_decode, load_pair, static_cache_le
 from harness.models.static_decode import (PREFILL_BUCKET, CacheFullError, StaticDecoder, prefill_buckets,
                                           resolve_decode_impl)
 
-from engine_testers import one_thread, random_pair, same_pair, tiny_llama  # noqa: F401
+from fixtures.engine_testers import one_thread, random_pair, same_pair, tiny_llama  # noqa: F401
 from test_models_contract import embeds_of, greedy_run
 
 

@@ -8,7 +8,7 @@ import hdf5plugin  # noqa: F401  (plain h5py + the plugin is all a DSEC user nee
 import numpy as np
 import pytest
 
-import fixtures.synthetic_dsec as sd
+import harness.data.synthetic as sd
 from harness.data import DURATION_MS, load_samples
 
 SMALL = dict(n_sequences=1, sequence_s=2.5, durations=["500ms", "1s", "2s"])

@@ -127,7 +127,7 @@ def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16
     """7B-shaped random model, materialized tensor by tensor on `device` (see quant.materialize_)."""
     from accelerate import init_empty_weights
 
-    from fixtures.tiny_models import ensure_tiny_checkpoints, load_tokenizer
+    from harness.models.tiny import ensure_tiny_checkpoints, load_tokenizer
 
     check_quant(quant)
     tokenizer = load_tokenizer(ensure_tiny_checkpoints(cache_dir)["tokenizer"])
@@ -144,7 +144,7 @@ def _load(which: str, profile: str, *, device, quant, dtype, path, cache_dir, al
     if profile == "7b-shaped":
         return build_shaped(which, device=device, quant=quant, dtype=dtype, cache_dir=cache_dir)
     if profile == "tiny":
-        from fixtures.tiny_models import ensure_tiny_checkpoints
+        from harness.models.tiny import ensure_tiny_checkpoints
 
         path = ensure_tiny_checkpoints(cache_dir)["drafter" if which == "drafter" else "target"]
     elif path is None:
