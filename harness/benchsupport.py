@@ -11,8 +11,9 @@ from types import SimpleNamespace
 import torch
 
 from . import pipeline
-from .engine import resolve_overlap
+from .calibration import GATE_THRESHOLDS
 from .records import RecordWriter
+from .runconfig import RunConfig
 from .stages import STAGES, run_stage_pipeline, warm_up
 
 
@@ -123,73 +124,37 @@ def _inject_delay(runners, spec: str | None) -> str | None:
     return f"{stage}+{ms}ms"
 
 
+DEFAULT_REPORT_DIR = "ppbench-report"     # in the current directory, never inside the benchmark storage
+
+
 class BenchSession:
-    """Dataset + both models, loaded once; each duration measured once, on first use."""
+    """Dataset + both models, loaded once; each duration measured once, on first use. Opened from
+    the same RunConfig and the same functions as `ppbench run` (pipeline.open_data, open_models)."""
 
-    def __init__(self, opts: SimpleNamespace):
-        from . import data
-
-        self.opts = opts
-        if opts.drafter_process == "on" and opts.inject_delay:     # refused before any model is loaded
-            raise ValueError("--ppbench-inject-delay slows the in-process runners only; it cannot be "
-                             "combined with --ppbench-drafter-process")
-        device = pipeline.resolve_device(opts.device)
-        # auto: a process on CUDA, but the in-process drafter when a delay is injected into it
-        opts.drafter_process = pipeline.resolve_drafter_process(
-            opts.drafter_process, opts.drafter_device or device, inject_delay=opts.inject_delay)
-        quant, dtype = pipeline.resolve_precision(device, opts.quant, opts.dtype)
-        if opts.data_root:
-            self.root, source = Path(opts.data_root), f"user dataset at {opts.data_root}"
-        else:
-            from harness.data.synthetic import ensure_default_dataset
-
-            self.root, source = ensure_default_dataset(progress=False), \
-                "embedded synthetic DSEC-format dataset (generated, seed 0)"
-        self.durations = opts.durations
-        self.samples = {d: data.load_samples(self.root, d, limit=opts.samples) for d in self.durations}
-
-        self.drafter, self.target = pipeline.load_models(
-            opts.profile, device=device, quant=quant, dtype=dtype, drafter_path=opts.drafter_path,
-            target_path=opts.target_path, drafter_device=opts.drafter_device, decode_impl=opts.decode,
-            max_new_tokens=opts.max_new_tokens, cache_len=opts.cache_len)
-        injected = _inject_delay([self.drafter, self.target], opts.inject_delay)
+    def __init__(self, cfg: RunConfig):
+        self.cfg = cfg
+        run_data = pipeline.open_data(cfg, progress=False)
+        self.root = run_data.root
+        self.durations = list(cfg.durations)
+        self.samples = {d: [s for s in run_data.samples if s.dataset == d] for d in self.durations}
+        self.drafter, self.target = pipeline.open_models(cfg)
+        injected = _inject_delay([self.drafter, self.target], cfg.inject_delay)
         self.meta = pipeline.run_meta(
-            opts.profile, device, self.drafter, self.target, dtype, quant, source, self.root,
-            run_id=time.strftime("pytest-%Y%m%d-%H%M%S"), command="pytest (ppbench plugin)",
-            samples_per_duration=opts.samples, max_new_tokens=opts.max_new_tokens, warmup=1,
-            injected_delay=injected,
-            overlap=resolve_overlap(opts.overlap, self.drafter, self.target),
-            drafter_process=opts.drafter_process)
+            cfg.profile, cfg.torch_device, self.drafter, self.target, cfg.torch_dtype, cfg.quant,
+            run_data.source, self.root, run_id=time.strftime("pytest-%Y%m%d-%H%M%S"),
+            command="pytest (ppbench plugin)", injected_delay=injected,
+            missing_datasets=run_data.missing, **pipeline.config_meta(cfg))
         self.parallel_drafter = None          # started by the first engine benchmark (engine())
-        self._drafter_spec = dict(device=self.drafter.device, quant=quant, dtype=dtype, path=opts.drafter_path,
-                                  decode_impl=opts.decode, max_new_tokens=opts.max_new_tokens,
-                                  cache_len=opts.cache_len)
         self.record_meta = pipeline.record_fields(self.meta)
-        self.out = Path(opts.out)
+        self.out = Path(cfg.out or DEFAULT_REPORT_DIR)
         self.out.mkdir(parents=True, exist_ok=True)
-        self.records: list[dict] = []
+        self.records: list[dict] = pipeline.bad_entry_records(run_data, self.record_meta)
         self._writer = RecordWriter(self.out / f"records-{self.meta['run_id']}.jsonl")
+        for record in self.records:
+            self._writer.write(record)
         self._stages: dict[str, list[dict]] = {}
         self._engine: dict[str, list[dict]] = {}
         self._warm = False
-
-    @classmethod
-    def from_config(cls, config) -> "BenchSession":
-        g = config.getoption
-        durations = g("--ppbench-durations")
-        opts = SimpleNamespace(
-            profile=g("--ppbench-profile"), drafter_path=g("--ppbench-drafter-path"),
-            target_path=g("--ppbench-target-path"), data_root=g("--ppbench-data-root"),
-            device=g("--ppbench-device"), drafter_device=g("--ppbench-drafter-device"),
-            quant=g("--ppbench-quant"), dtype=g("--ppbench-dtype"), samples=g("--ppbench-samples"),
-            durations=[d.strip() for d in durations.split(",") if d.strip()] if durations
-            else list(pipeline.DEFAULT_DURATIONS),
-            max_new_tokens=g("--ppbench-max-new-tokens"), decode=g("--ppbench-decode"),
-            cache_len=g("--ppbench-cache-len"), overlap=g("--ppbench-overlap"),
-            drafter_process=g("--ppbench-drafter-process"),
-            out=g("--ppbench-out") or os.path.join(".benchmarks", "ppbench-report"),
-            inject_delay=g("--ppbench-inject-delay"))
-        return cls(opts)
 
     def _append(self, record: dict) -> None:
         self.records.append(record)
@@ -207,7 +172,7 @@ class BenchSession:
             sink = SimpleNamespace(write=self._append)
             before = len(self.records)
             run_stage_pipeline([self.drafter, self.target], self.samples[duration], sink,
-                               max_new_tokens=self.opts.max_new_tokens, meta=self.record_meta)
+                               max_new_tokens=self.cfg.max_new_tokens, meta=self.record_meta)
             self._stages[duration] = self.records[before:]
         return self._stages[duration]
 
@@ -216,17 +181,17 @@ class BenchSession:
             from .engine_suite import engine_records_for, warm_up_engine
 
             self._warm_up()
-            if self.opts.drafter_process and self.parallel_drafter is None:
-                self.parallel_drafter = pipeline.start_drafter_process(self.opts.profile, **self._drafter_spec)
+            if self.cfg.drafter_process and self.parallel_drafter is None:
+                self.parallel_drafter = pipeline.drafter_process_for(self.cfg, self.drafter)
             if not self._engine:
                 warm_up_engine(self.parallel_drafter or self.drafter, self.target, self.samples[duration][0],
-                               overlap=self.opts.overlap)
+                               overlap=self.cfg.overlap)
             before = len(self.records)
             # Nightly: the overlapped run and its target-only baseline (sequential and assisted
             # are for `ppbench run`; they do not change between nights).
             for record in engine_records_for(self.drafter, self.target, self.samples[duration],
-                                             max_new_tokens=self.opts.max_new_tokens,
-                                             sequential=False, overlap=self.opts.overlap,
+                                             max_new_tokens=self.cfg.max_new_tokens,
+                                             sequential=False, overlap=self.cfg.overlap,
                                              parallel_drafter=self.parallel_drafter,
                                              meta=self.record_meta):
                 self._append(record)
@@ -255,7 +220,7 @@ def load_session_bounds(config, bench: BenchSession) -> dict | None:
     if path:
         return bounds.load_bounds_file(path)
     cls = bounds.device_class(bench.target.device)
-    candidate = bounds.bounds_path(bench.opts.profile, cls)
+    candidate = bounds.bounds_path(bench.cfg.profile, cls)
     if not candidate.exists():
         warnings.warn(f"no bounds file {candidate}: bounds not checked this session "
                       f"(derive one with `ppbench bounds derive SAVED.json`)")
@@ -322,7 +287,7 @@ def finish_session(session) -> None:
 
         with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
             json.dump(saved, fh)
-        thresholds = config.getoption("--ppbench-gate-thresholds")
+        thresholds = config.getoption("--ppbench-gate-thresholds") or str(GATE_THRESHOLDS)
         extra = ["--thresholds", thresholds] if thresholds and thresholds != "none" else []
         code = main_compare([base, fh.name, *extra])
         if code != 0:

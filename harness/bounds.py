@@ -26,10 +26,10 @@ import math
 import re
 from pathlib import Path
 
+from harness.calibration import BOUNDS_DIR
 from harness.errors import PpbenchError
 
 SCHEMA = 1
-BOUNDS_DIR = Path(__file__).resolve().parent / "calibration" / "bounds"
 MAX_LISTED_SAMPLES = 8
 _DURATION = re.compile(r"^\d+(\.\d+)?(ms|s)$")
 

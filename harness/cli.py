@@ -1,10 +1,31 @@
-"""`ppbench` command line (also `python -m harness`). Thin: parses options, delegates."""
+"""ppbench: GPU performance regression suite for parallel-prefill speculative decoding
+(EventGPT drafter -> Video-LLaVA target). `ppbench run` measures, `ppbench report` rebuilds a report,
+`ppbench compare` gates regressions, `ppbench bounds` calibrates, `ppbench dataset` builds data."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
 
-from . import pipeline
+from . import bounds, options, pipeline, runconfig
+from .benchsupport import measurements_from_saves
+from .compare import derive_thresholds, load_save, main_compare
+from .console import EXIT_INTERRUPTED, EXIT_USAGE, error, quiet_third_party
+from .errors import PpbenchError, UsageError
+
+EXIT_CODES = """exit codes: 0 every record measured; 1 unexpected error (a bug: please report the traceback);
+2 wrong option or input (one line says which); 3 the run finished with failed records (listed, and in
+the report's Failures section; --resume retries them); 130 interrupted (the message gives the resume
+command)."""
+
+
+def ppbench_version() -> str:
+    try:
+        return version("ppbench")
+    except PackageNotFoundError:      # a source tree that was never installed
+        return "unknown (not installed)"
 
 
 def positive_float(text: str) -> float:
@@ -17,58 +38,15 @@ def positive_float(text: str) -> float:
     return value
 
 
-def _add_run_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--profile", choices=["tiny", "7b-shaped", "real"], default="tiny",
-                   help="tiny: random tiny checkpoints (CPU-friendly); 7b-shaped: real 7B/CLIP-L shapes "
-                        "with random weights (timing only); real: local checkpoints")
-    p.add_argument("--drafter-path", help="EventGPT-7B checkpoint directory (profile real)")
-    p.add_argument("--target-path", help="Video-LLaVA-7B-hf checkpoint directory (profile real)")
-    p.add_argument("--data-root", help="DSEC-format dataset root (default: the embedded synthetic dataset)")
-    p.add_argument("--durations", default=",".join(pipeline.DEFAULT_DURATIONS),
-                   help="comma-separated duration datasets, e.g. 500ms,4s,20s")
-    p.add_argument("--samples-per-duration", type=int, default=2)
-    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:0 ... (auto: cuda if available)")
-    p.add_argument("--drafter-device", help="put the drafter on another device (e.g. cuda:1)")
-    p.add_argument("--quant", choices=["nf4", "none"], default=None,
-                   help="default: nf4 on CUDA, none (fp32) on CPU")
-    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="compute dtype (default: bfloat16 on CUDA, float32 on CPU)")
-    p.add_argument("--max-new-tokens", type=int, default=50)
-    p.add_argument("--decode", choices=["auto", "hf", "static", "cuda-graph"], default="auto",
-                   help="decode implementation: hf (transformers eager), static (fixed KV cache), cuda-graph "
-                        "(static cache, steps replayed as CUDA graphs); auto: cuda-graph on CUDA, hf on CPU")
-    p.add_argument("--cache-len", type=int, default=None,
-                   help="static KV cache positions (default: visual tokens + text budget + max new tokens + "
-                        "engine overshoot, rounded up to 128)")
-    p.add_argument("--stop-at-eos", action="store_true", help="stop decoding at EOS (default: fixed length)")
-    p.add_argument("--warmup", type=int, default=1, help="unrecorded warm-up samples")
-    p.add_argument("--engine", choices=["on", "off"], default="on",
-                   help="also run the parallel-prefill engine and its baselines per sample")
-    p.add_argument("--engine-samples", type=int, default=None,
-                   help="run the engine on only the first N samples of each duration (default: all)")
-    p.add_argument("--gammas", default="adaptive", help="engine draft lengths, e.g. adaptive,1,4")
-    p.add_argument("--alphas", default="",
-                   help="simulated acceptance rates to sweep, e.g. 0,0.35,0.7,0.9 (labelled simulated)")
-    p.add_argument("--overlap", choices=pipeline.OVERLAP_POLICIES, default="auto",
-                   help="hidden drafting: always (until the target is ready) or yield-gpu (only while the "
-                        "target loads its data); auto: yield-gpu when both models share a GPU")
-    p.add_argument("--drafter-process", choices=pipeline.DRAFTER_PROCESS_CHOICES, nargs="?", const="on", default="auto",
-                   help="run the engine's drafter in its own process, so the two pipelines share no GIL "
-                        "(its weights are loaded a second time there); auto (default): on whenever the "
-                        "drafter runs on CUDA; a bare --drafter-process means on")
-    p.add_argument("--assisted", choices=["on", "off"], default="on",
-                   help="try transformers' assisted generation as a baseline")
-    p.add_argument("--out", help="output directory (default runs/<run id>)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out, skipping recorded samples")
-    p.add_argument("--no-progress", action="store_true")
-
-
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ppbench", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
+    parser = argparse.ArgumentParser(prog="ppbench", description=__doc__, epilog=EXIT_CODES)
+    parser.add_argument("--version", action="version", version=f"%(prog)s {ppbench_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    run = sub.add_parser("run", help="time the five stages and the engine, then write the report")
-    _add_run_options(run)
+    run = sub.add_parser("run", help="time the five stages and the engine, then write the report",
+                         description="Time the five stages of both models and the parallel-prefill engine on "
+                                     "every sample, then write runs/<id>/report.md.", epilog=EXIT_CODES)
+    options.add_cli_options(run)
 
     rep = sub.add_parser("report", help="rebuild the report from saved records")
     rep.add_argument("records", help="records.jsonl of a run")
@@ -96,7 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     thr = bnd_sub.add_parser("thresholds", help="derive the gate's per-benchmark thresholds from saved runs' spread")
     thr.add_argument("saves", nargs="+", help="saved pytest-benchmark JSON files (with raw rounds)")
-    thr.add_argument("--out", default="harness/calibration/gate-thresholds.json")
+    thr.add_argument("--out", default="gate-thresholds.json",
+                     help="where to write (default %(default)s; the packaged default is "
+                          "harness/calibration/gate-thresholds.json in a source tree)")
     thr.add_argument("--factor", type=positive_float, default=3.0,
                      help="threshold = factor x the family's median IQR/median (default %(default)s)")
     thr.add_argument("--floor", type=positive_float, default=0.05, help="smallest threshold (default %(default)s)")
@@ -108,15 +88,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def thresholds_main(args) -> int:
-    import json
-    from pathlib import Path
-
-    from .compare import PpbenchError, derive_thresholds, load_save
-
-    try:
-        doc = derive_thresholds([load_save(p) for p in args.saves], factor=args.factor, floor=args.floor)
-    except PpbenchError as e:
-        raise SystemExit(f"ppbench bounds thresholds: {e}") from None
+    doc = derive_thresholds([load_save(p) for p in args.saves], factor=args.factor, floor=args.floor)
     Path(args.out).write_text(json.dumps(doc, indent=2) + "\n")
     for pattern, value in doc["thresholds"].items():
         print(f"{pattern:40s} {value:.2f}")
@@ -125,27 +97,22 @@ def thresholds_main(args) -> int:
 
 
 def bounds_main(args) -> int:
-    import json
-
-    from . import bounds
-    from .benchsupport import measurements_from_saves
-
     docs = []
     for p in args.saves:
         try:
             docs.append(json.loads(open(p).read()))
         except (OSError, ValueError) as exc:
-            raise SystemExit(f"cannot read saved benchmark JSON {p}: {exc}") from None
+            raise UsageError(f"cannot read saved benchmark JSON {p}: {exc}") from None
     measurements, meta = measurements_from_saves(docs)
     if not measurements:
-        raise SystemExit("no parallel-prefill benchmark results in these saves")
+        raise UsageError("no parallel-prefill benchmark results in these saves")
     if args.overall_only:
         measurements = {k: {"all": v["all"]} for k, v in measurements.items()}
     margins = {}
     for spec in args.margin:
         name, _, rel = spec.partition("=")
         if name not in bounds.DEFAULT_MARGINS or not rel:
-            raise SystemExit(f"--margin {spec!r}: expected NAME=REL with NAME one of "
+            raise UsageError(f"--margin {spec!r}: expected NAME=REL with NAME one of "
                              f"{', '.join(bounds.DEFAULT_MARGINS)}")
         base = {k: v for k, v in bounds.DEFAULT_MARGINS[name].items() if k != "abs"}
         base.update(rel=float(rel), why=base["why"].split(";")[0] + f"; -{float(rel):.0%} of measured")
@@ -164,22 +131,39 @@ def bounds_main(args) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    argv = sys.argv[1:] if argv is None else argv
+def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["compare"]:
-        from .compare import main_compare
-
         return main_compare(argv[1:])
     args = build_parser().parse_args(argv)
     if args.command == "run":
-        return pipeline.run_main(args)
+        cfg = runconfig.resolve(options.from_cli(args), side="cli")
+        quiet_third_party(progress=not cfg.no_progress)
+        return pipeline.run_main(cfg, argv)
+    quiet_third_party(progress=True)
     if args.command == "report":
         return pipeline.report_main(args)
     if args.command == "dataset":
         return pipeline.dataset_main(args)
     if args.command == "bounds":
         return thresholds_main(args) if args.bounds_command == "thresholds" else bounds_main(args)
-    return 2
+    return EXIT_USAGE
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point: user errors are one line (exit 2), Ctrl-C outside a run is exit 130; anything
+    else is a bug and keeps its traceback."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        return _dispatch(argv)
+    except UsageError as e:
+        error(str(e))
+        return EXIT_USAGE
+    except PpbenchError as e:      # bad input found while working (a checkpoint, a file): named, no traceback
+        error(str(e))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        error("interrupted")
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":

@@ -43,6 +43,7 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 
 from harness.models.base import CausalLMRunner, TextRunner, greedy
+from harness.options import OVERLAP_CHOICES
 
 STAGES = ("load", "preprocess", "vision", "prefill")
 _PINNED_TOKENS = 64                      # pinned host slots for queued hidden tokens (the default cap)
@@ -51,7 +52,7 @@ _PINNED_TOKENS = 64                      # pinned host slots for queued hidden t
 # another process, whose work time-slices with the target's instead of yielding to its priority).
 YIELD_AFTER = "load"
 MAX_GAMMA = 8
-OVERLAP_POLICIES = ("auto", "always", "yield-gpu")
+OVERLAP_POLICIES = OVERLAP_CHOICES   # harness/options.py: auto, always, yield-gpu
 
 
 # -- timing -----------------------------------------------------------------------------------------
@@ -825,5 +826,5 @@ def to_record(result: EngineResult, **meta: Any) -> dict:
 
 def error_result(mode: str, stage: str, exc: BaseException, **fields: Any) -> EngineResult:
     """An EngineResult for a run that failed, so a long benchmark records it and carries on."""
-    return EngineResult(mode=mode, error={"stage": stage, "type": type(exc).__name__,
-                                          "message": str(exc)}, **fields)
+    return EngineResult(mode=mode, error={"stage": stage, "type": type(exc).__name__, "message": str(exc),
+                                          "path": getattr(exc, "path", None)}, **fields)

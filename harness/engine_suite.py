@@ -13,7 +13,10 @@ from __future__ import annotations
 import zlib
 from typing import Iterable, Iterator
 
+from tqdm import tqdm
+
 from . import engine
+from .records import record_key
 from .stages import free_memory
 
 
@@ -71,23 +74,10 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
             drafter, target, sample, gamma=gammas[0], **kw), gamma=gammas[0]))
 
 
-def parse_gammas(text: str) -> tuple:
-    gammas = tuple(g if g == "adaptive" else int(g) for g in (x.strip() for x in text.split(",")) if g)
-    if not gammas:
-        raise SystemExit("--gammas needs at least one draft length (e.g. adaptive or 1,4)")
-    return gammas
-
-
-def parse_alphas(text: str) -> tuple:
-    return tuple(float(a) for a in (x.strip() for x in text.split(",")) if a)
-
-
 def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: int = 50,
                        gammas=("adaptive",), alphas=(), assisted: bool = False,
                        sequential: bool = True, stop_at_eos: bool = False, overlap: str = "auto",
                        parallel_drafter=None, meta: dict, done: set | None = None) -> Iterator[dict]:
-    from .records import record_key
-
     for sample in samples:
         base = dict(meta, dataset=sample.dataset, sample_id=sample.id)
 
@@ -125,21 +115,19 @@ def samples_for_engine(samples, per_duration: int | None) -> list:
     return out
 
 
-def run_engine_suite(drafter, target, samples, writer, *, done, args, meta, progress=True,
+def run_engine_suite(drafter, target, samples, writer, *, done, cfg, meta, progress=True,
                      parallel_drafter=None) -> int:
-    from tqdm import tqdm
-
-    samples = samples_for_engine(samples, args.engine_samples)
-    if samples and args.warmup:
-        warm_up_engine(parallel_drafter or drafter, target, samples[0], overlap=args.overlap)
+    """Every engine configuration of `cfg` (a runconfig.RunConfig) on each sample, written as it ends."""
+    samples = samples_for_engine(samples, cfg.engine_samples)
+    if samples and cfg.warmup:
+        warm_up_engine(parallel_drafter or drafter, target, samples[0], overlap=cfg.overlap)
     n = 0
-    gammas, alphas = parse_gammas(args.gammas), parse_alphas(args.alphas)
     bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
     for sample in samples:
-        for rec in engine_records_for(drafter, target, [sample], max_new_tokens=args.max_new_tokens,
-                                      gammas=gammas, alphas=alphas,
-                                      assisted=args.assisted == "on", stop_at_eos=args.stop_at_eos,
-                                      overlap=args.overlap, parallel_drafter=parallel_drafter,
+        for rec in engine_records_for(drafter, target, [sample], max_new_tokens=cfg.max_new_tokens,
+                                      gammas=cfg.gammas, alphas=cfg.alphas,
+                                      assisted=cfg.assisted, stop_at_eos=cfg.stop_at_eos,
+                                      overlap=cfg.overlap, parallel_drafter=parallel_drafter,
                                       meta=meta, done=done):
             writer.write(rec)
             n += 1

@@ -31,3 +31,7 @@ class ModelLoadError(PpbenchError):
     def __init__(self, message: str, *, path: object = None):
         self.path = None if path is None else str(path)
         super().__init__(f"{message} (checkpoint {self.path})" if self.path else message)
+
+
+class UsageError(PpbenchError):
+    """A wrong option or a combination that cannot run: one line for the user, no traceback (exit 2)."""

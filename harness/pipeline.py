@@ -5,6 +5,7 @@ Used by `ppbench run` and by the pytest plugin, so both measure the same way.
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import os
 import platform
@@ -12,30 +13,29 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
-from .engine import OVERLAP_POLICIES, resolve_overlap
-from .records import RecordWriter, done_keys, load_records, repair_torn_tail
-
-DEFAULT_DURATIONS = ("500ms", "1s", "2s", "4s", "5s", "8s", "10s", "16s", "20s")
-_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from . import data
+from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, failure_lines
+from .data.synthetic import ensure_default_dataset
+from .drafter_process import DrafterProcess
+from .engine import resolve_overlap
+from .engine_suite import run_engine_suite
+from .errors import DataError, UsageError
+from .metrics import MODELS, dedupe
+from .models.profiles import configure_decode, load_drafter, load_target
+from .options import DEFAULT_DURATIONS  # noqa: F401  (re-exported: tests parametrize over it)
+from .records import RecordWriter, done_keys, load_records, record_key, repair_torn_tail
+from .report import write_report
+from .runconfig import RunConfig
+from .stages import error_info, run_stage_pipeline, warm_up
 
 
 # -- settings ---------------------------------------------------------------------------------------
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def resolve_precision(device: torch.device, quant: str | None, dtype: str | None):
-    quant = quant or ("nf4" if device.type == "cuda" else "none")
-    dtype = dtype or ("bfloat16" if device.type == "cuda" else "float32")
-    return quant, _DTYPES[dtype]
-
-
 def git_commit() -> str | None:
     """HEAD of this checkout (+ -dirty); PPBENCH_COMMIT where the tree travelled without .git."""
     if os.environ.get("PPBENCH_COMMIT"):
@@ -76,57 +76,34 @@ PROFILE_LABELS = {
 
 
 def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path=None,
-                drafter_device=None, decode_impl="auto", max_new_tokens=50, cache_len=None):
+                drafter_device=None, decode_impl="auto", max_new_tokens=50, cache_len=None,
+                allow_pickle=False):
     """(drafter, target) runners; the drafter may live on its own device (two-GPU overlap).
     Each runner's `decode_setup` says which decode implementation it runs (and its cache)."""
-    from .models.profiles import configure_decode, load_target
-
     drafter = build_drafter(profile, device=drafter_device or device, quant=quant, dtype=dtype,
                             path=drafter_path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
-                            cache_len=cache_len)
-    target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path)
+                            cache_len=cache_len, allow_pickle=allow_pickle)
+    target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path,
+                         allow_pickle=allow_pickle)
     configure_decode([target], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
     return drafter, target
 
 
 def build_drafter(profile, *, device, quant, dtype, path=None, decode_impl="auto", max_new_tokens=50,
-                  cache_len=None):
+                  cache_len=None, allow_pickle=False):
     """The drafter runner, decode implementation set up (load_models; a drafter process's factory)."""
-    from .models.profiles import configure_decode, load_drafter
-
-    drafter = load_drafter(profile, device=torch.device(device), quant=quant, dtype=dtype, path=path)
+    drafter = load_drafter(profile, device=torch.device(device), quant=quant, dtype=dtype, path=path,
+                           allow_pickle=allow_pickle)
     configure_decode([drafter], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
     return drafter
 
 
-DRAFTER_PROCESS_CHOICES = ("auto", "on", "off")
-
-
-def resolve_drafter_process(choice: str, drafter_device, *, inject_delay=None) -> bool:
-    """Whether the engine's drafter runs in its own process. auto: yes when the drafter runs on
-    CUDA (its own GPU or the target's) and no delay is injected into the in-process runners.
-
-    Measured at alpha ~ 0 (docs/results, scripts/overlap_probe.py, 32 alternating pairs, H200):
-    with the drafter on its own GPU, speedup vs target-only 0.980 in a thread, 0.997 in a process
-    (the target's frame decoding no longer waits for the GIL); on one shared GPU under yield-gpu,
-    0.978 and 0.991. On CPU a thread: there the two pipelines compete for cores, not the GIL."""
-    if choice not in DRAFTER_PROCESS_CHOICES:
-        raise ValueError(f"drafter process must be one of {DRAFTER_PROCESS_CHOICES}, got {choice!r}")
-    if choice != "auto":
-        return choice == "on"
-    return torch.device(drafter_device).type == "cuda" and not inject_delay
-
-
 def start_drafter_process(profile, *, device, quant, dtype, path=None, decode_impl="auto",
-                          max_new_tokens=50, cache_len=None):
+                          max_new_tokens=50, cache_len=None, allow_pickle=False):
     """A DrafterProcess building the same drafter (harness/drafter_process.py)."""
-    import functools
-
-    from .drafter_process import DrafterProcess
-
     return DrafterProcess(functools.partial(build_drafter, profile, device=str(device), quant=quant, dtype=dtype,
-                                            path=path, decode_impl=decode_impl,
-                                            max_new_tokens=max_new_tokens, cache_len=cache_len))
+                                            path=path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
+                                            cache_len=cache_len, allow_pickle=allow_pickle))
 
 
 DECODE_LABELS = {
@@ -162,111 +139,158 @@ def record_fields(meta: dict) -> dict:
     return {k: meta.get(k) for k in ("run_id", "profile", "device", "dtype", "quant", "decode_impl")}
 
 
+# -- opening a run (shared by `ppbench run` and the pytest session) -----------------------------------
+EMBEDDED_SOURCE = "embedded synthetic DSEC-format dataset (generated, seed 0)"
+
+
+@dataclass
+class RunData:
+    root: Path
+    source: str
+    samples: list          # the samples to measure, in duration order
+    bad_entries: list      # (duration, sample id, DataError): manifest entries that fail alone
+    missing: list[str]     # "<duration>: <why>" for each duration with no readable manifest
+
+
+def open_data(cfg: RunConfig, *, progress: bool) -> RunData:
+    """The dataset: the user's root, or the embedded one (built once into the cache)."""
+    if cfg.data_root:
+        root, source = Path(cfg.data_root), f"user dataset at {cfg.data_root}"
+    else:
+        root, source = ensure_default_dataset(progress=progress), EMBEDDED_SOURCE
+    samples, bad, missing = [], [], []
+    for d in cfg.durations:
+        try:
+            good, errors = data.read_manifest(root, d, limit=cfg.samples_per_duration)
+        except DataError as exc:          # no manifest for this duration: named in the report
+            missing.append(f"{d}: {exc}")
+            continue
+        samples += good
+        bad += [(d, e.sample, e) for e in errors]
+    return RunData(root, source, samples, bad, missing)
+
+
+def bad_entry_records(run_data: RunData, meta: dict) -> list[dict]:
+    """A failed stage record per model for each manifest entry that cannot be read, so the entry
+    counts as a failed sample (the rest of its duration still runs)."""
+    out = []
+    for i, (duration, sid, exc) in enumerate(run_data.bad_entries):
+        for model in MODELS:
+            out.append({"kind": "stages", "dataset": duration, "sample_id": sid or f"entry-{i}",
+                        "model": model, **meta, "stages_ms": {}, "decode_token_ms": [],
+                        "output_tokens": [], "n_output_tokens": 0,
+                        "error": error_info("manifest", exc), "t_wall": time.time()})
+    return out
+
+
+def open_models(cfg: RunConfig):
+    return load_models(cfg.profile, device=cfg.torch_device, quant=cfg.quant, dtype=cfg.torch_dtype,
+                       drafter_path=cfg.drafter_path, target_path=cfg.target_path,
+                       drafter_device=cfg.drafter_device, decode_impl=cfg.decode,
+                       max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len, allow_pickle=cfg.allow_pickle)
+
+
+def drafter_process_for(cfg: RunConfig, drafter):
+    """The engine's drafter in its own process (cfg.drafter_process), building the same drafter."""
+    return start_drafter_process(cfg.profile, device=drafter.device, quant=cfg.quant, dtype=cfg.torch_dtype,
+                                 path=cfg.drafter_path, decode_impl=cfg.decode,
+                                 max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len,
+                                 allow_pickle=cfg.allow_pickle)
+
+
+def config_meta(cfg: RunConfig) -> dict:
+    return {"max_new_tokens": cfg.max_new_tokens, "stop_at_eos": cfg.stop_at_eos, "warmup": cfg.warmup,
+            "overlap": cfg.overlap, "drafter_process": cfg.drafter_process,
+            "durations": list(cfg.durations), "samples_per_duration": cfg.samples_per_duration}
+
+
 # -- the main job -------------------------------------------------------------------------------------
-def run_main(args) -> int:
-    from tqdm import tqdm
+def resume_command(argv: list[str], out: Path) -> str:
+    """The exact command that continues this run."""
+    args = list(argv)
+    if "--out" not in args and not any(a.startswith("--out=") for a in args):
+        args += ["--out", str(out)]
+    if "--resume" not in args:
+        args.append("--resume")
+    return "ppbench " + " ".join(shlex.quote(a) for a in args)
 
-    from . import data
-    from .stages import run_stage_pipeline, warm_up
 
-    device = resolve_device(args.device)
-    quant, dtype = resolve_precision(device, args.quant, args.dtype)
-    durations = [d.strip() for d in args.durations.split(",") if d.strip()]
+def run_main(cfg: RunConfig, argv: list[str]) -> int:
     run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(args.out) if args.out else Path("runs") / run_id
+    out = Path(cfg.out) if cfg.out else Path("runs") / run_id
     records_path = out / "records.jsonl"
     has_records = records_path.exists() and records_path.stat().st_size > 0
     # Refuse before touching anything in `out`: a refused run must not rewrite a run's meta.json.
-    if has_records and not args.resume:
-        raise SystemExit(f"{records_path} already holds records; pass --resume or another --out")
-    from .models.static_decode import resolve_decode_impl
-
-    decode_impl = resolve_decode_impl(args.decode, device)
-    drafter_process = resolve_drafter_process(args.drafter_process, args.drafter_device or device)
-    settings = {"profile": args.profile, "quant": quant, "dtype": str(dtype).replace("torch.", ""),
-                "max_new_tokens": args.max_new_tokens, "stop_at_eos": args.stop_at_eos,
-                "decode_impl": decode_impl,
-                "overlap": resolve_overlap(args.overlap, args.drafter_device or device, device),
-                "drafter_process": drafter_process}
+    if has_records and not cfg.resume:
+        raise UsageError(f"{records_path} already holds records; pass --resume to continue that run, "
+                         "or another --out")
+    run_data = open_data(cfg, progress=not cfg.no_progress)
+    settings = {"profile": cfg.profile, "quant": cfg.quant, "dtype": cfg.dtype,
+                "max_new_tokens": cfg.max_new_tokens, "stop_at_eos": cfg.stop_at_eos,
+                "decode_impl": cfg.decode, "overlap": cfg.overlap, "drafter_process": cfg.drafter_process,
+                "data_root": str(run_data.root)}
     previous = _resumable_meta(out, settings) if has_records else None
     if previous:
         run_id = previous.get("run_id", run_id)   # resumed records keep the run's identity
-    elif args.resume:
+    elif cfg.resume:
         print(f"--resume: no records in {out}; starting a new run there", file=sys.stderr)
+    print(f"dataset: {run_data.root} ({len(run_data.samples)} samples over {len(cfg.durations)} durations)")
+    for line in run_data.missing:
+        print(f"warning: no dataset for {line}", file=sys.stderr)
+    if not run_data.samples and not run_data.bad_entries:
+        raise UsageError(f"no samples to measure for durations {', '.join(cfg.durations)} in {run_data.root}"
+                         + (f" ({'; '.join(run_data.missing)})" if run_data.missing else ""))
+
+    t = time.perf_counter()
+    drafter, target = open_models(cfg)
+    print(f"models: {drafter.name} + {target.name} ({cfg.profile}, {cfg.quant}, {cfg.dtype}, decode "
+          f"{cfg.decode}) loaded in {time.perf_counter() - t:.1f} s")
+    meta = run_meta(cfg.profile, cfg.torch_device, drafter, target, cfg.torch_dtype, cfg.quant,
+                    run_data.source, run_data.root, run_id=run_id,
+                    command="ppbench " + " ".join(shlex.quote(a) for a in argv),
+                    missing_datasets=run_data.missing, **config_meta(cfg))
+    # Start-up is over: only now does the run get its folder (and runs/latest).
     out.mkdir(parents=True, exist_ok=True)
     _link_latest(out)
-
-    # Data: the embedded synthetic dataset unless the user points at theirs.
-    t = time.perf_counter()
-    if args.data_root:
-        root, data_source = Path(args.data_root), f"user dataset at {args.data_root}"
-    else:
-        from harness.data.synthetic import ensure_default_dataset
-
-        root = ensure_default_dataset(progress=not args.no_progress)
-        data_source = "embedded synthetic DSEC-format dataset (generated, seed 0)"
-    samples, missing = [], []
-    for d in durations:
-        try:
-            samples += data.load_samples(root, d, limit=args.samples_per_duration)
-        except Exception as exc:  # a missing manifest is reported, other durations still run
-            missing.append(f"{d}: {exc}")
-            print(f"warning: {exc}", file=sys.stderr)
-    print(f"dataset: {root} ({len(samples)} samples over {len(durations)} durations, "
-          f"{time.perf_counter() - t:.1f} s)")
-    if not samples:
-        raise SystemExit(f"no samples to measure for durations {', '.join(durations)} in {root}")
-
-    t = time.perf_counter()
-    drafter, target = load_models(args.profile, device=device, quant=quant, dtype=dtype,
-                                  drafter_path=args.drafter_path, target_path=args.target_path,
-                                  drafter_device=args.drafter_device, decode_impl=decode_impl,
-                                  max_new_tokens=args.max_new_tokens, cache_len=args.cache_len)
-    print(f"models: {drafter.name} + {target.name} ({args.profile}, {quant}, {dtype}, decode {decode_impl}) "
-          f"loaded in {time.perf_counter() - t:.1f} s")
-
-    meta = run_meta(args.profile, device, drafter, target, dtype, quant, data_source, root,
-                    run_id=run_id, command="ppbench " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-                    max_new_tokens=args.max_new_tokens, stop_at_eos=args.stop_at_eos,
-                    warmup=args.warmup, missing_datasets=missing,
-                    overlap=resolve_overlap(args.overlap, drafter, target),
-                    drafter_process=drafter_process)
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     record_meta = record_fields(meta)
 
     repair_torn_tail(records_path)
-    done = done_keys(load_records(records_path)) if args.resume else set()
-
-    if samples and args.warmup:
-        for s in samples[: args.warmup]:
-            warm_up([drafter, target], s)
-
-    with RecordWriter(records_path) as writer:
-        bar = tqdm(total=len(samples), desc="stages", unit="sample", disable=args.no_progress)
-        run_stage_pipeline([drafter, target], samples, writer, done=done,
-                           max_new_tokens=args.max_new_tokens, stop_at_eos=args.stop_at_eos,
-                           meta=record_meta, progress=lambda s: bar.update(1))
-        bar.close()
-        if args.engine == "on":
-            from .engine_suite import run_engine_suite
-
-            proc = (start_drafter_process(args.profile, device=drafter.device, quant=quant, dtype=dtype,
-                                          path=args.drafter_path, decode_impl=decode_impl,
-                                          max_new_tokens=args.max_new_tokens, cache_len=args.cache_len)
-                    if drafter_process else None)
-            try:
-                run_engine_suite(drafter, target, samples, writer, done=done, args=args,
-                                 meta=record_meta, progress=not args.no_progress, parallel_drafter=proc)
-            finally:
-                if proc is not None:
-                    proc.close()
-
+    done = done_keys(load_records(records_path)) if cfg.resume else set()
+    samples = run_data.samples
+    try:
+        if samples and cfg.warmup:
+            for s in samples[: cfg.warmup]:
+                warm_up([drafter, target], s)
+        with RecordWriter(records_path) as writer:
+            for rec in bad_entry_records(run_data, record_meta):
+                if record_key(rec) not in done:
+                    writer.write(rec)
+            bar = tqdm(total=len(samples), desc="stages", unit="sample", disable=cfg.no_progress)
+            run_stage_pipeline([drafter, target], samples, writer, done=done,
+                               max_new_tokens=cfg.max_new_tokens, stop_at_eos=cfg.stop_at_eos,
+                               meta=record_meta, progress=lambda s: bar.update(1))
+            bar.close()
+            if cfg.engine and samples:
+                proc = drafter_process_for(cfg, drafter) if cfg.drafter_process else None
+                try:
+                    run_engine_suite(drafter, target, samples, writer, done=done, cfg=cfg,
+                                     meta=record_meta, progress=not cfg.no_progress, parallel_drafter=proc)
+                finally:
+                    if proc is not None:
+                        proc.close()
+    except KeyboardInterrupt:
+        n = len(load_records(records_path))
+        print(f"\ninterrupted: {n} records kept in {records_path}\ncontinue with: "
+              f"{resume_command(argv, out)}", file=sys.stderr)
+        return EXIT_INTERRUPTED
     return _write_report(records_path, out, meta)
+
 
 
 # Settings that change what a record means: a resumed run must use the same ones.
 RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos", "decode_impl", "overlap",
-               "drafter_process")
+               "drafter_process", "data_root")
 
 
 def _resumable_meta(out: Path, now: dict) -> dict | None:
@@ -281,7 +305,7 @@ def _resumable_meta(out: Path, now: dict) -> dict | None:
     differ = [f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS
               if k in saved and saved[k] != now[k]]
     if differ:
-        raise SystemExit(f"--resume with different settings than {path}: " + "; ".join(differ))
+        raise UsageError(f"--resume with different settings than {path}: " + "; ".join(differ))
     return previous
 
 
@@ -298,25 +322,31 @@ def _link_latest(out: Path) -> None:
 
 
 def _write_report(records_path: Path, out: Path, meta: dict) -> int:
-    from .report import write_report
-
-    records = load_records(records_path)
+    """Writes the report; prints each failed record (the first few) and returns EXIT_FAILURES when
+    any failed. A resumed run's retried records replace the failed ones (metrics.dedupe)."""
+    records = dedupe(load_records(records_path))
     path = write_report(records, out, meta)
     unsupported = sum(1 for r in records if (r.get("error") or {}).get("type") == "Unsupported")
     failed = sum(1 for r in records if r.get("error")) - unsupported
     print(f"report: {path} ({len(records)} records, {failed} failed"
           + (f", {unsupported} baselines unsupported for this pair" if unsupported else "") + ")")
-    measured = len(records) - failed - unsupported
-    if measured == 0:
-        print("error: no successful measurement (every record failed)", file=sys.stderr)
-        return 1
-    return 0
+    if meta.get("missing_datasets"):
+        print("durations without a dataset: " + "; ".join(meta["missing_datasets"]), file=sys.stderr)
+    if failed:
+        print(f"{failed} failed record(s):", file=sys.stderr)
+        print("\n".join(failure_lines(records)), file=sys.stderr)
+        if failed == len(records) - unsupported:
+            print("error: no successful measurement (every record failed)", file=sys.stderr)
+        print(f"exit code {EXIT_FAILURES}: the run finished with failures; `--resume` retries the failed "
+              "records", file=sys.stderr)
+        return EXIT_FAILURES
+    return EXIT_OK
 
 
 def report_main(args) -> int:
     records_path = Path(args.records)
     if not records_path.exists():
-        raise SystemExit(f"no such records file: {records_path}")
+        raise UsageError(f"no such records file: {records_path}")
     out = Path(args.out) if args.out else records_path.parent
     meta_path = records_path.parent / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}

@@ -68,7 +68,10 @@ def record_key(record: dict) -> tuple:
 
 
 def done_keys(records: Iterable[dict]) -> set[tuple]:
-    return {record_key(r) for r in records}
+    """What --resume skips: successful records, and baselines that cannot run with this pair.
+    A failed record is retried; its retry is appended and replaces it (metrics.dedupe)."""
+    return {record_key(r) for r in records
+            if not r.get("error") or r["error"].get("type") == "Unsupported"}
 
 
 def repair_torn_tail(path: str | os.PathLike) -> None:

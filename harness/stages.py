@@ -51,6 +51,14 @@ def free_memory(device) -> None:
         torch.cuda.empty_cache()
 
 
+def error_info(stage: str, exc: BaseException) -> dict:
+    """A record's `error`: the stage, the type, the message, and the file and sample when the
+    error names them (harness.errors.DataError / ModelLoadError)."""
+    oom = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
+    return {"stage": stage, "type": type(exc).__name__, "message": str(exc)[:2000], "oom": oom,
+            "path": getattr(exc, "path", None), "sample": getattr(exc, "sample", None)}
+
+
 def run_sample(runner, sample, *, max_new_tokens: int = 50, stop_at_eos: bool = False,
                meta: dict | None = None) -> dict:
     """Runs the five stages for one model on one sample; always returns a record."""
@@ -85,9 +93,7 @@ def run_sample(runner, sample, *, max_new_tokens: int = 50, stop_at_eos: bool = 
                       n_visual_tokens=visual_token_count(runner),
                       n_output_tokens=len(tokens), output_tokens=tokens, decode_token_ms=per_token)
     except Exception as exc:  # recorded, never fatal: a long run goes on with the next sample
-        oom = isinstance(exc, torch.cuda.OutOfMemoryError) or "out of memory" in str(exc).lower()
-        record["error"] = {"stage": stage, "type": type(exc).__name__, "message": str(exc)[:2000],
-                           "oom": oom}
+        record["error"] = error_info(stage, exc)
         cache = logits = embeds = prepared = raw = None
         free_memory(device)
     record["stages_ms"] = clock.stages_ms

@@ -324,7 +324,7 @@ def test_end_to_end_on_real_pytest_benchmark_saves(pytester, monkeypatch, tmp_pa
 
 def test_shipped_gate_thresholds_map_each_benchmark_family():
     from harness.compare import load_thresholds, threshold_for
-    from harness.plugin import DEFAULT_GATE_THRESHOLDS
+    from harness.calibration import GATE_THRESHOLDS as DEFAULT_GATE_THRESHOLDS
 
     table, _, _ = load_thresholds(DEFAULT_GATE_THRESHOLDS)
     t = "tests/test_benchmarks.py::"

@@ -107,13 +107,11 @@ def _consistent(state):
 
 
 def _bench_opts(tmp_path, **over):
-    from types import SimpleNamespace
+    from harness import options, runconfig
 
-    opts = dict(profile="tiny", drafter_path=None, target_path=None, data_root=None, device="cpu",
-                drafter_device=None, quant=None, dtype=None, samples=1, durations=["500ms"],
-                max_new_tokens=6, decode="auto", cache_len=None, overlap="auto", drafter_process="on",
-                out=str(tmp_path / "bench"), inject_delay=None)
-    return SimpleNamespace(**{**opts, **over})
+    raw = options.defaults(device="cpu", samples_per_duration="1", durations="500ms", max_new_tokens="6",
+                           drafter_process="on", out=str(tmp_path / "bench"))
+    return runconfig.resolve({**raw, **over}, side="pytest")
 
 
 def test_the_bench_session_runs_its_engine_benchmarks_with_a_drafter_process(tmp_path):
@@ -123,7 +121,9 @@ def test_the_bench_session_runs_its_engine_benchmarks_with_a_drafter_process(tmp
     falls back to the in-process drafter."""
     from harness.benchsupport import BenchSession
 
-    with pytest.raises(ValueError, match="cannot be combined"):
+    from harness.errors import UsageError
+
+    with pytest.raises(UsageError, match="cannot be combined"):
         BenchSession(_bench_opts(tmp_path, inject_delay="decode:5"))
     session = BenchSession(_bench_opts(tmp_path))
     try:

@@ -71,7 +71,19 @@ def _parse_sample(entry: Any, duration: str, root: Path, path: Path, i: int) -> 
 
 
 def load_samples(root: str | Path, duration: str, limit: int | None = None) -> list[Sample]:
-    """Samples of one duration dataset, in manifest order (the first `limit` if given)."""
+    """Samples of one duration dataset, in manifest order (the first `limit` if given); the first
+    malformed entry raises (read_manifest reports each one instead)."""
+    samples, errors = read_manifest(root, duration, limit)
+    if errors:
+        raise errors[0]
+    return samples
+
+
+def read_manifest(root: str | Path, duration: str, limit: int | None = None
+                  ) -> tuple[list[Sample], list[DataError]]:
+    """(samples, one DataError per malformed entry) of one duration dataset, in manifest order,
+    over its first `limit` entries. A missing or unreadable manifest raises DataError: that is a
+    missing duration, not a failed sample."""
     root = Path(root)
     path = manifest_path(root, duration)
     if not path.is_file():
@@ -85,7 +97,14 @@ def load_samples(root: str | Path, duration: str, limit: int | None = None) -> l
         raise DataError(f"manifest unreadable: {e!r}", path=path) from e
     if limit is not None:
         entries = entries[:limit]
-    return [_parse_sample(e, duration, root, path, i) for i, e in enumerate(entries)]
+    samples, errors = [], []
+    for i, e in enumerate(entries):
+        try:
+            samples.append(_parse_sample(e, duration, root, path, i))
+        except DataError as exc:
+            exc.sample = exc.sample or f"entry-{i}"
+            errors.append(exc)
+    return samples, errors
 
 
 def iter_loaded(samples: Iterable[Sample], loader: Callable[[Sample], Any]

@@ -72,9 +72,10 @@ def weight_files(path: str | Path, *, allow_pickle: bool = False) -> tuple[list[
         if not allow_pickle:
             raise ModelLoadError(
                 f"only pickle weights found ({', '.join(p.name for p in pickles)}); pickle can run "
-                "arbitrary code on load: convert to safetensors or pass allow_pickle=True", path=path)
+                "arbitrary code on load: convert them to safetensors once, or pass --allow-pickle "
+                "(--ppbench-allow-pickle) if you trust the file", path=path)
         return pickles, False
-    raise ModelLoadError("no weights found (*.safetensors, or *.bin with allow_pickle=True)", path=path)
+    raise ModelLoadError("no weights found (*.safetensors, or *.bin with --allow-pickle)", path=path)
 
 
 def safetensors_keys(file: Path) -> set[str]:

@@ -1,0 +1,51 @@
+"""What a run prints besides its own progress: third-party noise off, failures listed."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from typing import Iterable
+
+# Exit codes of `ppbench run` (README, "Exit codes").
+EXIT_OK = 0
+EXIT_CRASH = 1          # an unexpected error (a bug, or something we do not know how to name)
+EXIT_USAGE = 2          # a wrong option or input the user can fix; one line, no traceback
+EXIT_FAILURES = 3       # the run finished and wrote its report, but some records failed
+EXIT_INTERRUPTED = 130  # Ctrl-C: the records so far are kept; the message says how to resume
+SHOWN_FAILURES = 10
+
+
+def quiet_third_party(*, progress: bool = True) -> None:
+    """No third-party log noise on a clean run; without progress, no third-party bars either.
+
+    bitsandbytes warns on import on CPUs with AVX512-BF16 that an optional kernel package is
+    missing (it falls back to its own kernel); transformers shows a bar per checkpoint load."""
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    try:
+        from transformers.utils import logging as hf_logging
+    except ImportError:   # pragma: no cover - transformers is a dependency
+        return
+    hf_logging.set_verbosity_error()
+    if not progress:
+        hf_logging.disable_progress_bar()
+        os.environ["TQDM_DISABLE"] = "1"
+
+
+def failure_lines(records: Iterable[dict], limit: int = SHOWN_FAILURES) -> list[str]:
+    """One line per failed record: dataset/sample, who, stage, and the message (which names the
+    file); the first `limit`, then a count of the rest."""
+    failed = [r for r in records if r.get("error") and (r["error"].get("type") != "Unsupported")]
+    lines = []
+    for r in failed[:limit]:
+        e = r["error"]
+        who = r.get("model") if r.get("kind") == "stages" else r.get("mode")
+        lines.append(f"  {r.get('dataset')}/{r.get('sample_id')} {who} [{e.get('stage')}] "
+                     f"{e.get('type')}: {' '.join(str(e.get('message', '')).split())[:300]}")
+    if len(failed) > limit:
+        lines.append(f"  ... and {len(failed) - limit} more (report.md, section Failures)")
+    return lines
+
+
+def error(message: str) -> None:
+    print(f"ppbench: error: {message}", file=sys.stderr)
