@@ -117,8 +117,8 @@ OPTIONS: tuple[Option, ...] = (
 BY_NAME = {o.name: o for o in OPTIONS}
 
 
-def _argparse_kwargs(opt: Option) -> dict:
-    kw = dict(opt.kwargs, help=opt.help_text().replace("%", "%%"), dest=opt.name)
+def _argparse_kwargs(opt: Option, dest: str) -> dict:
+    kw = dict(opt.kwargs, help=opt.help_text().replace("%", "%%"), dest=dest)
     if "metavar" not in kw and not opt.choices and kw.get("action") != "store_true":
         kw["metavar"] = "N" if opt.type is int else opt.name.split("_")[-1].upper()
     if kw.get("action") == "store_true":
@@ -133,13 +133,14 @@ def _argparse_kwargs(opt: Option) -> dict:
 def add_cli_options(parser: argparse.ArgumentParser) -> None:
     for opt in OPTIONS:
         if opt.flag("cli"):
-            parser.add_argument(opt.flag("cli"), **_argparse_kwargs(opt))
+            parser.add_argument(opt.flag("cli"), **_argparse_kwargs(opt, opt.name))
 
 
 def add_pytest_options(group) -> None:
     for opt in OPTIONS:
         if opt.flag("pytest"):
-            group.addoption(opt.flag("pytest"), **_argparse_kwargs(opt))
+            # dest prefixed: pytest has options of its own with these names (--durations)
+            group.addoption(opt.flag("pytest"), **_argparse_kwargs(opt, f"ppbench_{opt.name}"))
 
 
 def defaults(**overrides) -> dict:

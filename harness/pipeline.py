@@ -234,12 +234,12 @@ def run_main(cfg: RunConfig, argv: list[str]) -> int:
         run_id = previous.get("run_id", run_id)   # resumed records keep the run's identity
     elif cfg.resume:
         print(f"--resume: no records in {out}; starting a new run there", file=sys.stderr)
-    print(f"dataset: {run_data.root} ({len(run_data.samples)} samples over {len(cfg.durations)} durations)")
-    for line in run_data.missing:
-        print(f"warning: no dataset for {line}", file=sys.stderr)
     if not run_data.samples and not run_data.bad_entries:
         raise UsageError(f"no samples to measure for durations {', '.join(cfg.durations)} in {run_data.root}"
                          + (f" ({'; '.join(run_data.missing)})" if run_data.missing else ""))
+    print(f"dataset: {run_data.root} ({len(run_data.samples)} samples over {len(cfg.durations)} durations)")
+    for line in run_data.missing:
+        print(f"warning: no dataset for {line}", file=sys.stderr)
 
     t = time.perf_counter()
     drafter, target = open_models(cfg)
@@ -362,7 +362,7 @@ def dataset_main(args) -> int:
         kwargs["samples_per_duration"] = args.samples_per_duration
     if args.root:
         if Path(args.root).exists() and any(Path(args.root).iterdir()) and not args.force:
-            raise SystemExit(f"{args.root} exists and is not empty; pass --force to rebuild it")
+            raise UsageError(f"{args.root} exists and is not empty; pass --force to rebuild it")
         root = synthetic_dsec.build_dataset(args.root, progress=synthetic_dsec._tqdm_progress(),
                                             overwrite=args.force, **kwargs)
     elif args.seed == 0 and args.samples_per_duration is None:
@@ -373,6 +373,6 @@ def dataset_main(args) -> int:
             shutil.rmtree(default, ignore_errors=True)
         root = synthetic_dsec.ensure_default_dataset(progress=True)
     else:
-        raise SystemExit("a non-default seed or sample count needs --root (the cache holds the default)")
+        raise UsageError("a non-default seed or sample count needs --root (the cache holds the default)")
     print(f"dataset built at {root} in {time.perf_counter() - t:.1f} s")
     return 0

@@ -79,12 +79,15 @@ def _deselect_durations(config, items):
         items[:] = keep
 
 
+# pytest-benchmark's hooks: optional, so that pytest without pytest-benchmark still loads the plugin.
+@pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config, machine_info):
     from .benchsupport import machine_info_extra
 
     machine_info.update(machine_info_extra())
 
 
+@pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_json(config, benchmarks, output_json):
     session = getattr(config, "_ppbench_session", None)
     if session is not None:

@@ -17,7 +17,7 @@ from .data.dataset import DURATIONS
 from .engine import resolve_overlap
 from .errors import UsageError
 from .models.static_decode import resolve_decode_impl
-from .options import BY_NAME
+from .options import BY_NAME, DRAFTER_PROCESS_CHOICES
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INJECT_STAGES = ("load", "preprocess", "vision", "prefill", "decode")
@@ -152,6 +152,18 @@ def resolve_device(name: str, flag: str = "--device") -> str:
     return name
 
 
+def resolve_drafter_process(choice: str, drafter_device: str, *, inject_delay: str | None = None) -> bool:
+    """Whether the engine's drafter runs in its own process. auto: yes when the drafter runs on
+    CUDA (its own GPU or the target's) and no delay is injected into the in-process runners; on
+    CPU a thread, since there the two pipelines compete for cores, not for the GIL. Why a process
+    on CUDA: docs/results/README.md (the alpha = 0 probes, thread vs process)."""
+    if choice not in DRAFTER_PROCESS_CHOICES:
+        raise UsageError(f"drafter process must be one of {', '.join(DRAFTER_PROCESS_CHOICES)}, got {choice!r}")
+    if choice != "auto":
+        return choice == "on"
+    return torch.device(drafter_device).type == "cuda" and not inject_delay
+
+
 def _path(raw: dict, name: str, *, what: str, flag=_flag) -> str | None:
     value = raw.get(name)
     if not value:
@@ -207,8 +219,7 @@ def resolve(raw: dict, *, side: str = "cli") -> RunConfig:
     if choice == "on" and inject:
         raise UsageError(f"{flag('inject_delay')} slows the in-process runners only; it cannot be combined "
                          f"with {flag('drafter_process')} on")
-    drafter_process = (choice == "on") if choice != "auto" else \
-        (torch.device(drafter_device).type == "cuda" and not inject)
+    drafter_process = resolve_drafter_process(choice, drafter_device, inject_delay=inject)
 
     return RunConfig(
         profile=profile, drafter_path=drafter_path, target_path=target_path,

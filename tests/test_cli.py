@@ -8,6 +8,16 @@ import pytest
 from harness.cli import build_parser, main
 
 
+def assert_user_error(capsys, argv, pattern):
+    """A user error: exit 2 and one line on stderr that matches `pattern`, no traceback."""
+    import re
+
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert re.search(pattern, err), err
+
+
 def test_subcommands_parse():
     p = build_parser()
     args = p.parse_args(["run", "--profile", "7b-shaped", "--durations", "4s", "--alphas", "0,0.7"])
@@ -19,7 +29,8 @@ def test_subcommands_parse():
 def test_drafter_process_choice():
     """auto (the default) puts the drafter in its own process whenever it runs on CUDA, not on CPU
     and not when a delay is injected into the in-process runners; a bare flag means on."""
-    from harness.pipeline import resolve_drafter_process
+    from harness.errors import UsageError
+    from harness.runconfig import resolve_drafter_process
 
     p = build_parser()
     assert p.parse_args(["run"]).drafter_process == "auto"
@@ -29,13 +40,14 @@ def test_drafter_process_choice():
     assert not resolve_drafter_process("auto", "cpu")
     assert not resolve_drafter_process("auto", "cuda:0", inject_delay="decode:40")
     assert resolve_drafter_process("on", "cpu") and not resolve_drafter_process("off", "cuda:1")
-    with pytest.raises(ValueError, match="drafter process must be one of"):
+    with pytest.raises(UsageError, match="drafter process must be one of"):
         resolve_drafter_process("sometimes", "cpu")
 
 
-def test_plugin_choices_are_the_library_constants():
-    """plugin.py spells the choices out (loading it must not import torch); they must not drift."""
-    from harness import engine, pipeline, plugin
+def test_cli_and_pytest_options_come_from_one_table():
+    """Every run option of the table exists on each side it names, with the same default and
+    choices (harness/options.py generates both, so `ppbench run` and the plugin cannot drift)."""
+    from harness import options, plugin
 
     class Group:
         def __init__(self):
@@ -45,21 +57,26 @@ def test_plugin_choices_are_the_library_constants():
             self.options[name] = kw
 
     group = Group()
-    plugin.pytest_addoption(type("Parser", (), {"getgroup": lambda self, *a, **k: group,
-                                                "addini": lambda self, *a, **k: None})())
-    assert tuple(group.options["--ppbench-overlap"]["choices"]) == engine.OVERLAP_POLICIES
-    assert tuple(group.options["--ppbench-drafter-process"]["choices"]) == pipeline.DRAFTER_PROCESS_CHOICES
+    plugin.pytest_addoption(type("Parser", (), {"getgroup": lambda self, *a, **k: group})())
+    run = next(a for a in build_parser()._subparsers._group_actions[0].choices.values() if a.prog.endswith("run"))
+    cli = {a.option_strings[0]: a for a in run._actions if a.option_strings and a.option_strings[0] != "-h"}
+    for opt in options.OPTIONS:
+        if opt.flag("pytest"):
+            kw = group.options.pop(opt.flag("pytest"))
+            assert kw.get("choices") == (opt.choices if opt.choices else None)
+        if opt.flag("cli"):
+            action = cli.pop(opt.flag("cli"))
+            assert action.default == (False if opt.kwargs.get("action") == "store_true" else opt.default)
+    assert not group.options and not cli   # nothing outside the table
 
 
-def test_dataset_build_refuses_a_nonempty_root(tmp_path):
+def test_dataset_build_refuses_a_nonempty_root(tmp_path, capsys):
     (tmp_path / "something").write_text("x")
-    with pytest.raises(SystemExit, match="not empty"):
-        main(["dataset", "build", "--root", str(tmp_path)])
+    assert_user_error(capsys, ["dataset", "build", "--root", str(tmp_path)], "not empty")
 
 
-def test_report_on_missing_records_names_the_file(tmp_path):
-    with pytest.raises(SystemExit, match="no such records file"):
-        main(["report", str(tmp_path / "nope.jsonl")])
+def test_report_on_missing_records_names_the_file(tmp_path, capsys):
+    assert_user_error(capsys, ["report", str(tmp_path / "nope.jsonl")], "no such records file")
 
 
 def test_compare_routes_to_the_gate(tmp_path, capsys):
@@ -67,18 +84,25 @@ def test_compare_routes_to_the_gate(tmp_path, capsys):
     assert "no saved benchmark" in capsys.readouterr().err
 
 
-def test_bounds_derive_needs_engine_results(tmp_path):
+def test_bounds_derive_needs_engine_results(tmp_path, capsys):
     save = tmp_path / "s.json"
     save.write_text(json.dumps({"benchmarks": [], "machine_info": {}}))
-    with pytest.raises(SystemExit, match="no parallel-prefill"):
-        main(["bounds", "derive", str(save)])
+    assert_user_error(capsys, ["bounds", "derive", str(save)], "no parallel-prefill")
 
 
 def test_gammas_and_alphas_parse():
-    from harness.engine_suite import parse_alphas, parse_gammas
+    """Draft lengths are 'adaptive' or integers >= 1; simulated rates lie in [0, 1]."""
+    from harness.errors import UsageError
+    from harness.runconfig import parse_alphas, parse_gammas
 
     assert parse_gammas("adaptive, 1,4") == ("adaptive", 1, 4)
     assert parse_alphas("0,0.35") == (0.0, 0.35) and parse_alphas("") == ()
+    for bad in ("0", "1,x", ","):
+        with pytest.raises(UsageError):
+            parse_gammas(bad)
+    for bad in ("2", "-0.1", "x"):
+        with pytest.raises(UsageError):
+            parse_alphas(bad)
 
 
 def _fake_run(out, **meta):
@@ -90,22 +114,24 @@ def _fake_run(out, **meta):
     return saved
 
 
-def test_refused_run_leaves_the_existing_run_untouched(tmp_path):
+def test_refused_run_leaves_the_existing_run_untouched(tmp_path, capsys):
     out = tmp_path / "run"
     saved = _fake_run(out)
-    with pytest.raises(SystemExit, match="already holds records"):
-        main(["run", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8"])
+    assert_user_error(capsys, ["run", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8"], "already holds records")
     assert json.loads((out / "meta.json").read_text()) == saved
 
 
-def test_resume_with_different_settings_is_refused(tmp_path):
+def test_resume_with_different_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     _fake_run(out)
-    with pytest.raises(SystemExit, match="max_new_tokens: saved 4, now 8"):
-        main(["run", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8", "--resume"])
+    assert_user_error(capsys, ["run", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8", "--resume"], "max_new_tokens: saved 4, now 8")
 
 
-def test_run_with_no_samples_fails(tmp_path):
-    with pytest.raises(SystemExit, match="no samples to measure"):
-        main(["run", "--durations", "3s", "--out", str(tmp_path / "r"), "--device", "cpu",
-              "--no-progress"])
+def test_run_with_no_samples_fails(tmp_path, capsys):
+    """A dataset root whose manifests hold none of the asked durations is a user error, before any
+    model loads, and leaves no run folder behind."""
+    (tmp_path / "ds" / "manifests").mkdir(parents=True)
+    assert_user_error(capsys, ["run", "--data-root", str(tmp_path / "ds"), "--durations", "4s",
+                               "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress"],
+                      "no samples to measure")
+    assert not (tmp_path / "r").exists()
