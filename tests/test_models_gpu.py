@@ -7,7 +7,8 @@ import torch
 
 from harness.models.profiles import load_drafter, load_target
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow]
+# cuda: these need a real CUDA device even in CPU smoke mode (--ppbench-device cpu skips them)
+pytestmark = [pytest.mark.gpu, pytest.mark.cuda, pytest.mark.slow]
 GiB = 1024 ** 3
 
 
