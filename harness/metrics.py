@@ -282,6 +282,18 @@ def failures(records: Iterable[dict]) -> pd.DataFrame:
     return _sorted(df.groupby(cols).size().reset_index(name="count"))
 
 
+def failure_details(records: Iterable[dict]) -> pd.DataFrame:
+    """One row per failed record: dataset, sample, kind, who, stage, error type, message, file."""
+    cols = ["dataset", "sample_id", "kind", "who", "stage", "type", "message", "file"]
+    rows = [{"dataset": r["dataset"], "sample_id": r["sample_id"], "kind": r["kind"],
+             "who": r.get("model") if r["kind"] == "stages" else r.get("mode"),
+             "stage": r["error"].get("stage"), "type": r["error"].get("type"),
+             "message": " ".join(str(r["error"].get("message", "")).split()),
+             "file": r["error"].get("path")}
+            for r in records if r.get("error") is not None and not _unsupported(r)]
+    return pd.DataFrame(rows, columns=cols)
+
+
 def unsupported_baselines(records: Iterable[dict]) -> pd.DataFrame:
     """Engine baselines that cannot run with this model pair (mode, reason, record count)."""
     rows = [{"mode": r.get("mode"), "reason": r["error"].get("message", "")}
@@ -474,7 +486,8 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
         "datasets": datasets, "stage_summary": stage_summary(stages),
         "stage_overall": overall, "stage_comparison": stage_comparison(overall),
         "unsupported": unsupported_baselines(records),
-        "failures": failures(records), "peak_memory": peak_memory(stages),
+        "failures": failures(records), "failure_details": failure_details(records),
+        "peak_memory": peak_memory(stages),
         "engine_records": engine, "engine": engine_summary(engine, drafter_token_ms),
         "engine_positions": per_position_acceptance(engine),
     }

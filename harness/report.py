@@ -475,10 +475,29 @@ def failures_section(tables: dict, names: dict) -> str:
         return "\n".join(out + ["No sample or engine run failed.", ""] + _unsupported_text(tables))
     rows = [[r["dataset"], r["kind"], names.get(r["who"], r["who"]), r["stage"], r["type"],
              r["count"]] for _, r in f.iterrows()]
+    details = tables.get("failure_details")
+    detail_lines = []
+    if details is not None and len(details):
+        shown = details.head(FAILURES_SHOWN)
+        detail_rows = [[r["dataset"], f"`{r['sample_id']}`", names.get(r["who"], r["who"]), r["stage"],
+                        f"{r['type']}: {_cell(r['message'])}", f"`{r['file']}`" if isinstance(r["file"], str) else "-"]
+                       for _, r in shown.iterrows()]
+        more = f" (the first {len(shown)} of {len(details)}; all are in results.json)" if len(details) > len(shown) else ""
+        detail_lines = ["", f"Each failed record{more}:", "",
+                        md_table(["Dataset", "Sample", "Model / mode", "Stage", "Error", "File"], detail_rows)]
     return "\n".join(out + [md_table(["Dataset", "Kind", "Model / mode", "Stage", "Error",
-                                      "Records"], rows),
-                            "", "Failed records are excluded from every timing statistic.", ""]
+                                      "Records"], rows), *detail_lines,
+                            "", "Failed records are excluded from every timing statistic. "
+                            "`ppbench run --resume` retries them.", ""]
                      + _unsupported_text(tables))
+
+
+FAILURES_SHOWN = 20
+
+
+def _cell(text: str, limit: int = 240) -> str:
+    text = str(text).replace("|", "\\|")
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def methodology(meta: dict, tables: dict, names: dict) -> str:
@@ -522,9 +541,12 @@ def methodology(meta: dict, tables: dict, names: dict) -> str:
         "linear interpolation.", ""])
 
 
-def dataset_status(tables: dict) -> str:
+def dataset_status(tables: dict, meta: dict | None = None) -> str:
     ds = tables["datasets"]
     lines = ["## Dataset status", ""]
+    for missing in (meta or {}).get("missing_datasets") or []:
+        duration, _, why = str(missing).partition(": ")
+        lines.append(f"- **{duration}:** absent, not measured ({why})")
     for _, r in ds.iterrows():
         mark = "complete" if r["failed"] == 0 and r["paired"] == r["samples"] else \
             f"{r['failed']} failed, {r['samples'] - r['paired']} not timed"
@@ -573,7 +595,7 @@ def write_report(records: list[dict], out_dir, meta: dict | None = None) -> Path
              "## Key findings\n\n" + ("\n".join(f"{i}. {s}" for i, s in enumerate(find, 1))
                                       or "No findings: no successful records.") + "\n",
              "---", failures_section(tables, names), "---", methodology(meta, tables, names),
-             "---", dataset_status(tables)]
+             "---", dataset_status(tables, meta)]
     path = out_dir / "report.md"
     path.write_text("\n".join(parts), encoding="utf-8")
     return path

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 from harness.data.synthetic import write_events_h5
 from harness.data.dsec import EventReader, read_events
-from harness.errors import EmptyWindowError
+from harness.errors import DataError, EmptyWindowError
 
 
 @st.composite
@@ -42,10 +42,13 @@ def _edge(draw, t: np.ndarray) -> int:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(stream=streams(), data=st.data(), relative=st.booleans(), compression=st.booleans())
 def test_slice_equals_brute_force_mask(stream, data, relative, compression):
+    """A window [a, b) on either clock returns exactly the events a brute-force mask selects, also
+    when it runs past the last event (served with the events it has, like DSEC's EventSlicer)."""
     x, y, t, p, t_offset = stream
     end = int(t[-1]) + 1
     a = min(max(_edge(data.draw, t), 0), end - 1)
-    b = min(max(_edge(data.draw, t), a + 1), end)
+    b = max(_edge(data.draw, t) + data.draw(st.sampled_from([0, 0, 5000])), a + 1)
+    clock = "relative" if relative else "absolute"
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / "events.h5"
         write_events_h5(path, x, y, t, p, t_offset, compression=compression)
@@ -53,10 +56,10 @@ def test_slice_equals_brute_force_mask(stream, data, relative, compression):
         mask = (t >= a) & (t < b)
         if not mask.any():
             with pytest.raises(EmptyWindowError):
-                read_events(path, a + shift, b + shift, relative=relative)
-            got = read_events(path, a + shift, b + shift, relative=relative, allow_empty=True)
+                read_events(path, a + shift, b + shift, clock=clock)
+            got = read_events(path, a + shift, b + shift, clock=clock, allow_empty=True)
         else:
-            got = read_events(path, a + shift, b + shift, relative=relative)
+            got = read_events(path, a + shift, b + shift, clock=clock)
     np.testing.assert_array_equal(got.t, t[mask])
     np.testing.assert_array_equal(got.x, x[mask])
     np.testing.assert_array_equal(got.y, y[mask])
@@ -90,4 +93,20 @@ def test_reader_attributes(tmp_path):
     write_events_h5(tmp_path / "e.h5", z, z, t, z.astype(np.uint8), 123_456_789, compression=False)
     with EventReader(tmp_path / "e.h5") as r:
         assert (r.t_offset, r.t_last, r.n_events) == (123_456_789, 2999, 4)
-        assert len(r.slice(123_456_789 + 1000, 123_456_789 + 1001, relative=False)) == 2
+        assert len(r.slice(123_456_789 + 1000, 123_456_789 + 1001, clock="absolute")) == 2
+
+
+def test_window_past_the_last_event_is_served_and_one_wholly_outside_is_refused(tmp_path):
+    """DSEC's EventSlicer serves a window that ends after the last event with the events it has;
+    a window that starts after the last event, or before t_offset, is outside the recording."""
+    t = np.array([3, 1000, 1000, 2999], dtype=np.int64)
+    z = np.zeros(4, np.uint16)
+    write_events_h5(tmp_path / "e.h5", z, z, t, z.astype(np.uint8), 7_000, compression=False)
+    with EventReader(tmp_path / "e.h5", sample="s1") as r:
+        assert list(r.slice(1000, 50_000).t) == [1000, 1000, 2999]
+        assert list(r.slice(7_000 + 2_000, 7_000 + 90_000, clock="absolute").t) == [2999]
+        for window in ((3000, 9000), (-5, 10)):
+            with pytest.raises(DataError, match=r"outside the recording.*sample s1.*e\.h5"):
+                r.slice(*window)
+        with pytest.raises(ValueError, match="clock must be one of"):
+            r.slice(0, 10, clock="gps")

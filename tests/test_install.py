@@ -56,7 +56,7 @@ def test_the_wheel_in_a_fresh_venv_runs_the_cli(tmp_path):
     run = _sh([ppbench, "run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "6",
                "--assisted", "off", "--no-progress", "--out", "r"], cwd=work, env=env, timeout=900)
     assert (work / "r" / "report.md").is_file(), run.stdout
-    assert "Failed to load" not in run.stderr and "Traceback" not in run.stderr, run.stderr
+    assert run.stderr.strip() == "", run.stderr      # no third-party noise, no bars with --no-progress
     cmp_ = _sh([ppbench, "compare", str(_save(work / "a.json", 1e-3)), str(_save(work / "b.json", 1e-3))],
                cwd=work, env=env, timeout=300)
     assert "unchanged" in cmp_.stdout

@@ -5,9 +5,15 @@ Layout (DSEC, https://dsec.ifi.uzh.ch/): `events/{x,y}` uint16, `events/t` int64
 ms_to_idx[ms] = first index whose t >= ms*1000, `t_offset` int64 scalar (absolute microseconds).
 Real DSEC files are Blosc/ZSTD compressed, which h5py only reads once `hdf5plugin` is imported.
 
-Times: by default windows are *relative* µs (same clock as `events/t`, which is what DSEC users and
-our manifests pass); pass `relative=False` for absolute µs (the clock of `t_offset` and of DSEC's
-image timestamps). Returned `Events.t` is always relative.
+Clocks. DSEC has two: `events/t` counts µs from `t_offset` (the *relative* clock); `t_offset`, the
+image `timestamps.txt` and the official `EventSlicer.get_events(t_start_us, t_end_us)` use the
+*absolute* clock (relative + t_offset). ppbench's manifests and these functions take relative µs by
+default (`clock="relative"`); pass `clock="absolute"` for times on the official API's clock, e.g.
+image timestamps. Returned `Events.t` is always relative.
+
+Windows are half-open [t_start, t_end). As in the official EventSlicer, a window that runs past the
+last event is served with the events it has; a window wholly outside the recording (ending at or
+before its first µs, or starting after its last event), or starting before t_offset, is an error.
 """
 from __future__ import annotations
 
@@ -22,6 +28,7 @@ from harness.errors import DataError, EmptyWindowError
 
 SENSOR_WIDTH = 640
 SENSOR_HEIGHT = 480
+CLOCKS = ("relative", "absolute")
 _DATASETS = ("events/x", "events/y", "events/t", "events/p", "ms_to_idx", "t_offset")
 
 
@@ -105,22 +112,27 @@ class EventReader:
             raise self._error(f"corrupt ms_to_idx: [{lo}, {hi}) for {self.n_events} events")
         return lo, hi
 
-    def check_window(self, t_start: int, t_end: int, *, relative: bool = True) -> tuple[int, int]:
-        """The window as relative µs; DataError unless it is non-empty and inside [0, t_last]."""
-        if not relative:
+    def check_window(self, t_start: int, t_end: int, *, clock: str = "relative") -> tuple[int, int]:
+        """The window as relative µs; DataError if it is empty, starts before the recording, or lies
+        wholly after its last event. A window running past the last event is kept (served with
+        the events it has, like the official EventSlicer)."""
+        if clock not in CLOCKS:
+            raise ValueError(f"clock must be one of {CLOCKS}, got {clock!r}")
+        if clock == "absolute":
             t_start, t_end = t_start - self.t_offset, t_end - self.t_offset
         t_start, t_end = int(t_start), int(t_end)
         if t_start >= t_end:
             raise self._error(f"empty time window [{t_start}, {t_end}) µs")
-        if t_start < 0 or t_end > self.t_last + 1:
+        if t_start < 0 or t_start > self.t_last:
             raise self._error(f"window [{t_start}, {t_end}) µs (relative) outside the recording "
                               f"[0, {self.t_last + 1})")
         return t_start, t_end
 
-    def slice(self, t_start: int, t_end: int, *, relative: bool = True,
+    def slice(self, t_start: int, t_end: int, *, clock: str = "relative",
               allow_empty: bool = False) -> Events:
-        """Events with t_start <= t < t_end (µs; relative to t_offset unless relative=False)."""
-        t_start, t_end = self.check_window(t_start, t_end, relative=relative)
+        """Events with t_start <= t < t_end µs on `clock` ("relative" to t_offset, the default, or
+        "absolute", the official API's clock)."""
+        t_start, t_end = self.check_window(t_start, t_end, clock=clock)
         lo, hi = self._index_bounds(t_start, t_end)
         t = self._read(lambda: self._t[lo:hi])
         if np.any(np.diff(t) < 0):
@@ -138,11 +150,11 @@ class EventReader:
         return events
 
 
-def read_events(path: str | Path, t_start: int, t_end: int, *, relative: bool = True,
+def read_events(path: str | Path, t_start: int, t_end: int, *, clock: str = "relative",
                 sample: str | None = None, allow_empty: bool = False) -> Events:
-    """One-shot window read: events with t_start <= t < t_end µs (relative to t_offset by default)."""
+    """One-shot window read: events with t_start <= t < t_end µs on `clock` (relative by default)."""
     with EventReader(path, sample=sample) as reader:
-        return reader.slice(t_start, t_end, relative=relative, allow_empty=allow_empty)
+        return reader.slice(t_start, t_end, clock=clock, allow_empty=allow_empty)
 
 
 def read_t_offset(path: str | Path, *, sample: str | None = None) -> int:

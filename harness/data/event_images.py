@@ -55,5 +55,5 @@ def load_event_images(sample: "Sample", window_ms: int = DEFAULT_WINDOW_MS,
     t_start, t_end = drafter_window(sample.t0_us, sample.t1_us, window_ms)
     with EventReader(sample.events_path, sample=sample.id) as reader:
         reader.check_window(sample.t0_us, sample.t1_us)  # the whole clip must be in the recording
-        events = reader.slice(t_start, t_end, relative=True)  # EmptyWindowError names file+sample
+        events = reader.slice(t_start, t_end, clock="relative")  # EmptyWindowError names file+sample
         return events_to_images(events, n_chunks, height=reader.height, width=reader.width)
