@@ -110,3 +110,20 @@ def test_ctrl_c_keeps_the_records_and_prints_the_resume_command(tmp_path):
     kept = len(load_records(out / "records.jsonl"))
     assert f"interrupted: {kept} records kept" in err
     assert f"ppbench run --durations 500ms,1s,2s --out {out}" in err and err.rstrip().endswith("--resume")
+
+
+def test_a_pickle_checkpoint_is_refused_with_the_option_that_allows_it(tmp_path, capsys):
+    """Only pickle weights: refused before unpickling, in one line naming the file and the CLI's
+    --allow-pickle (not a Python keyword the user cannot set)."""
+    from harness.models.tiny import ensure_tiny_checkpoints
+
+    tiny = ensure_tiny_checkpoints()
+    ckpt = tmp_path / "eventgpt-pickle"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text((Path(tiny["drafter"]) / "config.json").read_text())
+    (ckpt / "pytorch_model.bin").write_bytes(b"not unpickled")
+    assert main(["run", "--profile", "real", "--drafter-path", str(ckpt), "--target-path", str(tiny["target"]),
+                 "--durations", "500ms", "--out", str(tmp_path / "r"), *FAST]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "pytorch_model.bin" in err and "--allow-pickle" in err, err
+    assert not (tmp_path / "r").exists()
