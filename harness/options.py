@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 PROFILES = ("tiny", "7b-shaped", "real")
-QUANTS = ("nf4", "none")
+QUANTS = ("nf4", "int4", "none")
 DTYPES = ("float32", "bfloat16", "float16")
-DECODE_CHOICES = ("auto", "hf", "static", "cuda-graph")
+DECODE_CHOICES = ("auto", "hf", "static", "cuda-graph", "compiled")
 OVERLAP_CHOICES = ("auto", "always", "yield-gpu")
 DRAFTER_PROCESS_CHOICES = ("auto", "on", "off")
 DEFAULT_DURATIONS = ("500ms", "1s", "2s", "4s", "5s", "8s", "10s", "16s", "20s")
@@ -67,7 +67,8 @@ OPTIONS: tuple[Option, ...] = (
            "explicit cpu runs the gpu-marked benchmarks on CPU (smoke mode)", "auto"),
     Option("drafter_device", "put the drafter on another device, e.g. cuda:1 (default: the target's)",
            kwargs={"metavar": "DEVICE"}),
-    Option("quant", "LLM linear weights: nf4 (bitsandbytes 4-bit) or none; default nf4 on CUDA, none on CPU",
+    Option("quant", "LLM linear weights: nf4 (bitsandbytes 4-bit), int4 (torch tinygemm, group 128) or none "
+           "(the compute dtype); default nf4 on CUDA, none on CPU",
            choices=QUANTS),
     Option("dtype", "compute dtype; default bfloat16 on CUDA, float32 on CPU", choices=DTYPES),
     # decoding
@@ -75,7 +76,8 @@ OPTIONS: tuple[Option, ...] = (
     Option("stop_at_eos", "stop decoding at EOS (default: always max-new-tokens)", False, pytest=None,
            kwargs={"action": "store_true"}),
     Option("decode", "decode implementation: hf (transformers eager), static (fixed KV cache), cuda-graph "
-           "(static cache, steps replayed as CUDA graphs); auto: cuda-graph on CUDA, hf on CPU", "auto",
+           "(static cache, steps replayed as CUDA graphs), compiled (cuda-graph with the steps' glue fused "
+           "by torch.compile); auto: compiled on CUDA, hf on CPU", "auto",
            choices=DECODE_CHOICES),
     Option("cache_len", "static KV cache positions (default: visual tokens + text budget + max new tokens + "
            "engine overshoot, rounded up to 128)", type=int, kwargs={"metavar": "N"}),

@@ -106,6 +106,9 @@ def start_drafter_process(profile, *, device, quant, dtype, path=None, decode_im
                                             cache_len=cache_len, allow_pickle=allow_pickle))
 
 
+QUANT_LABELS = {"nf4": "NF4 4-bit, double quant, bf16 compute (LLM linears)",
+                "int4": "int4 weight-only, group 128, torch tinygemm (_weight_int4pack_mm), bf16 compute (LLM linears)"}
+
 DECODE_LABELS = {
     "hf": "transformers eager forward, DynamicCache",
     "static": "static KV cache, eager (models/static_decode.py)",
@@ -120,8 +123,7 @@ def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, 
         "profile": profile, "profile_label": PROFILE_LABELS[profile],
         "device": device_name(device), "drafter_device": str(drafter.device),
         "target_device": str(target.device), "dtype": str(dtype).replace("torch.", ""),
-        "quant": quant, "quantization": "NF4 4-bit, double quant, bf16 compute (LLM linears)"
-        if quant == "nf4" else f"none ({str(dtype).replace('torch.', '')})",
+        "quant": quant, "quantization": QUANT_LABELS.get(quant, f"none ({str(dtype).replace('torch.', '')})"),
         "decode_impl": target.decode_impl, "decode_label": DECODE_LABELS[target.decode_impl],
         "decode_setup": {"drafter": drafter.decode_setup, "target": target.decode_setup},
         "data_source": data_source, "data_root": str(root),

@@ -132,7 +132,8 @@ def test_decode_impl_resolution_and_errors():
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_decode_impl("cuda-graph", "cpu")
     with pytest.raises(ValueError, match="one of"):
-        resolve_decode_impl("compiled", "cpu")
+        resolve_decode_impl("fused", "cpu")
+    assert resolve_decode_impl("compiled", "cpu") == "compiled"     # compiled functions, no graphs
     with pytest.raises(ValueError, match="Llama-family"):
         StaticDecoder(torch.nn.Linear(2, 2), max_len=8)
 

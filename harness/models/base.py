@@ -26,7 +26,8 @@ from typing import Any
 import torch
 from transformers import DynamicCache
 
-from harness.models.static_decode import GraphedFunction, StaticDecoder, prefill_buckets, resolve_decode_impl
+from harness.models.static_decode import (GRAPHED_IMPLS, GraphedFunction, StaticDecoder, prefill_buckets,
+                                          resolve_decode_impl)
 
 
 def _cache_kwarg(model: torch.nn.Module) -> str:
@@ -55,20 +56,23 @@ class CausalLMRunner:
         self.decode_setup: dict = {"decode_impl": "hf"}
 
     def use_decode_impl(self, impl: str = "auto", *, max_len: int | None = None,
-                        prompt_tokens: tuple[int, int] | None = None) -> dict:
-        """Switch stages 4-5 to 'hf', 'static' or 'cuda-graph' (see models/static_decode.py).
+                        prompt_tokens: tuple[int, int] | None = None, compile_backend="inductor") -> dict:
+        """Switch stages 4-5 to 'hf', 'static', 'cuda-graph' or 'compiled' (see models/static_decode.py).
         Static impls need `max_len`, the cache size in positions. 'cuda-graph' also graphs the
         prefill for prompts of prompt_tokens = (shortest, longest) positions, in buckets, and the
-        vision stage's one input shape (`vision_example`). Returns what was set up."""
+        vision stage's one input shape (`vision_example`); 'compiled' is 'cuda-graph' with the
+        decode/verify steps' glue compiled (on CPU: compiled, no graphs). Returns what was set up."""
         impl = resolve_decode_impl(impl, self.device)
         self.static, self.vision_graph, self.decode_impl = None, None, impl
         info = {"decode_impl": impl}
         if impl != "hf":
             if not max_len or max_len < 2:
                 raise ValueError(f"decode impl {impl!r} needs max_len (cache positions), got {max_len!r}")
-            self.static = StaticDecoder(self.model, max_len=max_len, graphs=impl == "cuda-graph")
+            graphs = impl in GRAPHED_IMPLS and self.device.type == "cuda"
+            self.static = StaticDecoder(self.model, max_len=max_len, graphs=graphs, fused=impl == "compiled",
+                                        compile_backend=compile_backend)
             info.update(cache_len=int(max_len), cache_bytes=self.static.memory_bytes())
-            if impl == "cuda-graph":
+            if graphs:
                 buckets = prefill_buckets(*prompt_tokens, max_len=max_len) if prompt_tokens else []
                 seconds = self.static.capture_graphs(prefill_sizes=buckets)
                 example = self.vision_example()
@@ -85,6 +89,12 @@ class CausalLMRunner:
                 info["graph_capture_s"] = round(seconds, 3)
                 info["graph_sizes"] = sorted(self.static.graphs)
                 info["prefill_graph_sizes"] = sorted(self.static.prefill_graphs)
+                info["graph_pool_bytes"] = self.static.pool_bytes
+            if impl == "compiled":
+                info["compile_s"] = round(self.static.compile_s, 3)
+                info["compile_backend"] = str(self.static.glue.backend)
+                if self.static.glue.error:
+                    info["compile_error"] = self.static.glue.error
         self.decode_setup = info
         return info
 

@@ -19,7 +19,7 @@ from harness.models.eventgpt import (CLIP_L14_336, EventChatConfig, EventChatLla
 from harness.models.eventgpt import SKIP_QUANT as EVENTGPT_SKIP
 from harness.models.eventgpt import canonical_key as eg_canonical
 from harness.models.eventgpt import visual_token_count as eventgpt_visual_tokens
-from harness.models.quant import bnb_config, check_quant, materialize_
+from harness.models.quant import bnb_config, check_quant, materialize_, quantize_int4_
 from harness.models.videollava import SKIP_QUANT as VIDEOLLAVA_SKIP
 from harness.models.videollava import canonical_key as vl_canonical
 from harness.models.videollava import VideoLlavaRunner
@@ -116,6 +116,8 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
     bad = {k: sorted(info.get(k) or []) for k in ("missing_keys", "mismatched_keys") if info.get(k)}
     if bad:
         raise ModelLoadError(f"from_pretrained left weights unloaded: {bad}", path=path)
+    if quant == "int4":        # loaded in `dtype`, then converted layer by layer (models/quant.py)
+        quantize_int4_(model, skip)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
