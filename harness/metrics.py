@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import math
 import re
-from typing import Iterable, Sequence
+from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -468,6 +468,46 @@ def _sorted(df: pd.DataFrame) -> pd.DataFrame:
     key = df["dataset"].map(lambda d: (2, 0.0, "") if d == "all" else duration_sort_key(d))
     order = sorted(range(len(df)), key=lambda i: key.iloc[i])  # sorted() is stable
     return df.iloc[order].reset_index(drop=True)
+
+
+# -- verify cost and the hidden block's break-even (issue 19) ------------------------------------------
+def verify_cost(curve: Mapping[int, float], m: int) -> float:
+    """Measured ms of a step of m tokens from a verify-cost curve {M: ms}: the smallest measured
+    M >= m (a graphed step of m tokens replays the next captured size). nan past the curve."""
+    sizes = sorted(k for k in curve if k >= m)
+    return float(curve[sizes[0]]) if sizes else math.nan
+
+
+def expected_prefix(alpha: float, n: int) -> float:
+    """Expected accepted prefix of n drafts accepted i.i.d. with probability alpha: sum alpha^i."""
+    return float(sum(alpha ** i for i in range(1, n + 1)))
+
+
+def break_even_accepted(curve: Mapping[int, float], block: int) -> float:
+    """Accepted drafts (after the first) a hidden block of `block` drafts needs to pay for itself.
+
+    The first draft is checked free by the prefill logits; once it is accepted, target-only would
+    run one decode step (c(1)) for its next token, and the engine runs one verify step of the
+    block (c(block)), which yields that token plus one per further accepted draft, each saving a
+    decode step. So the block pays when accepted-after-the-first > c(block) / c(1) - 1."""
+    return max(0.0, verify_cost(curve, block) / verify_cost(curve, 1) - 1.0)
+
+
+def break_even_alpha(curve: Mapping[int, float], block: int) -> float:
+    """The i.i.d. acceptance at which a hidden block of `block` drafts starts to pay: alpha with
+    expected_prefix(alpha, block - 1) = break_even_accepted(curve, block). 0 when the verify step
+    costs no more than a decode step, nan when no acceptance pays (need > block - 1) or the curve
+    does not reach `block`."""
+    need = break_even_accepted(curve, block)
+    if math.isnan(need) or block < 1 or need > block - 1:
+        return math.nan
+    if need == 0:
+        return 0.0
+    lo, hi = 0.0, 1.0
+    for _ in range(60):          # expected_prefix is increasing in alpha
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if expected_prefix(mid, block - 1) < need else (lo, mid)
+    return (lo + hi) / 2
 
 
 # -- everything ------------------------------------------------------------------------------------
