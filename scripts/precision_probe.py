@@ -17,8 +17,9 @@ static decoders: eager `static`, `cuda-graph` and `compiled` (models/static_deco
                decode: the real steps, real greedy acceptance, CUDA events
   memory       weights, static caches, graph pools, torch peak, whole-device use (NVML)
 
-and at the end the NF4 pair as the engine holds it (drafter + target, compiled decode with every
-graph the run captures) with its whole-device memory.
+and first the NF4 pair as the engine holds it (drafter + target, compiled decode with every
+graph the run captures) with its whole-device memory, then with the drafter again in its own process
+(the CUDA default); last, an fp32 check that the compiled path's bf16 differences are rounding.
 
   python scripts/precision_probe.py --out $OUT                   # on a GPU host (H200: ~5 min)
   python scripts/precision_probe.py --device cpu --profile tiny   # CPU dry run of the same code
@@ -249,7 +250,10 @@ def probe_precision(args, precision, device, t, bandwidth):
         decs["cuda-graph"] = StaticDecoder(runner.model, max_len=max_len, graphs=True)
     decs["compiled"] = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True,
                                      compile_backend=args.compile_backend)
-    if args.variant == "on":
+    if "math" in args.variants:
+        decs["compiled-math"] = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True,
+                                              compile_backend=args.compile_backend, attention="math")
+    if "eager-write" in args.variants:
         v = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, compile_backend=args.compile_backend)
         v.glue.fns["attend"] = eager_write_attend(args.compile_backend)
         decs["compiled-eager-write"] = v
@@ -303,9 +307,12 @@ def probe_precision(args, precision, device, t, bandwidth):
     res["break_even"] = {name: {str(b): {"accepted_needed": metrics.break_even_accepted(c, b),
                                          "alpha": metrics.break_even_alpha(c, b)} for b in CURVE if b > 1}
                          for name, c in curve.items() if name != "static"}
-    res["sim_alpha"] = sim_alpha(decs.get("compiled", eager), ids[:, :prompt], t, alphas=args.alphas,
+    sim_dec = decs.get(args.sim_impl, decs.get("compiled", eager))
+    res["sim_alpha"] = sim_alpha(sim_dec, ids[:, :prompt], t, alphas=args.alphas,
                                  block=args.block, tokens=args.tokens, seeds=args.seeds, device=device)
-    res["sim_alpha"]["predicted_break_even_alpha"] = metrics.break_even_alpha(curve[best], args.block)
+    res["sim_alpha"]["impl"] = args.sim_impl if args.sim_impl in decs else best
+    res["sim_alpha"]["predicted_break_even_alpha"] = metrics.break_even_alpha(curve[res["sim_alpha"]["impl"]],
+                                                                              args.block)
     if cuda:
         res["torch_peak_allocated_bytes"] = torch.cuda.max_memory_allocated(device)
         res["device_used"] = gpu_memory.used_bytes(device)
@@ -317,6 +324,55 @@ def probe_precision(args, precision, device, t, bandwidth):
     return res
 
 
+def teacher(dec, prompt_ids, feed):
+    """Logits of a prefill, then one decode step per token of `feed`, then a verify of feed[:9]."""
+    with torch.inference_mode():
+        cache = prefill(dec, prompt_ids)
+        steps = [dec.forward(cache, input_ids=feed[:, i:i + 1])[-1] for i in range(feed.shape[1])]
+        verify = dec.forward(cache, input_ids=feed[:, :9], keep=9)
+    return torch.stack(steps).float(), verify.float()
+
+
+def fp32_check(args, device):
+    """Is the compiled path's bf16 difference rounding? The 7B-shaped target in fp32: compiled vs eager
+    static in fp32; then the same weights in bf16: each path's distance to the fp32 eager logits."""
+    runner = build_shaped("target", device=device, quant="none", dtype=torch.float32)
+    model, max_len = runner.model, 2304
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    vocab = model.get_input_embeddings().weight.shape[0]
+    ids = torch.randint(3, vocab, (1, args.prompt + 16), generator=gen).to(device)
+    prompt, feed = ids[:, :args.prompt], ids[:, args.prompt:]
+    out = {}
+
+    def dist(a, b, ref):
+        scale = float(ref[0].std())
+        return {"decode_max_rel": float((a[0] - b[0]).abs().max()) / scale,
+                "decode_mean_rel": float((a[0] - b[0]).abs().mean()) / scale,
+                "verify_max_rel": float((a[1] - b[1]).abs().max()) / scale,
+                "argmax_match": float((a[0].argmax(-1) == b[0].argmax(-1)).float().mean())}
+
+    ref = teacher(StaticDecoder(model, max_len=max_len), prompt, feed)
+    for name, kw in (("compiled", {}), ("compiled-math", {"attention": "math"})):
+        d = StaticDecoder(model, max_len=max_len, graphs=True, fused=True, **kw)
+        d.capture_graphs(sizes=(1, 9))
+        out[f"fp32 {name} vs fp32 static"] = dist(teacher(d, prompt, feed), ref, ref)
+        del d
+    model.to(torch.bfloat16)
+    torch.cuda.empty_cache()
+    for name, kw in (("static", None), ("cuda-graph", {}), ("compiled", {"fused": True}),
+                     ("compiled-math", {"fused": True, "attention": "math"})):
+        d = StaticDecoder(model, max_len=max_len) if kw is None else StaticDecoder(model, max_len=max_len,
+                                                                                   graphs=True, **kw)
+        if kw is not None:
+            d.capture_graphs(sizes=(1, 9))
+        out[f"bf16 {name} vs fp32 static"] = dist(teacher(d, prompt, feed), ref, ref)
+        del d
+    del runner, model
+    gc.collect()
+    torch.cuda.empty_cache()
+    return out
+
+
 def nf4_pair_memory(args, device):
     """The NF4 pair with compiled decode as the engine holds them in one process: whole-device use."""
     before = gpu_memory.used_bytes(device)
@@ -324,7 +380,16 @@ def nf4_pair_memory(args, device):
         drafter, target = load_pair(args.profile, device=device, quant="nf4", dtype=torch.bfloat16)
         setup = configure_decode([drafter, target], "compiled", max_new_tokens=50)
         after = gpu_memory.used_bytes(device)
+    proc = None
+    if args.process == "on":
+        from harness.pipeline import start_drafter_process
+
+        proc = start_drafter_process(args.profile, device=device, quant="nf4", dtype=torch.bfloat16,
+                                     decode_impl="compiled", max_new_tokens=50)
+        with_process = gpu_memory.used_bytes(device)
+        proc.close()
     out = {"device_used_before": before["device_used"], "device_used_after": after["device_used"],
+           "with_drafter_process": with_process if proc is not None else None,
            "processes_after": after["processes"], "peaks": sampler.peaks(),
            "weights_bytes": {"drafter": drafter.memory_footprint(), "target": target.memory_footprint()},
            "decode_setup": setup, "torch_allocated_bytes": torch.cuda.memory_allocated(device),
@@ -348,14 +413,21 @@ def main():
     p.add_argument("--block", type=int, default=9, help="hidden block size of the simulated-alpha runs")
     p.add_argument("--tokens", type=int, default=32)
     p.add_argument("--seeds", type=int, default=8)
+    p.add_argument("--sim-impl", default="compiled", help="decoder of the simulated-alpha runs")
     p.add_argument("--hbm-tbs", type=float, default=4.8, help="spec bandwidth, TB/s (H200: 4.8)")
     p.add_argument("--compile-backend", default="inductor", help="aot_eager: a quick CPU dry run")
-    p.add_argument("--variant", choices=["on", "off"], default="on",
-                   help="also time compiled with the K/V write and attention eager")
+    p.add_argument("--variants", default="math",
+                   help="extra compiled variants to time: math (attention as matmuls), eager-write "
+                        "(K/V write and SDPA eager), comma-separated or none")
+    p.add_argument("--fp32-check", choices=["on", "off"], default="on",
+                   help="fp32 7B-shaped target: compiled vs eager, and each bf16 path vs fp32")
+    p.add_argument("--process", choices=["on", "off"], default="on",
+                   help="with the pair, the drafter again in its own process (the CUDA default's layout)")
     p.add_argument("--pair", choices=["on", "off"], default="on")
     p.add_argument("--budget-s", type=float, default=1e9, help="skip remaining parts past this many seconds")
     args = p.parse_args()
     args.alphas = [float(a) for a in args.alphas.split(",")]
+    args.variants = [v for v in args.variants.split(",") if v and v != "none"]
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -369,7 +441,16 @@ def main():
     def save():
         (out / "precision_probe.json").write_text(json.dumps(results, indent=1, default=str))
 
-    for precision in args.precisions.split(","):
+    if args.pair == "on" and device.type == "cuda":
+        try:
+            results["nf4_pair"] = nf4_pair_memory(args, device)
+            print(f"nf4 pair: {json.dumps({k: v for k, v in results['nf4_pair'].items() if k != 'decode_setup'})}",
+                  flush=True)
+        except Exception as exc:  # noqa: BLE001
+            results["errors"]["nf4_pair"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            print(results["errors"]["nf4_pair"], flush=True)
+        save()
+    for precision in [p for p in args.precisions.split(",") if p]:
         if time.perf_counter() - t_start > args.budget_s:
             results["errors"][precision] = "skipped: time budget"
             continue
@@ -388,12 +469,13 @@ def main():
             if device.type == "cuda":
                 torch.cuda.empty_cache()
         save()
-    if args.pair == "on" and device.type == "cuda" and time.perf_counter() - t_start < args.budget_s:
+    if args.fp32_check == "on" and device.type == "cuda" and time.perf_counter() - t_start < args.budget_s:
         try:
-            results["nf4_pair"] = nf4_pair_memory(args, device)
-            print(f"nf4 pair: {json.dumps(results['nf4_pair']['peaks'])}", flush=True)
+            results["fp32_check"] = fp32_check(args, device)
+            print(f"fp32 check: {json.dumps(results['fp32_check'])}", flush=True)
         except Exception as exc:  # noqa: BLE001
-            results["errors"]["nf4_pair"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            results["errors"]["fp32_check"] = f"{type(exc).__name__}: {exc}\n{traceback.format_exc()}"
+            print(results["errors"]["fp32_check"], flush=True)
     results["wall_s"] = time.perf_counter() - t_start
     save()
     print(f"done in {results['wall_s']:.0f} s -> {out / 'precision_probe.json'}")

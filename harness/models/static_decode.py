@@ -199,29 +199,53 @@ def rope_write_attend(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: 
     return o.transpose(1, 2).reshape(1, n, -1)
 
 
+def rope_write_attend_math(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float,
+                           gqa: bool):
+    """rope_write_attend with attention written out (q K^T, masked softmax in float32, P V), so the
+    compiler lowers it to two batched matmuls and fused elementwise kernels instead of one SDPA
+    kernel (for a few query rows, SDPA's kernels parallelize over heads and query blocks only)."""
+    n = q.shape[1]
+    q = q.view(1, n, -1, head_dim).transpose(1, 2)
+    k = k.view(1, n, -1, head_dim).transpose(1, 2)
+    v = v.view(1, n, -1, head_dim).transpose(1, 2)
+    q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    kbuf.index_copy_(2, positions, k)
+    vbuf.index_copy_(2, positions, v)
+    keys, values = kbuf, vbuf
+    if gqa:
+        groups = q.shape[1] // kbuf.shape[1]
+        keys, values = kbuf.repeat_interleave(groups, dim=1), vbuf.repeat_interleave(groups, dim=1)
+    scores = (q @ keys.transpose(-1, -2)).float() * scale
+    p = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(q.dtype)
+    return (p @ values).transpose(1, 2).reshape(1, n, -1)
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
 GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "attend": rope_write_attend, "silu_mul": silu_mul}
+ATTENTION = {"sdpa": rope_write_attend, "math": rope_write_attend_math}
 
 
 class FusedGlue:
     """GLUE's functions through torch.compile (one compiled code object each, shared by every layer
     and both models); after a compile failure, the eager functions (`error` says why)."""
 
-    def __init__(self, backend: str = "inductor"):
+    def __init__(self, backend: str = "inductor", attention: str = "sdpa"):
         # Step sizes 1..65 recompile once (static first, then dynamic in the step length); allow more
         # than the default 8 so a second model or prefill-size graph never hits the limit.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
-        self.backend = backend
-        self.fns = {name: torch.compile(fn, backend=backend) for name, fn in GLUE.items()}
+        self.backend, self.attention = backend, attention
+        self.glue = dict(GLUE, attend=ATTENTION[attention])
+        self.fns = {name: torch.compile(fn, backend=backend) for name, fn in self.glue.items()}
         self.error: str | None = None
 
     def fall_back(self, exc: BaseException) -> None:
-        self.error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+        text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+        self.error = f"{type(exc).__name__}: {text}"[:300]
         warnings.warn(f"torch.compile of the decode step failed; it runs eagerly: {self.error}")
-        self.fns = dict(GLUE)
+        self.fns = dict(self.glue)
 
 
 @dataclass
@@ -262,7 +286,7 @@ class StaticDecoder:
     """Fixed-size K/V buffers plus the Llama forward over them; one live sequence at a time."""
 
     def __init__(self, model: torch.nn.Module, *, max_len: int, graphs: bool = False, fused: bool = False,
-                 compile_backend: str = "inductor"):
+                 compile_backend: str = "inductor", attention: str = "sdpa"):
         self.dec, self.head = llama_parts(model)
         attn = self.dec.layers[0].self_attn
         cfg = self.dec.config
@@ -280,7 +304,7 @@ class StaticDecoder:
         self.prefill_graphs: dict[int, _PrefillGraph] = {}
         self._prefill_sizes: list[int] = []
         self._pool = None
-        self.glue = FusedGlue(compile_backend) if fused else None
+        self.glue = FusedGlue(compile_backend, attention) if fused else None
         self._compiled: set[int] = set()     # step sizes whose first (compiling) call is done
         self.compile_s = 0.0
         self.pool_bytes = 0      # CUDA memory reserved while capturing (the graphs' private pool)
@@ -434,6 +458,7 @@ class StaticDecoder:
         if self.graphs is None:
             raise RuntimeError("this decoder was built without graphs")
         t0 = time.perf_counter()
+        torch.cuda.empty_cache()         # so the reserved delta below is the graphs' pool
         reserved = torch.cuda.memory_reserved(self.device)
         self.epoch += 1
         for k in sorted(set(sizes)):

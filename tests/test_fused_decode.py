@@ -1,0 +1,172 @@
+"""Decode 'compiled' (models/static_decode.py: the glue between the linears through torch.compile)
+and int4 weight-only linears (models/quant.py, torch's tinygemm op), on CPU; the same equality on
+the GPU with CUDA graphs is the gpu-marked test at the end. Timing is scripts/precision_probe.py's."""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from harness import engine as E
+from harness.models.base import TextRunner
+from harness.models.quant import Int4Linear, int4_linear, quantize_int4, quantize_int4_
+from harness.models.static_decode import StaticDecoder
+
+from fixtures.engine_testers import CharTokenizer, tiny_llama
+
+QUICK = "aot_eager"      # dynamo + AOT tracing (mutations, views, shapes) without a C++ build
+
+
+def _steps(dec, ids, plan):
+    """Prefill ids[:, :plan[0]], then one step per (start, end) of plan[1:] -> list of logits."""
+    out = []
+    with torch.inference_mode():
+        cache = dec.new_cache()
+        dec.forward(cache, input_ids=ids[:, :plan[0]])
+        for start, end in plan[1:]:
+            cache.length = start                       # a crop, as the engine does after a verify
+            out.append(dec.forward(cache, input_ids=ids[:, start:end], keep=end - start))
+    return out
+
+
+PLAN = (12, (12, 13), (13, 17), (15, 16), (16, 25), (25, 26), (26, 28))
+
+
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_compiled_steps_match_the_eager_static_path(attention):
+    """Decode and verify steps of every size, after crops, give the eager static path's logits (fp32)."""
+    model = tiny_llama(11)
+    ids = torch.randint(3, 90, (1, 40))
+    eager = StaticDecoder(model, max_len=64)
+    fused = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK, attention=attention)
+    for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+    assert fused.glue.error is None and fused.compile_s > 0 and fused._compiled == {1, 4, 9, 2}
+
+
+@pytest.mark.slow
+def test_compiled_with_inductor_matches_the_eager_static_path():
+    """The default backend (inductor: generated C++ on CPU) gives the same logits to fp32 rounding."""
+    model = tiny_llama(12)
+    ids = torch.randint(3, 90, (1, 20))
+    plan = (12, (12, 13), (13, 14))
+    eager = StaticDecoder(model, max_len=32)
+    fused = StaticDecoder(model, max_len=32, fused=True)
+    for a, b in zip(_steps(eager, ids, plan), _steps(fused, ids, plan)):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    assert fused.glue.error is None
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning():
+    """A compiler that fails leaves a working decoder (the eager glue), says why once, and records it."""
+    def broken(gm, example_inputs):
+        raise RuntimeError("no compiler here")
+
+    model = tiny_llama(13)
+    ids = torch.randint(3, 90, (1, 40))
+    fused = StaticDecoder(model, max_len=64, fused=True, compile_backend=broken)
+    with pytest.warns(UserWarning, match="torch.compile of the decode step failed.*no compiler here"):
+        got = _steps(fused, ids, PLAN)
+    for a, b in zip(_steps(StaticDecoder(model, max_len=64), ids, PLAN), got):
+        torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
+    assert "no compiler here" in fused.glue.error
+
+
+def test_runner_reports_compiled_setup_and_the_engine_stays_lossless():
+    """use_decode_impl('compiled') on CPU: compiled glue, no graphs, compile time in decode_setup; the
+    engine's output on it equals target-only greedy decoding (fp32, bit-exact tokens)."""
+    model = tiny_llama(14)
+    drafter = TextRunner(tiny_llama(15, layers=1), CharTokenizer(prefix=(1, 5), eos_token_id=None), name="drafter")
+    target = TextRunner(model, CharTokenizer(eos_token_id=None), name="target")
+    for r in (drafter, target):
+        info = r.use_decode_impl("compiled", max_len=256, compile_backend=QUICK)
+        assert info["decode_impl"] == "compiled" and "graph_sizes" not in info
+        assert info["compile_backend"] == QUICK and "compile_error" not in info
+    for prompt, gamma, alpha in (("abc def", 3, None), ("hello?", "adaptive", 0.7), ("a", 1, 1.0)):
+        ref = E.target_only(target, prompt, max_new_tokens=20).output_tokens
+        res = E.parallel_prefill_decode(drafter, target, prompt, max_new_tokens=20, gamma=gamma, alpha=alpha,
+                                        reference_tokens=ref if alpha is not None else None)
+        assert res.output_tokens == ref
+    assert target.static.compile_s > 0
+
+
+# -- int4 (tinygemm) -------------------------------------------------------------------------------
+def _dequant(lin: Int4Linear, q_codes: torch.Tensor) -> torch.Tensor:
+    sz = lin.scales_and_zeros.float()                        # (in/group, out, 2)
+    scales = sz[..., 0].t().repeat_interleave(lin.group, dim=1)
+    zeros = sz[..., 1].t().repeat_interleave(lin.group, dim=1)
+    return (q_codes.float() - 8) * scales + zeros
+
+
+@pytest.mark.parametrize("in_f,out_f", [(64, 96), (256, 32)])
+def test_int4_linear_computes_x_times_its_dequantized_weight(in_f, out_f):
+    """Int4Linear(x) = x @ dequant(W).T to bf16 rounding, and dequant(W) is within half a step of W."""
+    torch.manual_seed(0)
+    lin = nn.Linear(in_f, out_f, bias=True)
+    with torch.no_grad():
+        lin.bias.normal_()
+    q = int4_linear(lin)
+    assert q.group == min(128, in_f)
+    w = lin.weight.detach()
+    g = w.reshape(-1, q.group)
+    lo, hi = g.amin(1, keepdim=True), g.amax(1, keepdim=True)
+    codes = ((g - lo) / ((hi - lo) / 15)).round().clamp(0, 15).reshape_as(w)
+    deq = _dequant(q, codes)
+    step = ((hi - lo) / 15).repeat_interleave(q.group, dim=1).reshape(out_f, -1)
+    assert ((deq - w).abs() <= step.reshape_as(w) * 0.5 + 1e-2 * step.reshape_as(w) + 2e-3).all()
+    x = torch.randn(3, 5, in_f)
+    ref = x.to(torch.bfloat16).float() @ deq.t() + lin.bias
+    torch.testing.assert_close(q(x), ref, atol=0.05 * ref.abs().max().item(), rtol=0.02)
+    assert q(x).shape == (3, 5, out_f) and q(x).dtype == x.dtype
+
+
+def test_quantize_int4_replaces_eligible_linears_and_keeps_the_model_working():
+    """Every linear outside skip_modules becomes Int4Linear (lm_head kept), the footprint shrinks,
+    and greedy decoding on static and compiled paths agrees (same int4 weights)."""
+    model = tiny_llama(16, hidden=64)
+    before = model.get_memory_footprint()
+    quantize_int4_(model, ["lm_head"])
+    kinds = {type(m).__name__ for n, m in model.named_modules() if n.endswith(("_proj",))}
+    assert kinds == {"Int4Linear"} and isinstance(model.lm_head, nn.Linear)
+    assert model.get_memory_footprint() < before
+    ids = torch.randint(3, 90, (1, 40))
+    eager = StaticDecoder(model, max_len=64)
+    fused = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK)
+    for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
+        torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
+
+
+def test_int4_refuses_widths_tinygemm_cannot_group():
+    with pytest.raises(ValueError, match="divisible by 32"):
+        quantize_int4(torch.randn(8, 40))
+
+
+def test_tiny_pair_loads_in_int4_through_the_checkpoint_path():
+    """quant='int4' on the real loading path (from_pretrained, then conversion): LM linears are int4,
+    vision tower and lm_head stay in the compute dtype, and a prefill + decode runs."""
+    from harness.models.profiles import load_target
+    from test_models_contract import embeds_of
+
+    target = load_target("tiny", quant="int4", dtype=torch.float32)
+    mods = dict(target.model.named_modules())
+    assert any(isinstance(m, Int4Linear) for m in mods.values())
+    assert not any(isinstance(m, Int4Linear) for n, m in mods.items() if "vision" in n or n.endswith("lm_head"))
+    cache, logits = target.prefill(embeds_of(target))
+    assert torch.isfinite(target.decode(int(logits.argmax()), cache)).all()
+
+
+# -- GPU --------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
+def test_compiled_graphs_match_the_eager_static_path_on_the_gpu(attention):
+    """CUDA graphs of the compiled step (inductor) give the eager static path's logits (fp32 tiny model)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = tiny_llama(17).cuda()
+    ids = torch.randint(3, 90, (1, 40), device="cuda")
+    eager = StaticDecoder(model, max_len=64)
+    fused = StaticDecoder(model, max_len=64, graphs=True, fused=True, attention=attention)
+    fused.capture_graphs(sizes=(1, 2, 4, 9))
+    assert fused.glue.error is None and fused.compile_s > 0 and fused.pool_bytes >= 0
+    for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
