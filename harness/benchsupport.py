@@ -155,6 +155,7 @@ class BenchSession:
         self._stages: dict[str, list[dict]] = {}
         self._engine: dict[str, list[dict]] = {}
         self._warm = False
+        self.opts, self._curves = opts, {}
 
     def _append(self, record: dict) -> None:
         self.records.append(record)
@@ -165,6 +166,18 @@ class BenchSession:
             first = next(s for d in self.durations for s in self.samples[d])
             warm_up([self.drafter, self.target], first)
             self._warm = True
+
+    def verify_curve(self, precision: str) -> dict:
+        """The target's verify-cost curve in `precision` (harness/verify_cost.py), measured once per
+        session on a target built for it and freed after; the session's own target is untouched."""
+        from .verify_cost import curve_for_precision
+
+        if precision not in self._curves:
+            self._curves[precision] = curve_for_precision(
+                self.opts.profile, precision, device=self.target.device, decode_impl=self.opts.decode,
+                max_new_tokens=self.opts.max_new_tokens, cache_len=self.opts.cache_len,
+                target_path=self.opts.target_path)
+        return self._curves[precision]
 
     def stages(self, duration: str) -> list[dict]:
         if duration not in self._stages:

@@ -490,7 +490,8 @@ def break_even_accepted(curve: Mapping[int, float], block: int) -> float:
     run one decode step (c(1)) for its next token, and the engine runs one verify step of the
     block (c(block)), which yields that token plus one per further accepted draft, each saving a
     decode step. So the block pays when accepted-after-the-first > c(block) / c(1) - 1."""
-    return max(0.0, verify_cost(curve, block) / verify_cost(curve, 1) - 1.0)
+    extra = verify_cost(curve, block) / verify_cost(curve, 1) - 1.0
+    return extra if math.isnan(extra) else max(0.0, extra)
 
 
 def break_even_alpha(curve: Mapping[int, float], block: int) -> float:

@@ -110,6 +110,9 @@ QUANT_LABELS = {"nf4": "NF4 4-bit, double quant, bf16 compute (LLM linears)",
                 "int4": "int4 weight-only, group 128, torch tinygemm (_weight_int4pack_mm), bf16 compute (LLM linears)"}
 
 DECODE_LABELS = {
+    "compiled": ("static KV cache; vision encoder, prefill (64-position buckets) and decode/verify steps "
+                 "replayed as CUDA graphs, the steps' glue between the linears fused by torch.compile "
+                 "(models/static_decode.py)"),
     "hf": "transformers eager forward, DynamicCache",
     "static": "static KV cache, eager (models/static_decode.py)",
     "cuda-graph": ("static KV cache; vision encoder, prefill (64-position buckets) and decode/verify "

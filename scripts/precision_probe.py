@@ -250,6 +250,9 @@ def probe_precision(args, precision, device, t, bandwidth):
         decs["cuda-graph"] = StaticDecoder(runner.model, max_len=max_len, graphs=True)
     decs["compiled"] = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True,
                                      compile_backend=args.compile_backend)
+    if "sdpa" in args.variants:
+        decs["compiled-sdpa"] = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True,
+                                              compile_backend=args.compile_backend, attention="sdpa")
     if "math" in args.variants:
         decs["compiled-math"] = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True,
                                               compile_backend=args.compile_backend, attention="math")
@@ -352,14 +355,14 @@ def fp32_check(args, device):
                 "argmax_match": float((a[0].argmax(-1) == b[0].argmax(-1)).float().mean())}
 
     ref = teacher(StaticDecoder(model, max_len=max_len), prompt, feed)
-    for name, kw in (("compiled", {}), ("compiled-math", {"attention": "math"})):
+    for name, kw in (("compiled", {"attention": "sdpa"}), ("compiled-math", {"attention": "math"})):
         d = StaticDecoder(model, max_len=max_len, graphs=True, fused=True, **kw)
         d.capture_graphs(sizes=(1, 9))
         out[f"fp32 {name} vs fp32 static"] = dist(teacher(d, prompt, feed), ref, ref)
         del d
     model.to(torch.bfloat16)
     torch.cuda.empty_cache()
-    for name, kw in (("static", None), ("cuda-graph", {}), ("compiled", {"fused": True}),
+    for name, kw in (("static", None), ("cuda-graph", {}), ("compiled", {"fused": True, "attention": "sdpa"}),
                      ("compiled-math", {"fused": True, "attention": "math"})):
         d = StaticDecoder(model, max_len=max_len) if kw is None else StaticDecoder(model, max_len=max_len,
                                                                                    graphs=True, **kw)
@@ -417,7 +420,7 @@ def main():
     p.add_argument("--hbm-tbs", type=float, default=4.8, help="spec bandwidth, TB/s (H200: 4.8)")
     p.add_argument("--compile-backend", default="inductor", help="aot_eager: a quick CPU dry run")
     p.add_argument("--variants", default="math",
-                   help="extra compiled variants to time: math (attention as matmuls), eager-write "
+                   help="extra compiled variants to time: sdpa / math (attention for every step size), eager-write "
                         "(K/V write and SDPA eager), comma-separated or none")
     p.add_argument("--fp32-check", choices=["on", "off"], default="on",
                    help="fp32 7B-shaped target: compiled vs eager, and each bf16 path vs fp32")

@@ -10,11 +10,15 @@ for decode_token). Bounds come from harness/calibration/bounds/<profile>-<device
 """
 from __future__ import annotations
 
+import statistics
+
 import pytest
 
+from harness import metrics
 from harness.benchsupport import record_rounds, stage_seconds
 from harness.pipeline import DEFAULT_DURATIONS
 from harness.stages import STAGES
+from harness.verify_cost import check_precision
 
 pytestmark = pytest.mark.gpu
 MODELS = ("drafter", "target")
@@ -78,3 +82,24 @@ def test_parallel_prefill(benchmark, ppbench_session, ppbench_bounds, duration):
     assert not _failures(records), "\n".join(_failures(records))
     if ppbench_bounds is not None:
         check_engine_bounds(ppbench_bounds, summary, duration)
+
+
+@pytest.mark.parametrize("precision,m", [
+    pytest.param(p, m, id=f"{p}-M{m}") for p in ("nf4", "bf16", "int4") for m in range(1, 65)])
+def test_verify_cost(benchmark, ppbench_session, precision, m):
+    """Device time of one target step of M tokens after its prompt (harness/verify_cost.py), per
+    precision, so a kernel regression in bitsandbytes or torch at any M fails the gate. The break-even
+    acceptance of a hidden block of M drafts (metrics.break_even_alpha) goes into extra_info."""
+    try:
+        check_precision(precision, ppbench_session.target.device)
+    except ValueError as exc:
+        pytest.skip(str(exc))
+    measured = ppbench_session.verify_curve(precision)
+    curve = {k: statistics.median(v) for k, v in measured["curve_ms"].items()}
+    benchmark.group = f"verify_cost:{precision}"
+    benchmark.extra_info.update(
+        precision=precision, m=m, prompt_positions=measured["prompt_positions"],
+        decode_impl=measured["decode_setup"].get("decode_impl"), weights_bytes=measured["weights_bytes"],
+        verify_over_decode=curve[m] / curve[1], break_even_alpha=metrics.break_even_alpha(curve, m))
+    record_rounds(benchmark, [ms / 1e3 for ms in measured["curve_ms"][m]],
+                  "CUDA events per step" if ppbench_session.target.device.type == "cuda" else "perf_counter")

@@ -32,7 +32,7 @@ def _steps(dec, ids, plan):
 PLAN = (12, (12, 13), (13, 17), (15, 16), (16, 25), (25, 26), (26, 28))
 
 
-@pytest.mark.parametrize("attention", ["sdpa", "math"])
+@pytest.mark.parametrize("attention", ["auto", "sdpa", "math"])
 def test_compiled_steps_match_the_eager_static_path(attention):
     """Decode and verify steps of every size, after crops, give the eager static path's logits (fp32)."""
     model = tiny_llama(11)

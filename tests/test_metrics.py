@@ -244,3 +244,22 @@ def test_hidden_fill_is_hidden_over_the_windows_capacity():
     assert math.isnan(row(M.engine_summary(frame, {("4s", "b"): tokens}))["hidden_fill"])
     assert math.isnan(row(M.engine_summary(frame))["hidden_fill"])
     assert M.hidden_tokens(tokens, 60.0) == 6
+
+
+def test_break_even_acceptance_from_a_verify_cost_curve():
+    """The hidden block pays once the drafts accepted after the first exceed c(B)/c(1) - 1; with
+    i.i.d. acceptance that is the alpha where sum_{i<B} alpha^i reaches it (issue 19's NF4 numbers:
+    verify(9) = 3.18 decode steps -> alpha ~ 0.70)."""
+    break_even_accepted, break_even_alpha = M.break_even_accepted, M.break_even_alpha
+    expected_prefix, verify_cost = M.expected_prefix, M.verify_cost
+    curve = {1: 3.65, 9: 11.59}
+    assert break_even_accepted(curve, 9) == pytest.approx(11.59 / 3.65 - 1)
+    a = break_even_alpha(curve, 9)
+    assert expected_prefix(a, 8) == pytest.approx(11.59 / 3.65 - 1, rel=1e-9) and 0.69 < a < 0.71
+    assert break_even_alpha({1: 4.0, 9: 4.0}, 9) == 0.0            # verify as cheap as a decode step
+    assert math.isnan(break_even_alpha({1: 1.0, 4: 5.0}, 4))       # needs 4 > 3 accepted: never pays
+    assert verify_cost({1: 1.0, 12: 2.0}, 10) == 2.0                # a step of 10 replays the 12-graph
+    assert math.isnan(break_even_alpha({1: 1.0, 8: 2.0}, 9))        # the curve does not reach 9
+    # more expensive verification never lowers the break-even
+    alphas = [break_even_alpha({1: 1.0, 9: c}, 9) for c in (1.2, 1.5, 2.0, 3.0, 5.0, 8.0)]
+    assert alphas == sorted(alphas)

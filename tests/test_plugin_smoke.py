@@ -83,3 +83,20 @@ def test_gate_fails_the_session_on_an_injected_decode_slowdown(saved_runs):
     assert code != 0, out[-3000:]
     assert "regressed" in out
     assert "decode_token[4s-target]" in out
+
+
+def test_verify_cost_benchmarks_cover_three_precisions_and_run_on_cpu(tmp_path):
+    """test_verify_cost has M = 1..64 for nf4, bf16 and int4; on CPU (tiny profile) it measures real
+    rounds for bf16 and int4 and skips nf4 (bitsandbytes needs CUDA) with the reason."""
+    code, out = _pytest("--collect-only", "-q", "-m", "gpu", "-k", "test_verify_cost")
+    ids = [l for l in out.splitlines() if "::test_verify_cost[" in l]
+    assert code == 0 and len(ids) == 3 * 64 and "tests/test_benchmarks.py::test_verify_cost[int4-M64]" in ids
+    code, out = _pytest("-q", "-rs", "-m", "gpu", "--ppbench-device", "cpu", "--ppbench-durations", "500ms",
+                        "--benchmark-autosave", f"--benchmark-storage={tmp_path}",
+                        "-k", "test_verify_cost and (bf16-M2] or int4-M9] or nf4-M1])")
+    assert code == 0, out[-3000:]
+    assert "2 passed, 1 skipped" in out and "nf4 (bitsandbytes) runs on CUDA only" in out
+    doc = json.loads(next(tmp_path.rglob("*.json")).read_text())
+    rounds = {b["name"]: b for b in doc["benchmarks"]}
+    assert rounds["test_verify_cost[int4-M9]"]["stats"]["rounds"] == 10
+    assert rounds["test_verify_cost[bf16-M2]"]["extra_info"]["verify_over_decode"] > 0

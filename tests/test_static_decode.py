@@ -128,7 +128,7 @@ def test_cache_full_and_stale_handles_fail_clearly():
 
 def test_decode_impl_resolution_and_errors():
     assert resolve_decode_impl("auto", "cpu") == "hf"
-    assert resolve_decode_impl("auto", "cuda") == "cuda-graph"
+    assert resolve_decode_impl("auto", "cuda") == "compiled"
     with pytest.raises(ValueError, match="needs a CUDA device"):
         resolve_decode_impl("cuda-graph", "cpu")
     with pytest.raises(ValueError, match="one of"):

@@ -12,16 +12,17 @@ Four decode implementations, one interface (`CausalLMRunner.prefill/decode/verif
 
   hf          transformers' own forward with a DynamicCache (the reference; CPU default)
   static      this module's forward over a fixed-size cache, run eagerly (CPU-testable)
-  cuda-graph  the same forward, each k-token step captured once and replayed (GPU default)
-  compiled    cuda-graph with the decode/verify step's glue fused by torch.compile (see below)
+  cuda-graph  the same forward, each k-token step captured once and replayed
+  compiled    cuda-graph with the decode/verify step's glue fused by torch.compile (GPU default; below)
 
 Why `compiled`: inside a graph the linears stream the weights, but everything else in a 7B decode
 step (RMSNorms, RoPE, the K/V writes, attention over the static cache, residual adds, SiLU) is some
 twenty small kernels per layer, each paying its launch and ramp-up on the GPU: about 3 ms of a 7 ms
 step on an H200 (issue 19). `compiled` runs the same modules: the linears are called as they are
 (nn.Linear, bitsandbytes Linear4bit, quant.Int4Linear: no kernel of theirs is traced), and the
-code between them is three torch.compile'd functions per layer (norm; RoPE + K/V write +
-attention; residual add + next norm; and SiLU * up), so each becomes a few fused kernels. Compiling
+code between them is torch.compile'd functions per layer (RoPE + K/V write + attention; residual
+add + next norm; SiLU * up), so each becomes a few fused kernels. Attention is SDPA for a decode
+step and written out as two batched matmuls for verify steps (`ATTENTION`, measured). Compiling
 around the linears, not through them, keeps every precision compilable (bitsandbytes' ops are
 never traced) and compiles once for all 32 layers (same shapes). Prefill stays the cuda-graph
 path's. The compile happens at setup, in the warm-up calls before each graph's capture, and is
@@ -71,9 +72,11 @@ class CacheFullError(RuntimeError):
 
 
 def resolve_decode_impl(impl: str, device: torch.device | str) -> str:
-    """'auto' -> cuda-graph on CUDA, hf elsewhere (graphs need CUDA; hf is the reference)."""
+    """'auto' -> compiled on CUDA, hf elsewhere (graphs need CUDA; hf is the reference). compiled
+    replaced cuda-graph as the CUDA default when it measured faster in every precision
+    (docs/results/h200-decode-precision-probe)."""
     if impl == "auto":
-        return "cuda-graph" if torch.device(device).type == "cuda" else "hf"
+        return "compiled" if torch.device(device).type == "cuda" else "hf"
     if impl not in DECODE_IMPLS:
         raise ValueError(f"decode impl must be 'auto' or one of {DECODE_IMPLS}, got {impl!r}")
     if impl == "cuda-graph" and torch.device(device).type != "cuda":
@@ -224,28 +227,39 @@ def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "attend": rope_write_attend, "silu_mul": silu_mul}
-ATTENTION = {"sdpa": rope_write_attend, "math": rope_write_attend_math}
+GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "attend": rope_write_attend,
+        "attend_math": rope_write_attend_math, "silu_mul": silu_mul}
+# Which attention a compiled step of n tokens uses. auto: SDPA for a decode step (n = 1), the matmul
+# form for verify steps (n > 1). Measured on an H200, 7B-shaped, 2070-position prompt
+# (docs/results/h200-decode-precision-probe): SDPA is 0.1-0.2 ms faster at n = 1, the matmul form
+# 1.0-1.1 ms faster at n = 9 in every precision.
+ATTENTION = ("auto", "sdpa", "math")
+
+
+def attention_for(attention: str, n: int) -> str:
+    return ("attend" if n == 1 else "attend_math") if attention == "auto" else \
+        ("attend" if attention == "sdpa" else "attend_math")
 
 
 class FusedGlue:
     """GLUE's functions through torch.compile (one compiled code object each, shared by every layer
     and both models); after a compile failure, the eager functions (`error` says why)."""
 
-    def __init__(self, backend: str = "inductor", attention: str = "sdpa"):
+    def __init__(self, backend: str = "inductor", attention: str = "auto"):
         # Step sizes 1..65 recompile once (static first, then dynamic in the step length); allow more
         # than the default 8 so a second model or prefill-size graph never hits the limit.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+        if attention not in ATTENTION:
+            raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
         self.backend, self.attention = backend, attention
-        self.glue = dict(GLUE, attend=ATTENTION[attention])
-        self.fns = {name: torch.compile(fn, backend=backend) for name, fn in self.glue.items()}
+        self.fns = {name: torch.compile(fn, backend=backend) for name, fn in GLUE.items()}
         self.error: str | None = None
 
     def fall_back(self, exc: BaseException) -> None:
         text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         self.error = f"{type(exc).__name__}: {text}"[:300]
         warnings.warn(f"torch.compile of the decode step failed; it runs eagerly: {self.error}")
-        self.fns = dict(self.glue)
+        self.fns = dict(GLUE)
 
 
 @dataclass
@@ -286,7 +300,7 @@ class StaticDecoder:
     """Fixed-size K/V buffers plus the Llama forward over them; one live sequence at a time."""
 
     def __init__(self, model: torch.nn.Module, *, max_len: int, graphs: bool = False, fused: bool = False,
-                 compile_backend: str = "inductor", attention: str = "sdpa"):
+                 compile_backend: str = "inductor", attention: str = "auto"):
         self.dec, self.head = llama_parts(model)
         attn = self.dec.layers[0].self_attn
         cfg = self.dec.config
@@ -358,9 +372,10 @@ class StaticDecoder:
         mask = (self.slots[None, :] <= positions[:, None])[None, None]
         first = layers[0].input_layernorm
         x = fn["norm"](h, first.weight, first.variance_epsilon)
+        attend = fn[attention_for(self.glue.attention, n)]
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
-            o = fn["attend"](attn.q_proj(x), attn.k_proj(x), attn.v_proj(x), cos, sin, self.k[i], self.v[i],
+            o = attend(attn.q_proj(x), attn.k_proj(x), attn.v_proj(x), cos, sin, self.k[i], self.v[i],
                              positions, mask, self.head_dim, self.scale, self.gqa)
             post = layer.post_attention_layernorm
             h, x = fn["add_norm"](h, attn.o_proj(o), post.weight, post.variance_epsilon)
