@@ -82,7 +82,8 @@ class PeakSampler:
             self.sample()
 
     def __enter__(self):
-        if self.devices:
+        """Starts sampling (once: entering a started sampler again keeps it running)."""
+        if self.devices and not self._thread.is_alive() and not self._stop.is_set():
             self.sample()
             self._thread.start()
         return self

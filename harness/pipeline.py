@@ -246,6 +246,10 @@ def run_main(cfg: RunConfig, argv: list[str]) -> int:
     for line in run_data.missing:
         print(f"warning: no dataset for {line}", file=sys.stderr)
 
+    from .gpu_memory import PeakSampler
+
+    # Whole devices, every process (NVML), from before the models load to the end of the engine runs.
+    sampler = PeakSampler({cfg.torch_device, torch.device(cfg.drafter_device)}).__enter__()
     t = time.perf_counter()
     drafter, target = open_models(cfg)
     print(f"models: {drafter.name} + {target.name} ({cfg.profile}, {cfg.quant}, {cfg.dtype}, decode "
@@ -267,7 +271,7 @@ def run_main(cfg: RunConfig, argv: list[str]) -> int:
         if samples and cfg.warmup:
             for s in samples[: cfg.warmup]:
                 warm_up([drafter, target], s)
-        with RecordWriter(records_path) as writer:
+        with sampler, RecordWriter(records_path) as writer:
             for rec in bad_entry_records(run_data, record_meta):
                 if record_key(rec) not in done:
                     writer.write(rec)
@@ -289,6 +293,9 @@ def run_main(cfg: RunConfig, argv: list[str]) -> int:
         print(f"\ninterrupted: {n} records kept in {records_path}\ncontinue with: "
               f"{resume_command(argv, out)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    if sampler.devices:
+        meta["gpu_memory"] = sampler.peaks()
+        (out / "meta.json").write_text(json.dumps(meta, indent=2))
     return _write_report(records_path, out, meta)
 
 

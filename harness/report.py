@@ -370,6 +370,9 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
                       + (f", {len(setup['prefill_graph_sizes'])} prefill" if setup.get("prefill_graph_sizes") else "")
                       + (" and 1 vision" if setup.get("vision_graph_input") else "")
                       + f" CUDA graphs captured at load in {setup['graph_capture_s']} s"
+                      + (f" (graph pools {gib(setup['graph_pool_bytes'])})" if setup.get("graph_pool_bytes") else "")
+                      + (f"; torch.compile {setup['compile_s']} s at load, not timed" if "compile_s" in setup else "")
+                      + (f"; compile failed, eager glue: {setup['compile_error']}" if setup.get("compile_error") else "")
                       if setup.get("graph_sizes") else "")
             out.append(f"- **{names[m]} static KV cache:** {gib(setup['cache_bytes'])} "
                        f"({setup['cache_len']} positions){graphs}")
@@ -379,7 +382,12 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
             out.append(f"- **Device peak during {names[r['model']]}'s stages (max over {r['count']} "
                        f"samples; includes every model resident on that device):** "
                        f"{gib(r['max_bytes'])}, mean {gib(r['mean_bytes'])}")
-    if not (pm["count"] > 0).any():
+    for dev, peak in (meta.get("gpu_memory") or {}).items():
+        procs = peak.get("peak_process_bytes") or {}
+        out.append(f"- **Whole-run peak GPU memory on {dev} (all processes, {peak.get('source')}):** "
+                   f"{gib(peak['peak_device_used_bytes'])}"
+                   + (f"; per process: " + ", ".join(f"pid {k} {gib(v)}" for k, v in procs.items()) if procs else ""))
+    if not (pm["count"] > 0).any() and not meta.get("gpu_memory"):
         out.append("- **Peak memory:** not recorded (CPU run or not measured)")
     return "\n".join(out) + "\n"
 

@@ -170,3 +170,48 @@ def test_compiled_graphs_match_the_eager_static_path_on_the_gpu(attention):
     assert fused.glue.error is None and fused.compile_s > 0 and fused.pool_bytes >= 0
     for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+# -- whole-GPU memory -------------------------------------------------------------------------------
+def test_peak_sampler_ignores_cpu_devices_and_reports_nothing_there():
+    """On CPU there is no device memory to sample: no thread, no peaks, and the report says so."""
+    from harness.gpu_memory import PeakSampler
+
+    with PeakSampler(["cpu", torch.device("cpu")]) as s:
+        s.__enter__()                       # entering again is harmless
+    assert s.devices == [] and s.peaks() == {}
+
+
+@pytest.mark.gpu
+def test_peak_sampler_sees_a_child_process_allocation():
+    """NVML counts memory another process holds: a spawned child's 1 GiB allocation shows up in the
+    whole-device peak and under the child's pid (torch's counters in this process never see it)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    import multiprocessing as mp
+
+    from harness.gpu_memory import PeakSampler, used_bytes
+
+    if used_bytes("cuda:0")["source"] != "nvml":
+        pytest.skip("nvidia-ml-py not installed")
+    ctx = mp.get_context("spawn")
+    held, done = ctx.Event(), ctx.Event()
+    child = ctx.Process(target=_hold_gib, args=(held, done))
+    with PeakSampler(["cuda:0"], interval_s=0.02) as s:
+        base = used_bytes("cuda:0")["device_used"]
+        child.start()
+        assert held.wait(120)
+        s.sample()
+        done.set()
+        child.join(60)
+    peak = s.peaks()["cuda:0"]
+    assert peak["peak_device_used_bytes"] >= base + (1 << 30)
+    assert peak["peak_process_bytes"].get(str(child.pid), 0) >= 1 << 30
+
+
+def _hold_gib(held, done):
+    x = torch.empty(1 << 30, dtype=torch.uint8, device="cuda:0")
+    torch.cuda.synchronize()
+    held.set()
+    done.wait(120)
+    del x
