@@ -155,7 +155,7 @@ class BenchSession:
         self._stages: dict[str, list[dict]] = {}
         self._engine: dict[str, list[dict]] = {}
         self._warm = False
-        self.opts, self._curves = opts, {}
+        self._curves = {}
 
     def _append(self, record: dict) -> None:
         self.records.append(record)
@@ -174,9 +174,9 @@ class BenchSession:
 
         if precision not in self._curves:
             self._curves[precision] = curve_for_precision(
-                self.opts.profile, precision, device=self.target.device, decode_impl=self.opts.decode,
-                max_new_tokens=self.opts.max_new_tokens, cache_len=self.opts.cache_len,
-                target_path=self.opts.target_path)
+                self.cfg.profile, precision, device=self.target.device, decode_impl=self.cfg.decode,
+                max_new_tokens=self.cfg.max_new_tokens, cache_len=self.cfg.cache_len,
+                target_path=self.cfg.target_path)
         return self._curves[precision]
 
     def stages(self, duration: str) -> list[dict]:

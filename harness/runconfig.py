@@ -38,7 +38,7 @@ class RunConfig:
     dtype: str                   # "float32" | "bfloat16" | "float16"
     max_new_tokens: int
     stop_at_eos: bool
-    decode: str                  # resolved implementation: hf | static | cuda-graph
+    decode: str                  # resolved implementation: hf | static | cuda-graph | compiled
     cache_len: int | None
     overlap: str                 # resolved policy: always | yield-gpu
     drafter_process: bool        # resolved

@@ -157,6 +157,7 @@ def test_tiny_pair_loads_in_int4_through_the_checkpoint_path():
 
 # -- GPU --------------------------------------------------------------------------------------------
 @pytest.mark.gpu
+@pytest.mark.cuda
 @pytest.mark.parametrize("attention", ["sdpa", "math"])
 def test_compiled_graphs_match_the_eager_static_path_on_the_gpu(attention):
     """CUDA graphs of the compiled step (inductor) give the eager static path's logits (fp32 tiny model)."""
@@ -183,6 +184,7 @@ def test_peak_sampler_ignores_cpu_devices_and_reports_nothing_there():
 
 
 @pytest.mark.gpu
+@pytest.mark.cuda
 def test_peak_sampler_sees_a_child_process_allocation():
     """NVML counts memory another process holds: a spawned child's 1 GiB allocation shows up in the
     whole-device peak and under the child's pid (torch's counters in this process never see it)."""
