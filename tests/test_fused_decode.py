@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch import nn
+from torch._dynamo.utils import counters
 
 from harness import engine as E
 from harness.models.base import TextRunner
@@ -80,14 +81,17 @@ def test_runner_reports_compiled_setup_and_the_engine_stays_lossless():
     target = TextRunner(model, CharTokenizer(eos_token_id=None), name="target")
     for r in (drafter, target):
         info = r.use_decode_impl("compiled", max_len=256, compile_backend=QUICK)
+        assert r.static._compiled == {1, 2, 3}
         assert info["decode_impl"] == "compiled" and "graph_sizes" not in info
         assert info["compile_backend"] == QUICK and "compile_error" not in info
+    graphs = counters["stats"]["unique_graphs"]
     for prompt, gamma, alpha in (("abc def", 3, None), ("hello?", "adaptive", 0.7), ("a", 1, 1.0)):
         ref = E.target_only(target, prompt, max_new_tokens=20).output_tokens
         res = E.parallel_prefill_decode(drafter, target, prompt, max_new_tokens=20, gamma=gamma, alpha=alpha,
                                         reference_tokens=ref if alpha is not None else None)
         assert res.output_tokens == ref
-    assert target.static.compile_s > 0
+    assert info["compile_s"] > 0
+    assert counters["stats"]["unique_graphs"] == graphs        # compiled at setup, never in a step
 
 
 # -- int4 (tinygemm) -------------------------------------------------------------------------------

@@ -467,6 +467,19 @@ class StaticDecoder:
         return g.logits.clone()    # the next replay overwrites the static output
 
     @torch.inference_mode()
+    def warm_compile(self, sizes=(1, 2, 3)) -> float:
+        """Compiles the fused step without graphs (CPU): size 1 (SDPA under attention='auto'), then
+        two sizes above (the matmul form: static, then dynamic in the length), after which no step
+        size recompiles. Writes
+        only the cache's last slots and invalidates any live cache. Returns seconds spent."""
+        t0 = time.perf_counter()
+        self.epoch += 1
+        for k in sizes:
+            ids = torch.zeros(1, k, dtype=torch.long, device=self.device)
+            self._step(self.dec.embed_tokens(ids), self.slots[self.max_len - k:], k)   # a view, as in forward
+        return time.perf_counter() - t0
+
+    @torch.inference_mode()
     def capture_graphs(self, sizes=GRAPH_SIZES, prefill_sizes=()) -> float:
         """Captures one graph per decode/verify step size and per prefill bucket. Invalidates any
         live cache. Returns seconds spent (compile time included; `compile_s` holds it alone)."""
