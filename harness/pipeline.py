@@ -111,7 +111,7 @@ QUANT_LABELS = {"nf4": "NF4 4-bit, double quant, bf16 compute (LLM linears)",
 
 DECODE_LABELS = {
     "compiled": ("static KV cache; vision encoder, prefill (64-position buckets) and decode/verify steps "
-                 "replayed as CUDA graphs, the steps' glue between the linears fused by torch.compile "
+                 "replayed as CUDA graphs (on CUDA), the steps' glue between the linears fused by torch.compile "
                  "(models/static_decode.py)"),
     "hf": "transformers eager forward, DynamicCache",
     "static": "static KV cache, eager (models/static_decode.py)",

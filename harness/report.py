@@ -371,9 +371,9 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
                       + (" and 1 vision" if setup.get("vision_graph_input") else "")
                       + f" CUDA graphs captured at load in {setup['graph_capture_s']} s"
                       + (f" (graph pools {gib(setup['graph_pool_bytes'])})" if setup.get("graph_pool_bytes") else "")
-                      + (f"; torch.compile {setup['compile_s']} s at load, not timed" if "compile_s" in setup else "")
-                      + (f"; compile failed, eager glue: {setup['compile_error']}" if setup.get("compile_error") else "")
                       if setup.get("graph_sizes") else "")
+            graphs += (f"; torch.compile {setup['compile_s']} s at load, not timed" if "compile_s" in setup else "") \
+                + (f"; compile failed, eager glue: {setup['compile_error']}" if setup.get("compile_error") else "")
             out.append(f"- **{names[m]} static KV cache:** {gib(setup['cache_bytes'])} "
                        f"({setup['cache_len']} positions){graphs}")
     pm = tables["peak_memory"]
