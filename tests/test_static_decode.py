@@ -191,14 +191,15 @@ def test_non_llama_language_models_are_refused():
 def test_resume_treats_runs_without_a_decode_impl_as_transformers_eager(tmp_path):
     import json
 
+    from harness.errors import UsageError
     from harness.pipeline import _resumable_meta
 
     settings = {"profile": "tiny", "quant": "none", "dtype": "float32", "max_new_tokens": 8, "stop_at_eos": False}
     (tmp_path / "meta.json").write_text(json.dumps(settings))          # written before decode_impl existed
     now = dict(settings, decode_impl="hf", overlap="always", drafter_process=False)
     assert _resumable_meta(tmp_path, now) is not None
-    with pytest.raises(SystemExit, match="decode_impl: saved 'hf', now 'static'"):
+    with pytest.raises(UsageError, match="decode_impl: saved 'hf', now 'static'"):
         _resumable_meta(tmp_path, dict(now, decode_impl="static"))
     # ...and as drafting through the whole window: a yield-gpu run must not resume into one
-    with pytest.raises(SystemExit, match="overlap: saved 'always', now 'yield-gpu'"):
+    with pytest.raises(UsageError, match="overlap: saved 'always', now 'yield-gpu'"):
         _resumable_meta(tmp_path, dict(now, overlap="yield-gpu"))
