@@ -366,7 +366,7 @@ def import_dsec(src: str | Path, out: str | Path, *, durations: list[str] | None
     if out.exists() and (out / MARKER).is_file() and not overwrite:
         previous = json.loads((out / "import.json").read_text())
         if previous.get("rule") == rule:
-            return previous
+            return previous | {"already_complete": True}
         raise FileExistsError(f"{out} holds a finished import with other settings (pass overwrite=True)")
     if overwrite and out.exists():
         shutil.rmtree(out)
