@@ -295,7 +295,7 @@ def _edge(reader: EventReader, t0: int, t1: int) -> str | None:
     as DSEC's EventSlicer does, and the clip is kept if it holds any."""
     try:
         reader.check_window(t0, t1)
-    except DataError as e:
+    except DataError:
         return f"window [{t0}, {t1}) µs (relative) outside the events [0, {reader.t_last + 1})"
     return None
 
