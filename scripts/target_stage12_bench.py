@@ -19,7 +19,8 @@ import torch
 from harness.data import load_samples
 from harness.data.video import VIDEO_READERS
 from harness.models.profiles import load_target
-from harness.pipeline import resolve_device, resolve_precision
+from harness.options import defaults
+from harness.runconfig import resolve
 from harness.timing import StageClock
 
 
@@ -41,9 +42,9 @@ def main() -> int:
     ap.add_argument("--samples", type=int, default=2)
     ap.add_argument("--out", default=".")
     a = ap.parse_args()
-    device = resolve_device(a.device)
-    quant, dtype = resolve_precision(device, None, None)
-    target = load_target(a.profile, device=device, quant=quant, dtype=dtype, path=a.target_path)
+    cfg = resolve(defaults(profile=a.profile, device=a.device, target_path=a.target_path, data_root=a.data_root))
+    device = cfg.torch_device
+    target = load_target(cfg.profile, device=device, quant=cfg.quant, dtype=cfg.torch_dtype, path=cfg.target_path)
     rows = []
     for d in [x.strip() for x in a.durations.split(",") if x.strip()]:
         samples = load_samples(a.data_root, d, limit=a.samples)
