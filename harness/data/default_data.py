@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from harness.data import dsec_import, synthetic
@@ -19,9 +20,12 @@ DEFAULT_CAP = 8                # clips per duration kept in the default import (
 
 
 def _progress(desc: str):
+    """A progress bar on an interactive stderr only (a captured or logged stderr gets none)."""
     try:
         from tqdm import tqdm
     except ImportError:
+        return None, None
+    if not sys.stderr.isatty():
         return None, None
     bar = tqdm(total=None, desc=desc, unit="seq", leave=False)
 
