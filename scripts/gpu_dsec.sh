@@ -23,7 +23,7 @@ step() { echo "== $(( $(date +%s) - T0 )) s: $*" | tee -a $R/commands.txt; }
 G=/tmp/dsec-generated; I1=/tmp/dsec-import-1w; I=/tmp/dsec-imported
 step "generate: ppbench dataset generate --scale $SCALE --sequences 2 --sequence-s 22"
 ( time timeout "$(cap 200)" python3 -m harness dataset generate --out $G --scale $SCALE --sequences 2 \
-    --sequence-s 22 --workers 2 --force ) 2>&1 | grep -v '^$' | tail -n 5 | tee $R/generate.txt
+    --sequence-s 22 --workers 4 --force ) 2>&1 | grep -v '^$' | tail -n 5 | tee $R/generate.txt
 du -sh $G/*_events $G/*_images 2>/dev/null | tee -a $R/generate.txt
 
 step "import throughput: 1 sequence, 1 worker; then 2 sequences, 2 workers"

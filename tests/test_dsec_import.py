@@ -82,6 +82,13 @@ def test_generator_writes_dsec_bulk_layout(bulk):
         assert f["rectify_map"].shape == (480, 640, 2)
 
 
+def test_generator_parallel_build_is_identical(bulk, tmp_path):
+    """Images and events built in separate processes give the same bytes as one process."""
+    again = sd.build_bulk(tmp_path / "p", seed=3, scale="small", n_sequences=2, sequence_s=1.6,
+                          event_rate=150_000, workers=2)
+    assert _hashes(again) == _hashes(bulk)
+
+
 def test_generator_event_rate_and_dsec_scale(tmp_path):
     """The event rate is what was asked for (scene events plus filler); the dsec scale writes
     1440x1080 frames."""
