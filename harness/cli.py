@@ -52,7 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("records", help="records.jsonl of a run")
     rep.add_argument("--out", help="output directory (default: the records' directory)")
 
-    ds = sub.add_parser("dataset", help="the embedded synthetic DSEC-format dataset")
+    ds = sub.add_parser("dataset", help="datasets: generate (DSEC layout), import-dsec, import-seed, build (the older direct build)")
     ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
     build = ds_sub.add_parser("build", help="build the dataset")
     build.add_argument("--root", help="where to build (default: the cache directory)")
