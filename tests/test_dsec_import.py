@@ -324,3 +324,24 @@ def test_import_seed_runs_seed_clips_as_they_are(tmp_path):
     want = np.linspace(0, 19, 8).astype(int) * 10
     assert np.allclose(frames[:, 0, 0, 0].astype(int), want, atol=3)
     assert len(load_event_images(s)) > 0
+
+
+def test_event_count_matches_slice(bulk):
+    """EventReader.count (two boundary reads) equals the length of the full slice."""
+    rng = np.random.default_rng(0)
+    with EventReader(bulk / "train_events" / SEQ / "events" / "left" / "events.h5") as r:
+        for _ in range(20):
+            a = int(rng.integers(0, r.t_last))
+            b = int(rng.integers(a + 1, r.t_last + 2))
+            assert r.count(a, b) == len(r.slice(a, b, allow_empty=True))
+
+
+def test_video_reader_option_reaches_the_run():
+    """--video-reader is validated by the option table and recorded in the run's metadata."""
+    from harness.options import defaults
+    from harness.pipeline import config_meta
+    from harness.runconfig import resolve
+
+    cfg = resolve(defaults(video_reader="threaded", device="cpu"))
+    assert cfg.video_reader == "threaded" and config_meta(cfg)["video_reader"] == "threaded"
+    assert config_meta(cfg)["data_scale"] == "small"
