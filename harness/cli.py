@@ -52,13 +52,16 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("records", help="records.jsonl of a run")
     rep.add_argument("--out", help="output directory (default: the records' directory)")
 
-    ds = sub.add_parser("dataset", help="the embedded synthetic DSEC-format dataset")
+    ds = sub.add_parser("dataset", help="datasets: generate (DSEC layout), import-dsec, import-seed, build (the older direct build)")
     ds_sub = ds.add_subparsers(dest="dataset_command", required=True)
     build = ds_sub.add_parser("build", help="build the dataset")
     build.add_argument("--root", help="where to build (default: the cache directory)")
     build.add_argument("--seed", type=int, default=0)
     build.add_argument("--samples-per-duration", type=int, default=None)
     build.add_argument("--force", action="store_true", help="rebuild even if it exists")
+    from .dataset_cli import add_parsers
+
+    add_parsers(ds_sub)
 
     bnd = sub.add_parser("bounds", help="versioned performance bounds (harness/calibration/bounds/)")
     bnd_sub = bnd.add_subparsers(dest="bounds_command", required=True)
@@ -143,6 +146,10 @@ def _dispatch(argv: list[str]) -> int:
     if args.command == "report":
         return pipeline.report_main(args)
     if args.command == "dataset":
+        if args.dataset_command != "build":
+            from .dataset_cli import main as dataset_cli_main
+
+            return dataset_cli_main(args)
         return pipeline.dataset_main(args)
     if args.command == "bounds":
         return thresholds_main(args) if args.bounds_command == "thresholds" else bounds_main(args)

@@ -18,6 +18,8 @@ DTYPES = ("float32", "bfloat16", "float16")
 DECODE_CHOICES = ("auto", "hf", "static", "cuda-graph", "compiled")
 OVERLAP_CHOICES = ("auto", "always", "yield-gpu")
 DRAFTER_PROCESS_CHOICES = ("auto", "on", "off")
+DATA_SCALES = ("small", "dsec")                      # harness.data.synthetic.SCALES
+VIDEO_READERS = ("seek", "decode-all", "threaded")   # harness.data.video.VIDEO_READERS
 DEFAULT_DURATIONS = ("500ms", "1s", "2s", "4s", "5s", "8s", "10s", "16s", "20s")
 
 
@@ -56,8 +58,14 @@ OPTIONS: tuple[Option, ...] = (
            "file, so only for checkpoints you trust (better: convert them to safetensors once)",
            False, kwargs={"action": "store_true"}),
     # data
-    Option("data_root", "DSEC-format dataset root with manifests/<duration>.json (default: the embedded "
-           "synthetic dataset, generated once into the cache)", kwargs={"metavar": "DIR"}),
+    Option("data_root", "ppbench dataset root with manifests/<duration>.json, e.g. from `ppbench dataset "
+           "import-dsec` (default: the embedded generator's data, generated and imported once into the cache)", kwargs={"metavar": "DIR"}),
+    Option("data_scale", "scale of the embedded data (generated in DSEC's bulk layout, then imported by "
+           "`ppbench dataset import-dsec`): small (320x240 frames, 200 k events/s; CPUs) or dsec "
+           "(1440x1080 frames, 3 M events/s; GPU runs)", "small", choices=DATA_SCALES),
+    Option("video_reader", "the target's stage 1: seek (ppbench's: seek to each frame's keyframe), "
+           "decode-all (the seed's: decode every frame of the clip, keep 8), threaded (decode-all with "
+           "ffmpeg threads)", "seek", choices=VIDEO_READERS),
     Option("durations", "comma-separated duration datasets, e.g. 500ms,4s,20s",
            ",".join(DEFAULT_DURATIONS)),
     Option("samples_per_duration", "samples per duration (pytest: = benchmark rounds)", "2", pytest="--ppbench-samples",

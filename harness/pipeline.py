@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from . import data
 from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, failure_lines
-from .data.synthetic import ensure_default_dataset
+from .data.default_data import ensure_default_imported
 from .drafter_process import DrafterProcess
 from .engine import resolve_overlap
 from .engine_suite import run_engine_suite
@@ -145,7 +145,8 @@ def record_fields(meta: dict) -> dict:
 
 
 # -- opening a run (shared by `ppbench run` and the pytest session) -----------------------------------
-EMBEDDED_SOURCE = "embedded synthetic DSEC-format dataset (generated, seed 0)"
+EMBEDDED_SOURCE = ("embedded generator, {scale} scale, DSEC bulk layout (seed 0), imported by "
+                   "ppbench dataset import-dsec")
 
 
 @dataclass
@@ -162,7 +163,8 @@ def open_data(cfg: RunConfig, *, progress: bool) -> RunData:
     if cfg.data_root:
         root, source = Path(cfg.data_root), f"user dataset at {cfg.data_root}"
     else:
-        root, source = ensure_default_dataset(progress=progress), EMBEDDED_SOURCE
+        root = ensure_default_imported(cfg.data_scale, progress=progress)
+        source = EMBEDDED_SOURCE.format(scale=cfg.data_scale)
     samples, bad, missing = [], [], []
     for d in cfg.durations:
         try:
@@ -189,10 +191,12 @@ def bad_entry_records(run_data: RunData, meta: dict) -> list[dict]:
 
 
 def open_models(cfg: RunConfig):
-    return load_models(cfg.profile, device=cfg.torch_device, quant=cfg.quant, dtype=cfg.torch_dtype,
+    drafter, target = load_models(cfg.profile, device=cfg.torch_device, quant=cfg.quant, dtype=cfg.torch_dtype,
                        drafter_path=cfg.drafter_path, target_path=cfg.target_path,
                        drafter_device=cfg.drafter_device, decode_impl=cfg.decode,
                        max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len, allow_pickle=cfg.allow_pickle)
+    target.video_reader = cfg.video_reader
+    return drafter, target
 
 
 def drafter_process_for(cfg: RunConfig, drafter):
@@ -206,7 +210,8 @@ def drafter_process_for(cfg: RunConfig, drafter):
 def config_meta(cfg: RunConfig) -> dict:
     return {"max_new_tokens": cfg.max_new_tokens, "stop_at_eos": cfg.stop_at_eos, "warmup": cfg.warmup,
             "overlap": cfg.overlap, "drafter_process": cfg.drafter_process,
-            "durations": list(cfg.durations), "samples_per_duration": cfg.samples_per_duration}
+            "durations": list(cfg.durations), "samples_per_duration": cfg.samples_per_duration,
+            "video_reader": cfg.video_reader, "data_scale": None if cfg.data_root else cfg.data_scale}
 
 
 # -- the main job -------------------------------------------------------------------------------------

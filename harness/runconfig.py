@@ -30,6 +30,8 @@ class RunConfig:
     target_path: str | None
     allow_pickle: bool
     data_root: str | None
+    data_scale: str
+    video_reader: str
     durations: tuple[str, ...]
     samples_per_duration: int
     device: str                  # resolved: "cpu", "cuda", "cuda:N"
@@ -224,6 +226,7 @@ def resolve(raw: dict, *, side: str = "cli") -> RunConfig:
     return RunConfig(
         profile=profile, drafter_path=drafter_path, target_path=target_path,
         allow_pickle=bool(raw.get("allow_pickle")), data_root=data_root,
+        data_scale=raw.get("data_scale") or "small", video_reader=raw.get("video_reader") or "seek",
         durations=parse_durations(raw["durations"], flag("durations")),
         samples_per_duration=_int(raw, "samples_per_duration", low=1, flag=flag),
         device=device, drafter_device=drafter_device, quant=quant, dtype=dtype,

@@ -2,7 +2,7 @@
 
 Dataset root layout (DSEC-like):
     <root>/<sequence>/events/left/events.h5   DSEC events (see dsec.py)
-    <root>/<sequence>/video.mp4               video; video time 0 = the recording's t_offset
+    <root>/<sequence>/video.mp4               constant-rate video, frame i = timestamps[i]
     <root>/<sequence>/timestamps.txt          one frame timestamp per line, absolute µs
     <root>/manifests/<duration>.json          {"duration": "4s", "samples": [{id, sequence,
                                                t0_us, t1_us, question}, ...]}

@@ -1,7 +1,7 @@
 """DSEC `events.h5` reader.
 
-Layout (DSEC, https://dsec.ifi.uzh.ch/): `events/{x,y}` uint16, `events/t` int64 microseconds
-*relative to* `t_offset`, monotone non-decreasing, `events/p` uint8 (0/1), `ms_to_idx` uint64 with
+Layout (DSEC, https://dsec.ifi.uzh.ch/): `events/{x,y}` uint16, `events/t` microseconds
+(uint32 in DSEC's files; read as int64) *relative to* `t_offset`, monotone non-decreasing, `events/p` uint8 (0/1), `ms_to_idx` uint64 with
 ms_to_idx[ms] = first index whose t >= ms*1000, `t_offset` int64 scalar (absolute microseconds).
 Real DSEC files are Blosc/ZSTD compressed, which h5py only reads once `hdf5plugin` is imported.
 
@@ -128,13 +128,26 @@ class EventReader:
                               f"[0, {self.t_last + 1})")
         return t_start, t_end
 
+    def count(self, t_start: int, t_end: int) -> int:
+        """How many events lie in [t_start, t_end) µs (relative); reads only the two boundary
+        milliseconds of events/t, so it is cheap for long windows."""
+        t_start, t_end = self.check_window(t_start, t_end)
+
+        def first_at_or_after(t_us: int) -> int:
+            lo, hi = self._index_bounds(t_us, t_us + 1)
+            hi = max(hi, lo)
+            t = self._read(lambda: self._t[lo:hi]).astype(np.int64)
+            return lo + int(np.searchsorted(t, t_us, side="left"))
+        return first_at_or_after(t_end) - first_at_or_after(t_start) if t_end <= self.t_last else \
+            self.n_events - first_at_or_after(t_start)
+
     def slice(self, t_start: int, t_end: int, *, clock: str = "relative",
               allow_empty: bool = False) -> Events:
         """Events with t_start <= t < t_end µs on `clock` ("relative" to t_offset, the default, or
         "absolute", the official API's clock)."""
         t_start, t_end = self.check_window(t_start, t_end, clock=clock)
         lo, hi = self._index_bounds(t_start, t_end)
-        t = self._read(lambda: self._t[lo:hi])
+        t = self._read(lambda: self._t[lo:hi]).astype(np.int64)  # DSEC stores t as uint32
         if np.any(np.diff(t) < 0):
             raise self._error(f"events/t is not monotone non-decreasing in [{lo}, {hi})")
         a = lo + int(np.searchsorted(t, t_start, side="left"))

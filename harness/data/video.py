@@ -1,14 +1,14 @@
 """Video frames, Video-LLaVA-style: n frames (default 8) sampled uniformly over the clip.
 
-Time mapping: `timestamps.txt` holds one absolute µs timestamp per video frame (like DSEC's image
-timestamps, same clock as `t_offset`); video presentation time 0 is the recording's `t_offset`, so
-frame i is shown at (timestamps[i] - t_offset) µs of video time, which is also the relative clock of
-events/t and of the samples' t0_us/t1_us.
+Time mapping: `timestamps.txt` holds one absolute µs timestamp per video frame (DSEC's image
+timestamps, the clock of `t_offset`); frame i of the constant-rate video is the frame of
+timestamps[i], whose time on the events' relative clock (that of the samples' t0_us/t1_us) is
+timestamps[i] - t_offset.
 
 Sampling: the frames whose timestamps fall in [t0, t1) are taken in order and
 np.linspace(0, n_in_clip - 1, n_frames) picks from them (Video-LLaVA's uniform sampling over the
-clip's frames). Decoding seeks to the keyframe before the first wanted frame, then decodes forward
-only until the last wanted frame.
+clip's frames). Frame i of the video is the frame of timestamps[i]; decode_frame_indices reads the
+chosen frames in one of three ways (VIDEO_READERS), selected by `ppbench run --video-reader`.
 """
 from __future__ import annotations
 
@@ -94,12 +94,97 @@ def decode_frames(path: str | Path, times_us: np.ndarray, *, tolerance_us: int,
     return np.stack([found[k] for k in range(len(times_us))])
 
 
-def load_video_frames(sample: "Sample", n_frames: int = DEFAULT_N_FRAMES) -> np.ndarray:
-    """Stage 1 for the target: (n_frames, H, W, 3) RGB uint8."""
+VIDEO_READERS = ("seek", "decode-all", "threaded")
+DEFAULT_VIDEO_READER = "seek"
+SEEK_GAP_FRAMES = 10  # seek when the next wanted frame is further ahead (import-dsec's keyframe interval)
+
+
+def _frame_index(frame: av.VideoFrame, stream) -> int:
+    rate = stream.average_rate or stream.guessed_rate
+    start = stream.start_time or 0
+    return round((frame.pts - start) * stream.time_base * rate)
+
+
+def _seek(container, stream, index: int) -> None:
+    rate = stream.average_rate or stream.guessed_rate
+    container.seek(int(Fraction(index, 1) / rate / stream.time_base) + (stream.start_time or 0),
+                   stream=stream, backward=True, any_frame=False)
+
+
+def decode_frame_indices(path: str | Path, indices, *, reader: str = DEFAULT_VIDEO_READER,
+                         sample: str | None = None) -> np.ndarray:
+    """RGB uint8 (n, H, W, 3): the frames with these (increasing) indices of a constant-rate video.
+    Three strategies for the same frames:
+      seek        ppbench's: seek to the keyframe before a wanted frame whenever it lies more than
+                  SEEK_GAP_FRAMES ahead, decode forward to it, convert only the wanted frames;
+      decode-all  the seed's (Video-LLaVA's PyAV loop): decode and convert every frame from the
+                  clip's first to its last wanted frame, keep the wanted ones;
+      threaded    decode-all's frames, with ffmpeg's frame and slice threads (thread_type AUTO)."""
+    if reader not in VIDEO_READERS:
+        raise ValueError(f"video reader must be one of {VIDEO_READERS}, got {reader!r}")
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("video file not found", path=path, sample=sample)
+    wanted = [int(i) for i in indices]
+    found: dict[int, np.ndarray] = {}
+    try:
+        with av.open(str(path)) as container:
+            if not container.streams.video:
+                raise DataError("no video stream", path=path, sample=sample)
+            stream = container.streams.video[0]
+            if reader == "threaded":
+                stream.thread_type = "AUTO"
+            if reader == "seek":
+                _decode_seeking(container, stream, wanted, found)
+            else:
+                _decode_all(container, stream, wanted, found)
+    except DataError:
+        raise
+    except (av.error.FFmpegError, OSError, ValueError, EOFError) as e:
+        raise DataError(f"cannot decode video: {e}", path=path, sample=sample) from e
+    missing = [i for i in wanted if i not in found]
+    if missing:
+        raise DataError(f"video has no frames at indices {missing} (too short or corrupt)", path=path, sample=sample)
+    return np.stack([found[i] for i in wanted])
+
+
+def _decode_seeking(container, stream, wanted: list[int], found: dict) -> None:
+    pos, frames = None, None
+    for target in wanted:
+        if pos is None or target - pos > SEEK_GAP_FRAMES:
+            _seek(container, stream, target)
+            frames = container.decode(stream)
+        for frame in frames:
+            if frame.pts is None:
+                continue
+            pos = _frame_index(frame, stream)
+            if pos == target:
+                found[target] = frame.to_ndarray(format="rgb24")
+            if pos >= target:
+                break
+
+
+def _decode_all(container, stream, wanted: list[int], found: dict) -> None:
+    _seek(container, stream, wanted[0])
+    keep, decoded = set(wanted), {}
+    for frame in container.decode(stream):
+        if frame.pts is None:
+            continue
+        i = _frame_index(frame, stream)
+        if i >= wanted[0]:
+            decoded[i] = frame.to_ndarray(format="rgb24")
+        if i >= wanted[-1]:
+            break
+    found.update({i: a for i, a in decoded.items() if i in keep})
+
+
+def load_video_frames(sample: "Sample", n_frames: int = DEFAULT_N_FRAMES, *,
+                      reader: str = DEFAULT_VIDEO_READER) -> np.ndarray:
+    """Stage 1 for the target: (n_frames, H, W, 3) RGB uint8. Frame i of the video is the frame of
+    timestamps[i] (constant rate, one video frame per timestamp, as import-dsec and the generator
+    write them)."""
     ts = read_frame_timestamps(sample.timestamps_path, sample=sample.id)
     rel = ts - read_t_offset(sample.events_path, sample=sample.id)
     idx = sample_frame_indices(rel, sample.t0_us, sample.t1_us, n_frames,
                                path=sample.video_path, sample=sample.id)
-    period = int(np.min(np.diff(rel))) if len(rel) > 1 else 1_000_000
-    return decode_frames(sample.video_path, rel[idx], tolerance_us=max(period // 2 - 1, 0),
-                         sample=sample.id)
+    return decode_frame_indices(sample.video_path, idx, reader=reader, sample=sample.id)

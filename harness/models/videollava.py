@@ -82,6 +82,7 @@ class VideoLlavaRunner(CausalLMRunner):
     role = "target"
     modality = "video"
     n_frames = N_FRAMES
+    video_reader = "seek"   # harness.data.video.VIDEO_READERS; `ppbench run --video-reader`
 
     @property
     def n_visual_tokens(self) -> int:
@@ -90,7 +91,7 @@ class VideoLlavaRunner(CausalLMRunner):
     def load_inputs(self, sample: Any) -> np.ndarray:
         from harness.data import load_video_frames  # the data layer is optional for model-only use
 
-        return load_video_frames(sample, self.n_frames)
+        return load_video_frames(sample, self.n_frames, reader=self.video_reader)
 
     def preprocess(self, raw, question: str) -> dict[str, torch.Tensor]:
         tower = self.model.model.video_tower
