@@ -22,7 +22,8 @@ Bookkeeping conventions (the two models have different prompt lengths Pd and Pt)
     holds Pd + len(out) - len(pending) positions. Its next forward feeds all of `pending` at once.
   * Acceptance uses vLLM's definitions: drafted / accepted counts, acceptance rate =
     accepted / drafted, mean acceptance length = 1 + accepted / verify_steps, per position
-    [accepted, drafted]. The hidden block counts as one verify step (position 0 is checked by the
+    [accepted, drafted], and per verify block [drafted, accepted] in order (accept_blocks, the
+    hidden block first: the run-length structure metrics.acceptance_structure reads). The hidden block counts as one verify step (position 0 is checked by the
     prefill logits, positions 1.. by one verify forward), so every block yields 1 + accepted tokens
     and  tokens produced == verify_steps + accepted + decode_steps  (before EOS/max truncation).
 
@@ -119,8 +120,10 @@ class Acceptance:
     verify_steps: int = 0
     rejections: int = 0                       # blocks that stopped at a mismatch
     per_position: list = field(default_factory=list)   # [[accepted, drafted], ...]
+    blocks: list = field(default_factory=list)         # [[drafted, accepted], ...] in order; [0] = hidden
 
     def add_block(self, n_drafted: int, n_accepted: int) -> None:
+        self.blocks.append([int(n_drafted), int(n_accepted)])
         self.drafted += n_drafted
         self.accepted += n_accepted
         self.verify_steps += 1
@@ -247,6 +250,7 @@ class EngineResult:
     accepted: int = 0
     verify_steps: int = 0
     accept_per_position: list = field(default_factory=list)
+    accept_blocks: list = field(default_factory=list)   # [[drafted, accepted], ...]; [0] = hidden block
     token_match_rate: float | None = None
     ideal_e2e_ms: float | None = None
     timeline: dict = field(default_factory=lambda: {
@@ -684,6 +688,7 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     res.e2e_ms = now_ms(target.device) - t0
     res.drafted, res.accepted, res.verify_steps = acc.drafted, acc.accepted, acc.verify_steps
     res.accept_per_position = [list(p) for p in acc.per_position]
+    res.accept_blocks = [list(b) for b in acc.blocks]
     _finish(res, out, eos, max_new_tokens, reference_tokens)
     res.ideal_e2e_ms = _ideal_for(res, hidden_cap, len(res.output_tokens))
     return res
@@ -807,7 +812,8 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
 # -- records ---------------------------------------------------------------------------------------
 RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "window_ms",
                "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
-               "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline", "error", "note")
+               "accept_per_position", "accept_blocks", "token_match_rate", "ideal_e2e_ms", "timeline", "error",
+               "note")
 META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl")
 
 

@@ -15,6 +15,14 @@ Definitions (the report's methodology section restates them):
 - speedup = mean target total / mean drafter total over paired samples (ratio of means).
 - acceptance (engine records, vLLM definitions): rate = accepted / drafted, mean acceptance length =
   1 + accepted / verify_steps, pooled over the records of a group.
+- acceptance structure (engine records' accept_blocks, one [drafted n, accepted L] per verify block,
+  the hidden block first): acceptance stops at the first mismatch, so a block's accepted length L is
+  a run length. alpha_iid = accepted / (accepted + rejected blocks) is the maximum-likelihood
+  per-token acceptance of an i.i.d. model; that model gives P(L = k) = a^k (1 - a) for k < n and
+  a^n for k = n. Implied speedup (a MODEL, labelled so) = sum(1 + L) / sum(c * n + 1): tokens per
+  block over block cost in target decode steps, a verify costing one step and a draft step c =
+  drafter TPOT / target TPOT (stage records); c = 0 for the hidden block, drafted while the target
+  prefills. The same formula over the i.i.d. expectation gives the i.i.d. model's speedup.
 - seed formulas: kept as labelled *models* of wall clock, never shown as measurements.
 """
 from __future__ import annotations
@@ -369,7 +377,8 @@ def engine_frame(records: Iterable[dict]) -> pd.DataFrame:
                                               "window_ms", "hidden_drafted", "hidden_accepted",
                                               "drafted", "accepted", "verify_steps",
                                               "token_match_rate", "ideal_e2e_ms")},
-                     "accept_per_position": r.get("accept_per_position") or []})
+                     "accept_per_position": r.get("accept_per_position") or [],
+                     "accept_blocks": r.get("accept_blocks") or []})
     return pd.DataFrame(rows)
 
 
@@ -444,6 +453,95 @@ def per_position_acceptance(engine: pd.DataFrame) -> pd.DataFrame:
     rows = [{"mode": k[0], "gamma": k[1], "alpha": k[2], "position": k[3], "accepted": v[0],
              "drafted": v[1], "rate": _ratio(v[0], v[1])} for k, v in sorted(acc.items())]
     return pd.DataFrame(rows)
+
+
+# -- acceptance structure (run lengths) -----------------------------------------------------------
+BLOCK_KINDS = ("hidden", "verify")
+
+
+def iid_length_pmf(alpha: float, n: int) -> np.ndarray:
+    """P(L = k), k = 0..n, for a block of n drafted tokens with i.i.d. per-token acceptance alpha."""
+    k = np.arange(n + 1, dtype=float)
+    pmf = alpha ** k * (1.0 - alpha)
+    pmf[n] = alpha ** n
+    return pmf
+
+
+def alpha_iid(blocks: Sequence[Sequence[int]]) -> float:
+    """MLE of i.i.d. per-token acceptance from [drafted, accepted] blocks (accepted / (accepted +
+    blocks that stopped at a mismatch)); NaN without a drafted token."""
+    acc = sum(a for d, a in blocks if d > 0)
+    misses = sum(a < d for d, a in blocks if d > 0)
+    return _ratio(acc, acc + misses)
+
+
+def implied_speedup(lengths: Sequence[float], drafted: Sequence[int], draft_cost: float) -> float:
+    """MODEL: tokens per block over block cost in target decode steps (see the module docstring)."""
+    cost = sum(draft_cost * n + 1.0 for n in drafted)
+    return _ratio(sum(1.0 + x for x in lengths), cost)
+
+
+def draft_cost_ratio(stages: pd.DataFrame) -> float:
+    """c = mean drafter TPOT / mean target TPOT over successful stage records (NaN without both)."""
+    if stages.empty:
+        return math.nan
+    ok = stages[stages["ok"]]
+    d = ok.loc[ok["model"] == "drafter", "tpot_ms"].mean()
+    t = ok.loc[ok["model"] == "target", "tpot_ms"].mean()
+    return _ratio(d, t) if not (math.isnan(d) or math.isnan(t)) else math.nan
+
+
+def _blocks_by_group(engine: pd.DataFrame) -> dict[tuple, list[list[int]]]:
+    groups: dict[tuple, list[list[int]]] = {}
+    if engine.empty:
+        return groups
+    for _, r in engine[engine["ok"]].iterrows():
+        for i, (d, a) in enumerate(r["accept_blocks"]):
+            if d > 0:
+                key = (r["mode"], r["gamma"], r["alpha"], BLOCK_KINDS[min(i, 1)])
+                groups.setdefault(key, []).append([int(d), int(a)])
+    return groups
+
+
+def acceptance_structure(engine: pd.DataFrame, draft_cost: float = math.nan) -> dict[str, pd.DataFrame]:
+    """mode x gamma x alpha x block kind (hidden | verify), pooled over datasets:
+    "runs": accepted-length distribution next to the i.i.d. model's with the same alpha_iid;
+    "summary": means and the implied speedups (MODEL) of both; "positions": per draft position the
+    rate P(accepted) and the conditional rate P(accepted | previous accepted), with the i.i.d.
+    model's (alpha_iid^(j+1) and alpha_iid)."""
+    runs, summary, positions = [], [], []
+    for (mode, gamma, alpha, kind), blocks in sorted(_blocks_by_group(engine).items()):
+        a_hat = alpha_iid(blocks)
+        d = np.array([b[0] for b in blocks])
+        lengths = np.array([b[1] for b in blocks])
+        pmfs = np.zeros((len(blocks), int(d.max()) + 1))
+        for i, n in enumerate(d):
+            pmfs[i, :n + 1] = iid_length_pmf(a_hat, int(n))
+        iid_mean = pmfs @ np.arange(pmfs.shape[1])
+        key = {"mode": mode, "gamma": gamma, "alpha": alpha, "block": kind}
+        for k in range(pmfs.shape[1]):
+            runs.append({**key, "accepted_length": k, "blocks": int((lengths == k).sum()),
+                         "fraction": float((lengths == k).mean()), "iid_fraction": float(pmfs[:, k].mean())})
+        c = 0.0 if kind == "hidden" else draft_cost
+        summary.append({**key, "blocks": len(blocks), "mean_drafted": float(d.mean()),
+                        "drafted": int(d.sum()), "accepted": int(lengths.sum()),
+                        "acceptance_rate": float(lengths.sum() / d.sum()), "alpha_iid": a_hat,
+                        "mean_accepted_length": float(lengths.mean()),
+                        "iid_mean_accepted_length": float(iid_mean.mean()),
+                        "full_block_fraction": float((lengths == d).mean()),
+                        "iid_full_block_fraction": float(np.mean(a_hat ** d)),
+                        "draft_cost_ratio": c,
+                        "implied_speedup": implied_speedup(lengths, d, c),
+                        "iid_implied_speedup": implied_speedup(iid_mean, d, c)})
+        for j in range(int(d.max())):
+            long = d > j
+            acc_j = int((lengths[long] > j).sum())
+            prev = int((lengths[long] > j - 1).sum())
+            positions.append({**key, "position": j, "drafted": int(long.sum()), "accepted": acc_j,
+                              "rate": _ratio(acc_j, int(long.sum())), "iid_rate": a_hat ** (j + 1),
+                              "conditional_rate": _ratio(acc_j, prev), "iid_conditional_rate": a_hat})
+    return {"runs": pd.DataFrame(runs), "summary": pd.DataFrame(summary),
+            "positions": pd.DataFrame(positions)}
 
 
 def headline_acceptance(summary: pd.DataFrame, dataset: str) -> dict | None:
@@ -531,4 +629,6 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
         "peak_memory": peak_memory(stages),
         "engine_records": engine, "engine": engine_summary(engine, drafter_token_ms),
         "engine_positions": per_position_acceptance(engine),
+        **{f"acceptance_{k}": v for k, v in
+           acceptance_structure(engine, draft_cost_ratio(stages)).items()},
     }

@@ -325,7 +325,7 @@ def test_to_record_matches_the_contract(rand):
         "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl", "mode",
         "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "n_output_tokens",
         "output_tokens", "window_ms", "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted",
-        "verify_steps", "accept_per_position", "token_match_rate", "ideal_e2e_ms", "timeline",
+        "verify_steps", "accept_per_position", "accept_blocks", "token_match_rate", "ideal_e2e_ms", "timeline",
         "error", "note"}
     assert rec["kind"] == "engine" and rec["mode"] == "parallel" and rec["n_output_tokens"] == 6
     assert rec["token_match_rate"] == 1.0

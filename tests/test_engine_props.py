@@ -76,6 +76,12 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
     assert sum(a for a, _ in res.accept_per_position) == res.accepted
     accepted_by_pos = [a for a, _ in res.accept_per_position]
     assert accepted_by_pos == sorted(accepted_by_pos, reverse=True)
+    # the per-block record holds the same counts: one block per verify step, the hidden one first
+    assert len(res.accept_blocks) == res.verify_steps and res.accept_blocks[0][0] == res.hidden_block
+    assert all(0 <= a <= d for d, a in res.accept_blocks)
+    assert [sum(a > j for _, a in res.accept_blocks) for j in range(len(accepted_by_pos))] == accepted_by_pos
+    assert [sum(d > j for d, _ in res.accept_blocks) for j in range(len(accepted_by_pos))] == \
+        [d for _, d in res.accept_per_position]
     assert len(res.timeline["draft_token_ms"]) == res.drafted
     assert len(res.timeline["verify_ms"]) <= res.verify_steps
     assert steps[0] == "hidden" and len(steps) == 1 + len(res.gamma_trace)

@@ -263,3 +263,76 @@ def test_break_even_acceptance_from_a_verify_cost_curve():
     # more expensive verification never lowers the break-even
     alphas = [break_even_alpha({1: 1.0, 9: c}, 9) for c in (1.2, 1.5, 2.0, 3.0, 5.0, 8.0)]
     assert alphas == sorted(alphas)
+
+
+def test_acceptance_structure_on_hand_made_blocks():
+    """Run lengths, alpha_iid, the i.i.d. model's distribution and both implied speedups follow the
+    module docstring's definitions on blocks built by hand."""
+    recs = [engine_record("1s", "a", "target_only", e2e_ms=300.0),
+            # hidden block 3/3, then gamma-2 blocks accepting 2, 0, 2
+            engine_record("1s", "a", "parallel", gamma=2, accept_blocks=[[3, 3], [2, 2], [2, 0], [2, 2]]),
+            # hidden block 0/1, then one block accepting 1 (a mismatch at position 2)
+            engine_record("4s", "b", "parallel", gamma=2, accept_blocks=[[1, 0], [2, 1]])]
+    stages = M.stage_frame([stage_record("1s", "a", "drafter", decode_token_ms=[0.1, 2.0, 2.0]),
+                            stage_record("1s", "a", "target", decode_token_ms=[0.1, 8.0, 8.0])])
+    c = M.draft_cost_ratio(stages)
+    assert c == pytest.approx(0.25)
+    s = M.acceptance_structure(M.engine_frame(recs), c)
+    summ = s["summary"].set_index("block")
+    v = summ.loc["verify"]
+    # verify blocks: lengths 2, 0, 2, 1 of n = 2; accepted 5, misses 2
+    assert v["blocks"] == 4 and v["alpha_iid"] == pytest.approx(5 / 7)
+    assert v["acceptance_rate"] == pytest.approx(5 / 8)
+    a = 5 / 7
+    assert v["iid_mean_accepted_length"] == pytest.approx(a + a * a)
+    assert v["implied_speedup"] == pytest.approx((4 + 5) / (4 * (0.25 * 2 + 1)))
+    assert v["iid_implied_speedup"] == pytest.approx(4 * (1 + a + a * a) / (4 * 1.5))
+    assert v["full_block_fraction"] == 0.5 and v["iid_full_block_fraction"] == pytest.approx(a * a)
+    runs = s["runs"][s["runs"]["block"] == "verify"].set_index("accepted_length")
+    assert runs["blocks"].tolist() == [1, 1, 2]
+    assert runs["iid_fraction"].tolist() == pytest.approx([1 - a, a * (1 - a), a * a])
+    assert runs["iid_fraction"].sum() == pytest.approx(1.0) and runs["fraction"].sum() == pytest.approx(1.0)
+    h = summ.loc["hidden"]   # lengths 3 of 3 and 0 of 1: drafting is hidden, so c = 0
+    assert h["alpha_iid"] == pytest.approx(3 / 4) and h["draft_cost_ratio"] == 0.0
+    assert h["implied_speedup"] == pytest.approx((4 + 1) / 2)
+    hr = s["runs"][s["runs"]["block"] == "hidden"].set_index("accepted_length")["iid_fraction"]
+    # the n = 3 block: 1/4, 3/4 * 1/4, (3/4)^2 * 1/4, (3/4)^3; the n = 1 block: 1/4, 3/4
+    assert hr.tolist() == pytest.approx([(0.25 + 0.25) / 2, (0.75 * 0.25 + 0.75) / 2,
+                                         0.75 ** 2 * 0.25 / 2, 0.75 ** 3 / 2])
+    pos = s["positions"][s["positions"]["block"] == "verify"].set_index("position")
+    assert pos["rate"].tolist() == pytest.approx([3 / 4, 2 / 4])
+    assert pos["conditional_rate"].tolist() == pytest.approx([3 / 4, 2 / 3])
+    assert pos["iid_rate"].tolist() == pytest.approx([a, a * a])
+
+
+def test_iid_blocks_match_the_iid_model():
+    """Blocks drawn from an i.i.d. acceptance process recover its alpha and its run-length
+    distribution (the comparison the report makes can tell i.i.d. from clustered acceptance)."""
+    rng = np.random.default_rng(3)
+    alpha, n = 0.6, 4
+    def draw():
+        k = 0
+        while k < n and rng.random() < alpha:
+            k += 1
+        return k
+    blocks = [[n, draw()] for _ in range(4000)]
+    s = M.acceptance_structure(M.engine_frame([engine_record("1s", "a", "parallel", gamma=n,
+                                                             accept_blocks=[[1, 1], *blocks])]))
+    v = s["summary"].set_index("block").loc["verify"]
+    assert v["alpha_iid"] == pytest.approx(alpha, abs=0.02)
+    r = s["runs"][s["runs"]["block"] == "verify"]
+    assert np.abs(r["fraction"] - r["iid_fraction"]).max() < 0.03
+    # all-or-nothing blocks with the same alpha_iid are far from the i.i.d. distribution
+    clustered = [[n, n if rng.random() < 0.5 else 0] for _ in range(4000)]
+    s2 = M.acceptance_structure(M.engine_frame([engine_record("1s", "a", "parallel", gamma=n,
+                                                              accept_blocks=[[1, 1], *clustered])]))
+    r2 = s2["runs"][s2["runs"]["block"] == "verify"]
+    assert np.abs(r2["fraction"] - r2["iid_fraction"]).max() > 0.2
+
+
+def test_records_without_blocks_give_empty_structure():
+    """Older engine records (no accept_blocks) are skipped, not an error."""
+    rec = engine_record("1s", "a", "parallel", accept_per_position=[[1, 2]], verify_steps=2)
+    assert rec["accept_blocks"] == []
+    s = M.compute_all([rec])
+    assert s["acceptance_summary"].empty and s["acceptance_runs"].empty

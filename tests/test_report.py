@@ -218,3 +218,24 @@ def test_engine_only_records_with_a_failure_do_not_crash(tmp_path):
                           error={"stage": "decode", "type": "RuntimeError", "message": "boom"})]
     report = write_report(recs, tmp_path, META).read_text()
     assert "1 records failed; most failed records failed at decode" in report
+
+
+def test_acceptance_structure_section_matches_the_records(with_engine, eng_recs):
+    """The run-length table shows, per block kind, the block count and mean accepted length
+    recomputed from the records' accept_blocks, labels the implied speedup a MODEL, and the
+    distribution and per-position tables are there."""
+    text = with_engine.read_text()
+    assert "#### Acceptance structure: run lengths" in text
+    table = md_table_after(text, "#### Acceptance structure: run lengths")
+    assert "Implied speedup, MODEL (i.i.d.)" in table.columns
+    for _, row in table.iterrows():
+        alpha = None if row["Drafter"] == "real drafter" else float(row["Drafter"].split("=")[1])
+        blocks = [b for r in eng_recs if r["mode"] == row["Mode"] and str(r["gamma"]) == row["γ"]
+                  and r["alpha_simulated"] == alpha
+                  for b in (r["accept_blocks"][:1] if row["Block"] == "hidden" else r["accept_blocks"][1:])]
+        assert int(row["Blocks"]) == len(blocks)
+        assert number(row["Mean L (i.i.d.)"].split("/")[0]) == pytest.approx(
+            np.mean([a for _, a in blocks]), abs=0.006)
+    assert "P(L = k)" in text and "P(accept j given j−1 accepted)" in text
+    res = json.loads((with_engine.parent / "results.json").read_text())
+    assert res["acceptance_summary"] and res["acceptance_runs"] and res["acceptance_positions"]
