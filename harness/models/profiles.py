@@ -3,7 +3,9 @@
   tiny       random weights (a few M params) saved once as safetensors into the cache, then loaded
              with from_pretrained exactly like a real checkpoint (CI, CPU).
   7b-shaped  real 7B Llama / CLIP-L shapes with random weights, built on the meta device and
-             materialized (and NF4-quantized) layer by layer on the GPU. Timing only: the tokenizer
+             materialized (and NF4-quantized) layer by layer on the GPU, with decisive greedy
+             choices (a planted next-token structure, models/decisive.py) so batched verify and
+             single-token decode pick the same tokens in bf16 / NF4. Timing only: the tokenizer
              is the project's tiny one (ids < vocab), since token ids, not their meaning, drive cost.
   real       local checkpoint directories (EventGPT-7B in its original key layout, Video-LLaVA-7B-hf).
 """
@@ -15,6 +17,7 @@ import torch
 
 from harness.errors import ModelLoadError
 from harness.models import checkpoint
+from harness.models.decisive import plant_next_token_
 from harness.models.eventgpt import (CLIP_L14_336, EventChatConfig, EventChatLlamaForCausalLM, EventGPTRunner)
 from harness.models.eventgpt import SKIP_QUANT as EVENTGPT_SKIP
 from harness.models.eventgpt import canonical_key as eg_canonical
@@ -37,6 +40,9 @@ LLAMA_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, nu
 CLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                  image_size=28, patch_size=14, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 TINY_VOCAB = 512
+# The drafter and the target get different planted bigrams (models/decisive.py): random models
+# must not agree by construction.
+PLANT_SEED_OFFSET = {"drafter": 1000, "target": 1001}
 
 
 def check_profile(profile: str) -> str:
@@ -138,6 +144,7 @@ def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16
     with init_empty_weights(include_buffers=False):
         model = cls(config)
     materialize_(model, device=device, dtype=dtype, quant=quant, skip_modules=skip, seed=seed)
+    plant_next_token_(model, seed=seed + PLANT_SEED_OFFSET[which])   # decisive greedy choices
     return runner_cls(model, tokenizer, name=f"{which}:7b-shaped")
 
 
