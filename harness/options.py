@@ -12,7 +12,7 @@ import argparse
 from dataclasses import dataclass, field
 from typing import Any
 
-PROFILES = ("tiny", "7b-shaped", "real")
+PROFILES = ("tiny", "trained", "7b-shaped", "real")
 QUANTS = ("nf4", "int4", "none")
 DTYPES = ("float32", "bfloat16", "float16")
 DECODE_CHOICES = ("auto", "hf", "static", "cuda-graph", "compiled")
@@ -49,7 +49,8 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     # models
-    Option("profile", "tiny: tiny random-weight checkpoints (CPU-friendly); 7b-shaped: real 7B / CLIP-L "
+    Option("profile", "tiny: tiny random-weight checkpoints (CPU-friendly); trained: tiny models ppbench "
+           "trains on the synthetic scenes (real acceptance); 7b-shaped: real 7B / CLIP-L "
            "shapes with random weights (GPU cost only); real: your local checkpoints (--drafter-path, "
            "--target-path)", "tiny", choices=PROFILES),
     Option("drafter_path", "EventGPT-7B checkpoint directory (--profile real only)", kwargs={"metavar": "DIR"}),

@@ -70,6 +70,8 @@ def device_name(device: torch.device) -> str:
 
 PROFILE_LABELS = {
     "tiny": "tiny random-weight checkpoints (cost of a tiny model only; no quality, no 7B timings)",
+    "trained": ("tiny models trained by ppbench on the synthetic scenes (real acceptance between two "
+                "models that see different inputs; the timings are a tiny model's)"),
     "7b-shaped": "7B-shaped random-weight models (real 7B/CLIP-L shapes; timings only, no quality)",
     "real": "real checkpoints",
 }

@@ -7,6 +7,8 @@
              choices (a planted next-token structure, models/decisive.py) so batched verify and
              single-token decode pick the same tokens in bf16 / NF4. Timing only: the tokenizer
              is the project's tiny one (ids < vocab), since token ids, not their meaning, drive cost.
+  trained    the tiny architectures trained by ppbench on the embedded scenes (models/trained.py),
+             cached and loaded like the tiny checkpoints.
   real       local checkpoint directories (EventGPT-7B in its original key layout, Video-LLaVA-7B-hf).
 """
 from __future__ import annotations
@@ -28,7 +30,7 @@ from harness.models.videollava import canonical_key as vl_canonical
 from harness.models.videollava import VideoLlavaRunner
 from harness.models.videollava import visual_token_count as videollava_visual_tokens
 
-PROFILES = ("tiny", "7b-shaped", "real")
+PROFILES = ("tiny", "trained", "7b-shaped", "real")
 
 LLAMA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
                 intermediate_size=11008, max_position_embeddings=4096, rms_norm_eps=1e-5)
@@ -40,6 +42,10 @@ LLAMA_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, nu
 CLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                  image_size=28, patch_size=14, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 TINY_VOCAB = 512
+# Trained pair (models/trained.py): the tiny sizes, at 56 px (16 patches per image), so a shape in
+# a frame or an event image covers a few pixels instead of one or two.
+CLIP_TRAINED = dict(CLIP_TINY, image_size=56)
+_SIZES = {"tiny": (LLAMA_TINY, CLIP_TINY, TINY_VOCAB), "trained": (LLAMA_TINY, CLIP_TRAINED, TINY_VOCAB)}
 # The drafter and the target get different planted bigrams (models/decisive.py): random models
 # must not agree by construction.
 PLANT_SEED_OFFSET = {"drafter": 1000, "target": 1001}
@@ -57,7 +63,7 @@ def _special_ids(tokenizer) -> dict:
 
 
 def eventgpt_config(profile: str, tokenizer) -> EventChatConfig:
-    llm, clip, vocab = (LLAMA_TINY, CLIP_TINY, TINY_VOCAB) if profile == "tiny" else (LLAMA_7B, CLIP_L14_336, 32000)
+    llm, clip, vocab = _SIZES.get(profile, (LLAMA_7B, CLIP_L14_336, 32000))
     sid = _special_ids(tokenizer)
     return EventChatConfig(**llm, vocab_size=vocab, bos_token_id=sid["bos"], eos_token_id=sid["eos"],
                            pad_token_id=sid["pad"], tie_word_embeddings=False,
@@ -68,7 +74,7 @@ def eventgpt_config(profile: str, tokenizer) -> EventChatConfig:
 def videollava_config(profile: str, tokenizer):
     from transformers import VideoLlavaConfig
 
-    llm, clip, vocab = (LLAMA_TINY, CLIP_TINY, TINY_VOCAB) if profile == "tiny" else (LLAMA_7B, CLIP_L14_224, 32064)
+    llm, clip, vocab = _SIZES.get(profile, (LLAMA_7B, CLIP_L14_224, 32064))
     sid = _special_ids(tokenizer)
     cfg = VideoLlavaConfig(
         vision_config=dict(clip, model_type="clip_vision_model"),
@@ -156,6 +162,10 @@ def _load(which: str, profile: str, *, device, quant, dtype, path, cache_dir, al
         from harness.models.tiny import ensure_tiny_checkpoints
 
         path = ensure_tiny_checkpoints(cache_dir)["drafter" if which == "drafter" else "target"]
+    elif profile == "trained":
+        from harness.models.trained import ensure_trained_checkpoints
+
+        path = ensure_trained_checkpoints(cache_dir)["drafter" if which == "drafter" else "target"]
     elif path is None:
         raise ModelLoadError(f"profile 'real' needs a local checkpoint path for the {which}")
     return load_checkpoint(which, path, device=device, quant=quant, dtype=dtype, allow_pickle=allow_pickle,
