@@ -46,7 +46,7 @@ from harness.models.quant import random_init_
 VERSION = "v1"
 MARKER = ".complete"
 N_TRAIN, N_EVAL = 320, 48           # scenes (one clip each); data seeds [seed, 0, i] / [seed, 1, i]
-EPOCHS, BATCH, LR = 12, 16, 5e-3
+EPOCHS, BATCH, LR = 8, 16, 3e-3
 MAX_ANSWER_TOKENS = 32
 COLOURS = {(0, 0, 0): "black", (1, 0, 0): "red", (0, 1, 0): "green", (0, 0, 1): "blue", (1, 1, 0): "yellow",
            (1, 0, 1): "magenta", (0, 1, 1): "cyan", (1, 1, 1): "white"}

@@ -1,0 +1,45 @@
+"""The trained pair's real acceptance stays inside its committed band per duration
+(harness/calibration/bounds/trained-cpu.json, derived by scripts/derive_acceptance_bands.py from
+the run in docs/results/trained-cpu/): the parallel engine, real drafter tokens, gamma 4, the
+first samples of each duration of the embedded dataset, fp32 on CPU. It also stays lossless."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from harness import engine as E
+from harness.bounds import bounds_path, check_bound, load_bounds_file
+from harness.data import load_samples
+from harness.data.synthetic import ensure_default_dataset
+from harness.models.profiles import load_pair
+
+BOUNDS = bounds_path("trained", "cpu")
+GAMMA, MAX_NEW_TOKENS = 4, 50
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return load_pair("trained", quant="none", dtype=torch.float32)
+
+
+def band_durations() -> list[str]:
+    return sorted(json.loads(BOUNDS.read_text())["bounds"]["acceptance_rate"]["per_duration"])
+
+
+@pytest.mark.parametrize("duration", band_durations())
+def test_trained_pair_acceptance_is_inside_its_band(pair, duration):
+    """Pooled accepted / drafted over the duration's first samples lies in the committed band,
+    and every output equals the target's plain greedy output."""
+    drafter, target = pair
+    bounds = load_bounds_file(BOUNDS)
+    samples = load_samples(ensure_default_dataset(progress=False), duration, limit=2)
+    accepted = drafted = 0
+    for s in samples:
+        ref = E.target_only(target, s, max_new_tokens=MAX_NEW_TOKENS).output_tokens
+        res = E.parallel_prefill_decode(drafter, target, s, max_new_tokens=MAX_NEW_TOKENS, gamma=GAMMA,
+                                        overlap="always", reference_tokens=ref)
+        assert res.output_tokens == ref, s.id
+        accepted, drafted = accepted + res.accepted, drafted + res.drafted
+    check_bound(bounds, "acceptance_rate", accepted / drafted, samples=[s.id for s in samples], duration=duration)
