@@ -475,6 +475,12 @@ def alpha_iid(blocks: Sequence[Sequence[int]]) -> float:
     return _ratio(acc, acc + misses)
 
 
+def verify_acceptance_rate(blocks: Sequence[Sequence[int]]) -> float:
+    """accepted / drafted over [drafted, accepted] blocks; callers pass the verify blocks after the
+    hidden one (accept_blocks[1:]), whose positions do not depend on the overlap window's length."""
+    return _ratio(sum(a for _, a in blocks), sum(d for d, _ in blocks))
+
+
 def implied_speedup(lengths: Sequence[float], drafted: Sequence[int], draft_cost: float) -> float:
     """MODEL: tokens per block over block cost in target decode steps (see the module docstring)."""
     cost = sum(draft_cost * n + 1.0 for n in drafted)

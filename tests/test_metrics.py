@@ -283,6 +283,8 @@ def test_acceptance_structure_on_hand_made_blocks():
     # verify blocks: lengths 2, 0, 2, 1 of n = 2; accepted 5, misses 2
     assert v["blocks"] == 4 and v["alpha_iid"] == pytest.approx(5 / 7)
     assert v["acceptance_rate"] == pytest.approx(5 / 8)
+    assert M.verify_acceptance_rate(recs[1]["accept_blocks"][1:]) == pytest.approx(4 / 6)
+    assert math.isnan(M.verify_acceptance_rate([]))
     a = 5 / 7
     assert v["iid_mean_accepted_length"] == pytest.approx(a + a * a)
     assert v["implied_speedup"] == pytest.approx((4 + 5) / (4 * (0.25 * 2 + 1)))
