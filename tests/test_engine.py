@@ -336,8 +336,10 @@ def test_to_record_matches_the_contract(rand):
 
 
 def test_error_result_record():
+    """A failed engine run's record keeps the stage, the type, the message and the file it names."""
     rec = E.to_record(E.error_result("parallel", "load", DataError("bad", path="x.h5", sample="s")))
-    assert rec["error"] == {"stage": "load", "type": "DataError", "message": "bad (sample s, file x.h5)"}
+    assert rec["error"] == {"stage": "load", "type": "DataError", "message": "bad (sample s, file x.h5)",
+                            "path": "x.h5"}
     assert rec["n_output_tokens"] == 0
 
 
