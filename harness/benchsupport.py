@@ -228,43 +228,6 @@ def load_session_bounds(config, bench: BenchSession) -> dict | None:
     return bounds.load_bounds_file(candidate)
 
 
-ENGINE_BENCH = "test_parallel_prefill"
-
-
-def measurements_from_saves(docs: list[dict]) -> tuple[dict, dict]:
-    """Bound-relevant numbers from saved pytest-benchmark JSON (the parallel-prefill benchmarks'
-    extra_info), per duration; several saves pool by median. Returns (measurements, ppbench meta)."""
-    import statistics
-
-    from .bounds import DEFAULT_MARGINS
-
-    per: dict[str, dict[str, list]] = {}
-    meta = {}
-    for doc in docs:
-        meta = doc.get("ppbench") or meta
-        for b in doc["benchmarks"]:
-            if not b["name"].startswith(ENGINE_BENCH + "["):
-                continue
-            duration = b["name"][len(ENGINE_BENCH) + 1:-1]
-            extra = dict(b.get("extra_info") or {})
-            if "pooled_acceptance" in extra:   # the bound checks the pooled rate, so derive from it
-                extra["acceptance_rate"] = extra["pooled_acceptance"]
-            for name, value in extra.items():
-                if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
-                    value = statistics.median(value)  # per-sample list -> the run's median
-                if name in DEFAULT_MARGINS and isinstance(value, (int, float)):
-                    per.setdefault(name, {}).setdefault(duration, []).append(float(value))
-    if meta.get("dtype") != "float32":
-        # bf16/NF4 batched-vs-single numerics flip near-ties on random weights: the token match
-        # rate is reported there, never bounded (lossless is proven bit-exactly in fp32).
-        per.pop("token_match_rate", None)
-    out = {}
-    for name, by_dur in per.items():
-        vals = {d: statistics.median(v) for d, v in by_dur.items()}
-        out[name] = {"all": statistics.median(vals.values()), "per_duration": vals}
-    return out, meta
-
-
 def finish_session(session) -> None:
     """Writes the summary report from this session's measurements, then runs the gate if asked."""
     config = session.config

@@ -10,7 +10,8 @@ fixed or adaptive draft length. Output is always the target's own greedy output 
 Overlap policy (`overlap`): with the drafter on its own GPU (or on CPU) it drafts until the target is
 ready ("always"). On a GPU it shares with the target, a hidden token is not free: the drafter's
 decode kernels take SMs from the target's vision encoder and prefill, delaying the critical path
-(H100, NF4: prefill 71 -> 81 ms, drafter starved to ~30 ms a token, docs/results). So there it
+and starving the drafter (measured: docs/results/README.md at commit 080f728,
+h100-7b-shaped-engine-1gpu-always). So there it
 drafts only while the target loads its data, one step in flight, and waits while the target's
 preprocessing (which ends on the GPU) and GPU stages run ("yield-gpu", the default on a shared
 GPU). Its own stages 1-4 always run.
@@ -496,9 +497,10 @@ def _done_unless(event: torch.cuda.Event, ready: threading.Event, *others: threa
                  poll_s: float = 2e-3) -> bool:
     """Waits for `event`; False as soon as `ready` (or any of `others`) is set. Waits on `ready`
     between polls of the event (the GIL is released meanwhile): a set `ready` wakes it at once,
-    and the coarse poll costs no drafter speed because the next step is already queued. (A 0.5 ms
-    poll woke the drafter's thread a dozen times a step, and the target's frame decoding, which
-    takes the GIL back after every frame, lost ~4 ms more per sample on two H200s.)"""
+    and the coarse poll costs no drafter speed because the next step is already queued. (A finer
+    poll wakes the drafter's thread many times a step and delays the target's frame decoding, which
+    takes the GIL back after every frame: docs/results/README.md at commit 080f728, *Intermediate
+    runs*.)"""
     while not event.query():
         if ready.wait(poll_s) or any(f.is_set() for f in others):
             return False
@@ -570,7 +572,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     reference_tokens: the target's plain greedy output for this sample; computed with
     `target_only` when alpha is given without it. debug_hook(state) is called after every step.
     switch_interval: Python's GIL switch interval (s) while both pipelines run (None: unchanged);
-    an experiment knob for scripts/overlap_probe.py, which measured no gain from it on an H100."""
+    an experiment knob for scripts/overlap_probe.py (its results: docs/results/README.md at commit
+    080f728, h100-overlap-probe)."""
     if max_new_tokens < 1 or hidden_cap < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and hidden_cap ({hidden_cap}) must be >= 1")
     if gamma != "adaptive" and not 0 <= int(gamma) <= 64:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics as st
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -491,3 +492,48 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
         "engine_records": engine, "engine": engine_summary(engine, drafter_token_ms),
         "engine_positions": per_position_acceptance(engine),
     }
+
+
+# -- what the benchmarks and the bounds check ---------------------------------------------------
+def summarize_engine(engine_records: list[dict], stage_records: list[dict]) -> tuple[dict, dict]:
+    """Per-duration numbers for a benchmark: (per-sample lists, medians + pooled acceptance).
+
+    Per-sample lists go into extra_info, so the regression gate tests them statistically like
+    timing rounds; the medians are what the bounds check."""
+    by = {}
+    for r in engine_records:
+        if not r.get("error"):
+            by.setdefault(r["mode"], {})[r["sample_id"]] = r
+    par, ref = by.get("parallel", {}), by.get("target_only", {})
+    common = sorted(par.keys() & ref.keys())
+    pre = {m: {r["sample_id"]: to_prefill_end(r["stages_ms"]) for r in stage_records
+               if r["model"] == m and not r.get("error")} for m in ("drafter", "target")}
+    both = [s for s in common if pre["drafter"].get(s) and s in pre["target"]]
+    # Window capacity at the drafter's isolated speed (its stage record's per-token times, token 1
+    # being free from the prefill logits): hidden_fill = hidden drafted / that capacity.
+
+    iso = {r["sample_id"]: r["decode_token_ms"] for r in stage_records
+           if r["model"] == "drafter" and not r.get("error") and r["decode_token_ms"]}
+    capacity = {s: hidden_tokens(iso[s], par[s]["window_ms"]) for s in common
+                if s in iso and par[s]["window_ms"] is not None}
+    per_sample = {
+        "overall_speedup": [ref[s]["e2e_ms"] / par[s]["e2e_ms"] for s in common],
+        "drafter_prefill_speedup": [pre["target"][s] / pre["drafter"][s] for s in both],
+        "hidden_tokens": [par[s]["hidden_drafted"] for s in common],
+        "hidden_accepted": [par[s]["hidden_accepted"] for s in common],
+        "hidden_fill": [par[s]["hidden_drafted"] / capacity[s] for s in common if capacity.get(s)],
+        "window_ms": [par[s]["window_ms"] for s in common],
+        "engine_efficiency": [par[s]["ideal_e2e_ms"] / par[s]["e2e_ms"] for s in common
+                              if par[s].get("ideal_e2e_ms")],
+        "token_match_rate": [par[s]["token_match_rate"] for s in common
+                             if par[s].get("token_match_rate") is not None],
+        "acceptance_rate": [par[s]["accepted"] / par[s]["drafted"] for s in common if par[s]["drafted"]],
+        "e2e_ms_parallel": [par[s]["e2e_ms"] for s in common],
+        "e2e_ms_target_only": [ref[s]["e2e_ms"] for s in common],
+    }
+    drafted = sum(par[s]["drafted"] for s in common)
+    accepted = sum(par[s]["accepted"] for s in common)
+    medians = {k: (st.median(v) if v else None) for k, v in per_sample.items()}
+    medians.update(samples=common, drafted=drafted, accepted=accepted,
+                   acceptance_rate=accepted / drafted if drafted else None)
+    return {"samples": common, **per_sample}, medians

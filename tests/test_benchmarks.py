@@ -64,7 +64,8 @@ def test_decode_token(benchmark, ppbench_session, duration, model):
 @pytest.mark.parametrize("duration", DEFAULT_DURATIONS)
 def test_parallel_prefill(benchmark, ppbench_session, ppbench_bounds, duration):
     """End to end: the engine's parallel-prefill speculative run vs target-only on the same inputs."""
-    from harness.engine_suite import summarize_engine, check_engine_bounds
+    from harness.bounds import check_engine_bounds
+    from harness.metrics import summarize_engine
 
     stages = _measured(ppbench_session, duration, "stages")
     records = _measured(ppbench_session, duration, "engine")
