@@ -46,12 +46,19 @@ def test_summary_ignores_nan_and_handles_empty():
 
 
 @SETTINGS
-@given(stage_dicts, stage_dicts)
-def test_overlap_window_is_difference_of_stage_1_to_4_sums(d, t):
+@given(stage_dicts, stage_dicts, times)
+def test_pair_window_is_difference_of_stage_1_to_4_sums(d, t, extra_decode):
+    """The report's per-sample window (pairs table) = target stages 1-4 - drafter stages 1-4,
+    signed; decode time never enters it, and it is clipped at 0 only in window_clipped_ms."""
+    def window(dd, tt):
+        recs = [stage_record("1s", "a", "drafter", stages_ms=dd, decode_token_ms=[0.1]),
+                stage_record("1s", "a", "target", stages_ms=tt, decode_token_ms=[0.1])]
+        return M.compute_all(recs)["pairs"].iloc[0]
     expect = sum(t[s] for s in M.STAGES[:4]) - sum(d[s] for s in M.STAGES[:4])
-    assert M.overlap_window(d, t) == pytest.approx(expect, abs=1e-6)
-    # decode must not enter the window
-    assert M.overlap_window({**d, "decode": d["decode"] + 7}, t) == M.overlap_window(d, t)
+    row = window(d, t)
+    assert row["window_ms"] == pytest.approx(expect, abs=1e-6)
+    assert row["window_clipped_ms"] == pytest.approx(max(expect, 0.0), abs=1e-6)
+    assert window({**d, "decode": d["decode"] + extra_decode}, t)["window_ms"] == row["window_ms"]
 
 
 @SETTINGS
