@@ -22,7 +22,7 @@ summary stats (Welch t-test on mean/stddev, normal-approximation CI) and says so
 normal rounds, which timing data rarely is, so it is weaker.
 
 `extra_info` numbers are compared too, with a direction: higher-is-better keys (acceptance_rate,
-hidden_tokens, speedup*, ...) regress when they drop (BASE / NEW > 1 + threshold, the same
+hidden_drafted, speedup*, ...) regress when they drop (BASE / NEW > 1 + threshold, the same
 log-symmetric rule), lower-is-better keys (memory, *_ms) when they rise; keys of unknown direction
 are shown as "info" and never gate. A scalar is compared by threshold alone; a list of per-sample
 values gets the same test as timing rounds.
@@ -49,7 +49,7 @@ DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
 N_BOOT = 2000
 MIN_ROUNDS = 3
-HIGHER_IS_BETTER = ["*acceptance_rate*", "*hidden_tokens*", "*speedup*", "*efficiency*",
+HIGHER_IS_BETTER = ["*acceptance_rate*", "*hidden_drafted*", "*hidden_tokens*", "*speedup*", "*efficiency*",
                     "*token_match_rate*"]
 LOWER_IS_BETTER = ["*mem*", "*_ms", "*_bytes", "*latency*"]
 
