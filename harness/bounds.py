@@ -27,6 +27,8 @@ import re
 import statistics
 from pathlib import Path
 
+import torch
+
 from harness.calibration import BOUNDS_DIR
 from harness.errors import PpbenchError
 from harness.metrics import summarize_engine
@@ -85,8 +87,6 @@ def device_class_from_name(gpu_name: str | None) -> str:
 
 def device_class(device=None) -> str:
     """Class of `device` (a torch device or string), or of CUDA device 0 when CUDA is available."""
-    import torch
-
     if device is not None and torch.device(device).type != "cuda":
         return "cpu"
     if not torch.cuda.is_available():

@@ -120,6 +120,11 @@ def load_save(path) -> Save:
         raise BenchmarkFileError("saved benchmark file not found", path=path) from None
     except (OSError, ValueError) as e:
         raise BenchmarkFileError(f"cannot read saved benchmark JSON: {e}", path=path) from None
+    return save_from_doc(doc, path)
+
+
+def save_from_doc(doc, path) -> Save:
+    """A Save from a pytest-benchmark JSON document already in memory (path names it in messages)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise BenchmarkFileError("not a pytest-benchmark save (no 'benchmarks' list)", path=path)
     benchmarks = {}
@@ -575,6 +580,24 @@ def main_compare(argv: list[str] | None = None) -> int:
     except PpbenchError as e:
         print(f"ppbench compare: error: {e}", file=sys.stderr)
         return 2
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report_json(report), indent=2))
+    return 1 if report.regressed else 0
+
+
+def gate(base: str, new_doc: dict, thresholds_path=None, storage=".benchmarks",
+         new_name="this session") -> Report:
+    """The pytest gate: this session's benchmark JSON (in memory) against a saved run (a file or a
+    save id under storage), with the thresholds file if given, else the flat default. Raises
+    PpbenchError on bad input."""
+    thresholds, higher, lower = load_thresholds(thresholds_path) if thresholds_path else ({}, None, None)
+    return compare_saves(load_save(resolve_run(base, storage)), save_from_doc(new_doc, new_name),
+                         thresholds=thresholds,
+                         higher_is_better=higher, lower_is_better=lower)
+
+
+def print_report(report: Report) -> None:
     print(f"BASE {report.base_path}\nNEW  {report.new_path}")
     if report.machine_note:
         print(f"WARNING: {report.machine_note}")
@@ -586,9 +609,6 @@ def main_compare(argv: list[str] | None = None) -> int:
     for name in report.only_new:
         print(f"only in NEW:  {name}")
     print(summary_line(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report_json(report), indent=2))
-    return 1 if report.regressed else 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from .engine import Costs, Drafting, _Emitter, realign_point
+from .engine import Costs, Drafting, Emitter, realign_point
 
 
 class DrafterProcessError(RuntimeError):
@@ -183,7 +183,7 @@ def _serve(factory, conn, ready, on_gpu) -> None:
                     select, alpha, reference, seed = args
                     if runner.device.type == "cuda":   # steps abandoned by the previous run finish first
                         torch.cuda.synchronize(runner.device)
-                    side = Drafting(runner, _Emitter(select, alpha, reference, seed), Costs())
+                    side = Drafting(runner, Emitter(select, alpha, reference, seed), Costs())
                     value = None
                 elif method == "start":
                     sample, t0, n_max, yield_gpu = args

@@ -32,6 +32,7 @@ Times are ms from the sample's common start.
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import statistics
 import sys
@@ -204,7 +205,7 @@ def _next_gamma(gamma: int | str, acc: Acceptance, costs: Costs, remaining: int)
 
 
 # -- simulated acceptance -----------------------------------------------------------------------------
-class _Emitter:
+class Emitter:
     """Turns drafter logits into the token it emits at output position `pos`.
 
     Simulated mode: the drafter still runs (real cost), but emits the target's reference token with
@@ -399,7 +400,7 @@ class Drafting:
     one runs in the engine's process; harness/drafter_process.py has the same methods served by
     a drafter in its own process."""
 
-    def __init__(self, drafter: CausalLMRunner, emit: "_Emitter", costs: "Costs"):
+    def __init__(self, drafter: CausalLMRunner, emit: "Emitter", costs: "Costs"):
         self.runner, self.emit, self.costs = drafter, emit, costs
         self.stream = _new_stream(drafter)
         self.cache, self.prompt_len = None, 0
@@ -598,7 +599,7 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     if remote and switch_interval:
         raise ValueError("switch_interval applies to threads of one process; the drafter runs in its own")
     side = (drafter.drafting(costs, select, alpha, reference_tokens, seed) if remote
-            else Drafting(drafter, _Emitter(select, alpha, reference_tokens, seed), costs))
+            else Drafting(drafter, Emitter(select, alpha, reference_tokens, seed), costs))
     _sync_all(*([target] if remote else [drafter, target]))
     ready, on_gpu = side.events() if remote else (threading.Event(), threading.Event())
     pause = on_gpu if overlap == "yield-gpu" else None
@@ -744,7 +745,6 @@ def _assisted_unsupported(drafter: CausalLMRunner, target: CausalLMRunner) -> st
 
 
 def _plain_greedy_config(target: CausalLMRunner, max_new_tokens: int, stop_at_eos: bool):
-    import copy
     cfg = copy.deepcopy(target.model.generation_config)
     cfg.do_sample, cfg.num_beams = False, 1
     cfg.max_new_tokens, cfg.min_new_tokens = max_new_tokens, None

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import pytest
 
-from harness.benchsupport import record_rounds, stage_seconds
+from harness.benchsupport import stage_seconds
+from harness.replay import record_rounds
 from harness.pipeline import DEFAULT_DURATIONS
 from harness.stages import STAGES
 

@@ -127,12 +127,12 @@ def test_emitter_emits_the_reference_with_probability_alpha():
     logits = torch.zeros(50)
     ref = [7, 0, 49] * 4000
     for alpha in (0.25, 0.8):
-        emit = E._Emitter(E.greedy, alpha, ref, seed=3)
+        emit = E.Emitter(E.greedy, alpha, ref, seed=3)
         tokens = [emit(logits, i) for i in range(len(ref))]
         hits = sum(t == r for t, r in zip(tokens, ref))
         assert _within(hits, len(ref), alpha)
         assert all(0 <= t < 50 for t in tokens)
-    emit = E._Emitter(E.greedy, 0.0, ref, seed=3)
+    emit = E.Emitter(E.greedy, 0.0, ref, seed=3)
     assert all(emit(logits, i) != r for i, r in enumerate(ref))
     assert emit(logits, len(ref)) == 0        # past the reference: the drafter's own token
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import BitsAndBytesConfig
 
 QUANTS = ("nf4", "none")
 COMPUTE_DTYPE = torch.bfloat16
@@ -21,8 +22,6 @@ def check_quant(quant: str) -> str:
 
 def bnb_config(skip_modules: list[str], compute_dtype: torch.dtype = COMPUTE_DTYPE):
     """The one BitsAndBytesConfig used for every NF4 load (tiny, real)."""
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -70,7 +69,7 @@ def materialize_(model: nn.Module, *, device: str | torch.device, dtype: torch.d
     With quant="nf4" each eligible nn.Linear is replaced by a bitsandbytes Linear4bit (NF4, double
     quant, bf16 compute) right after its bf16 weight is drawn, so peak memory is the quantized
     model plus one bf16 layer, never a full bf16 copy of a 7B model."""
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # deferred: optional CUDA dependency, needed only for quant='nf4'
 
     check_quant(quant)
     device = torch.device(device)
