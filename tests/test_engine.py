@@ -366,7 +366,7 @@ def test_now_ms_is_perf_counter_ms_after_syncing_only_this_threads_stream(monkey
     assert synced == ["stream"]
 
 
-def test_hidden_tokens_are_those_finished_inside_the_window(rand):
+def test_hidden_drafted_are_those_finished_inside_the_window(rand):
     """A draft step still running when the target becomes ready joins the verified block, but it
     is not a hidden token: hidden = drafted tokens whose finish time is inside the window."""
     drafter, target = rand
