@@ -2,56 +2,23 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
+import subprocess
+import sys
 import time
+import warnings
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
-from . import pipeline
+from . import bounds, compare, pipeline
 from .calibration import GATE_THRESHOLDS
+from .engine_suite import engine_records_for, warm_up_engine
+from .errors import PpbenchError
 from .records import RecordWriter
+from .report import write_report
 from .runconfig import RunConfig
 from .stages import STAGES, run_stage_pipeline, warm_up
-
-
-# -- measured times into pytest-benchmark ------------------------------------------------------------
-class MeasuredTimes:
-    """A pytest-benchmark timer that replays times already measured on the device.
-
-    pytest-benchmark reads `timer()` before and after each round; this returns a clock that advances
-    by exactly the next measured duration, so each round's stats hold that device time.
-    """
-
-    def __init__(self, seconds: list[float], source: str):
-        self._seconds = list(seconds)
-        self._now = 0.0
-        self._started = False
-        self.__name__ = f"ppbench.measured[{source}]"
-
-    def __call__(self) -> float:
-        if not self._started:
-            self._started = True
-            return self._now
-        self._started = False
-        self._now += self._seconds.pop(0)
-        return self._now
-
-    def __repr__(self) -> str:
-        return self.__name__
-
-
-def record_rounds(benchmark, seconds: list[float], source: str, failures=()) -> None:
-    """One benchmark round per measured value (seconds). With --benchmark-disable this is a no-op
-    run; with an empty list it fails the test, naming the failed samples, since a benchmark with
-    no data must not pass."""
-    if not seconds:
-        raise AssertionError("no successful measurement to record; failures:\n"
-                             + ("\n".join(failures) or "(no samples selected)"))
-    benchmark._timer = MeasuredTimes(seconds, source)  # pytest-benchmark has no public replay API
-    benchmark.pedantic(lambda: None, rounds=len(seconds), iterations=1, warmup_rounds=0)
 
 
 # -- machine info -------------------------------------------------------------------------------------
@@ -71,8 +38,6 @@ def machine_info_extra() -> dict:
 
 def _nvidia_driver() -> str | None:
     try:
-        import subprocess
-
         out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
                              capture_output=True, text=True, timeout=10)
         return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
@@ -191,8 +156,6 @@ class BenchSession:
 
     def engine(self, duration: str) -> list[dict]:
         if duration not in self._engine:
-            from .engine_suite import engine_records_for, warm_up_engine
-
             self._warm_up()
             if self.cfg.drafter_process and self.parallel_drafter is None:
                 self.parallel_drafter = pipeline.drafter_process_for(self.cfg, self.drafter)
@@ -225,10 +188,6 @@ def stage_seconds(records: list[dict], model: str, stage: str) -> tuple[list[flo
 def load_session_bounds(config, bench: BenchSession) -> dict | None:
     """The bounds file for this profile and device class; None (with a warning) when there is none
     yet, e.g. the first run on a new GPU, whose save is what `ppbench bounds derive` reads."""
-    import warnings
-
-    from . import bounds
-
     path = config.getoption("--ppbench-bounds")
     if path:
         return bounds.load_bounds_file(path)
@@ -241,50 +200,11 @@ def load_session_bounds(config, bench: BenchSession) -> dict | None:
     return bounds.load_bounds_file(candidate)
 
 
-ENGINE_BENCH = "test_parallel_prefill"
-
-
-def measurements_from_saves(docs: list[dict]) -> tuple[dict, dict]:
-    """Bound-relevant numbers from saved pytest-benchmark JSON (the parallel-prefill benchmarks'
-    extra_info), per duration; several saves pool by median. Returns (measurements, ppbench meta)."""
-    import statistics
-
-    from .bounds import DEFAULT_MARGINS
-
-    per: dict[str, dict[str, list]] = {}
-    meta = {}
-    for doc in docs:
-        meta = doc.get("ppbench") or meta
-        for b in doc["benchmarks"]:
-            if not b["name"].startswith(ENGINE_BENCH + "["):
-                continue
-            duration = b["name"][len(ENGINE_BENCH) + 1:-1]
-            extra = dict(b.get("extra_info") or {})
-            if "pooled_acceptance" in extra:   # the bound checks the pooled rate, so derive from it
-                extra["acceptance_rate"] = extra["pooled_acceptance"]
-            for name, value in extra.items():
-                if isinstance(value, list) and value and all(isinstance(v, (int, float)) for v in value):
-                    value = statistics.median(value)  # per-sample list -> the run's median
-                if name in DEFAULT_MARGINS and isinstance(value, (int, float)):
-                    per.setdefault(name, {}).setdefault(duration, []).append(float(value))
-    if meta.get("dtype") != "float32":
-        # bf16/NF4 batched-vs-single numerics flip near-ties on random weights: the token match
-        # rate is reported there, never bounded (lossless is proven bit-exactly in fp32).
-        per.pop("token_match_rate", None)
-    out = {}
-    for name, by_dur in per.items():
-        vals = {d: statistics.median(v) for d, v in by_dur.items()}
-        out[name] = {"all": statistics.median(vals.values()), "per_duration": vals}
-    return out, meta
-
-
 def finish_session(session) -> None:
     """Writes the summary report from this session's measurements, then runs the gate if asked."""
     config = session.config
     bench = getattr(config, "_ppbench_session", None)
     if bench is not None and bench.records:
-        from .report import write_report
-
         path = write_report(bench.records, bench.out, bench.meta)
         (bench.out / "meta.json").write_text(json.dumps(bench.meta, indent=2))
         _terminal(config, f"ppbench report: {path}")
@@ -296,13 +216,15 @@ def finish_session(session) -> None:
                               "(run with --benchmark-autosave or --benchmark-json)")
             session.exitstatus = 1
             return
-        from .compare import main_compare
-
-        with tempfile.NamedTemporaryFile("w", suffix=".json", delete=False) as fh:
-            json.dump(saved, fh)
         thresholds = config.getoption("--ppbench-gate-thresholds") or str(GATE_THRESHOLDS)
-        extra = ["--thresholds", thresholds] if thresholds and thresholds != "none" else []
-        code = main_compare([base, fh.name, *extra])
+        try:
+            report = compare.gate(base, saved, thresholds if thresholds and thresholds != "none" else None)
+        except PpbenchError as e:
+            print(f"ppbench compare: error: {e}", file=sys.stderr)
+            code = 2
+        else:
+            compare.print_report(report)
+            code = 1 if report.regressed else 0
         if code != 0:
             _terminal(config, f"ppbench gate: exit {code} against {base}")
             session.exitstatus = code

@@ -10,10 +10,10 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
 from . import bounds, options, pipeline, runconfig
-from .benchsupport import measurements_from_saves
 from .compare import derive_thresholds, load_save, main_compare
 from .console import EXIT_INTERRUPTED, EXIT_USAGE, error, quiet_third_party
 from .errors import PpbenchError, UsageError
+from .records import load_records
 
 EXIT_CODES = """exit codes: 0 every record measured; 1 unexpected error (a bug: please report the traceback);
 2 wrong option or input (one line says which); 3 the run finished with failed records (listed, and in
@@ -65,8 +65,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     bnd = sub.add_parser("bounds", help="versioned performance bounds (harness/calibration/bounds/)")
     bnd_sub = bnd.add_subparsers(dest="bounds_command", required=True)
-    der = bnd_sub.add_parser("derive", help="derive a bounds file from saved GPU benchmark runs")
-    der.add_argument("saves", nargs="+", help="saved pytest-benchmark JSON files")
+    der = bnd_sub.add_parser("derive", help="derive a bounds file from saved GPU benchmark runs "
+                                            "or `ppbench run` folders")
+    der.add_argument("saves", nargs="+",
+                     help="saved pytest-benchmark JSON files (runs pool by median), or `ppbench run` "
+                          "folders holding records.jsonl (each bound: the lowest of the folders' medians)")
     der.add_argument("--device-class", help="default: from the saves' GPU name")
     der.add_argument("--out", help="default harness/calibration/bounds/<profile>-<device class>.json")
     der.add_argument("--margin", action="append", default=[], metavar="NAME=REL",
@@ -74,6 +77,10 @@ def build_parser() -> argparse.ArgumentParser:
                           "widen it where run-to-run variation is larger")
     der.add_argument("--overall-only", action="store_true",
                      help="no per-duration bounds (e.g. one sample per duration is too few)")
+
+    chk = bnd_sub.add_parser("check", help="check a bounds file against saved `ppbench run` records")
+    chk.add_argument("bounds_file")
+    chk.add_argument("records", nargs="+", help="records.jsonl files or the run folders holding them")
 
     thr = bnd_sub.add_parser("thresholds", help="derive the gate's per-benchmark thresholds from saved runs' spread")
     thr.add_argument("saves", nargs="+", help="saved pytest-benchmark JSON files (with raw rounds)")
@@ -99,14 +106,54 @@ def thresholds_main(args) -> int:
     return 0
 
 
+def _run_records(path) -> list[dict]:
+    p = Path(path)
+    p = p / "records.jsonl" if p.is_dir() else p
+    try:
+        return load_records(p)
+    except OSError as exc:
+        raise UsageError(f"cannot read records {p}: {exc}") from None
+
+
+def _run_meta(folder) -> dict:
+    try:
+        return json.loads((Path(folder) / "meta.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def bounds_check_main(args) -> int:
+    doc = bounds.load_bounds_file(args.bounds_file)
+    bad = 0
+    for path in args.records:
+        for line in bounds.record_violations(doc, _run_records(path)):
+            bad += 1
+            print(f"{path} {line}")
+    print(f"{bad} violations")
+    return 1 if bad else 0
+
+
 def bounds_main(args) -> int:
-    docs = []
-    for p in args.saves:
-        try:
-            docs.append(json.loads(open(p).read()))
-        except (OSError, ValueError) as exc:
-            raise UsageError(f"cannot read saved benchmark JSON {p}: {exc}") from None
-    measurements, meta = measurements_from_saves(docs)
+    folders = [p for p in args.saves if Path(p).is_dir()]
+    if folders and len(folders) != len(args.saves):
+        raise UsageError("ppbench bounds derive: give saved benchmark JSON files or run folders, not both")
+    if folders:
+        measurements = bounds.measurements_from_records([_run_records(p) for p in folders])
+        run_meta = _run_meta(folders[-1])
+        meta = {"profile": run_meta.get("profile"), "device": run_meta.get("device")}
+        gpu = {"name": run_meta.get("device")}
+        how = f"from {', '.join(folders)} (lowest median of the folders, real drafter tokens)"
+    else:
+        docs = []
+        for p in args.saves:
+            try:
+                docs.append(json.loads(open(p).read()))
+            except (OSError, ValueError) as exc:
+                raise UsageError(f"cannot read saved benchmark JSON {p}: {exc}") from None
+        measurements, meta = bounds.measurements_from_saves(docs)
+        gpu = (docs[-1].get("machine_info") or {}).get("gpu") or {}
+        how = (f"from {', '.join(args.saves)} "
+               f"({meta.get('device')}, {meta.get('quantization')}, commit {meta.get('commit')})")
     if not measurements:
         raise UsageError("no parallel-prefill benchmark results in these saves")
     if args.overall_only:
@@ -120,13 +167,11 @@ def bounds_main(args) -> int:
         base = {k: v for k, v in bounds.DEFAULT_MARGINS[name].items() if k != "abs"}
         base.update(rel=float(rel), why=base["why"].split(";")[0] + f"; -{float(rel):.0%} of measured")
         margins[name] = base
-    gpu = (docs[-1].get("machine_info") or {}).get("gpu") or {}
     cls = args.device_class or bounds.device_class_from_name(gpu.get("name"))
-    profile = meta.get("profile", "unknown")
+    profile = meta.get("profile") or "unknown"
     doc = bounds.derive_bounds(
         measurements, margins, profile=profile, device_class=cls,
-        source=f"derived by `ppbench bounds derive` from {', '.join(args.saves)} "
-               f"({meta.get('device')}, {meta.get('quantization')}, commit {meta.get('commit')})"
+        source=f"derived by `ppbench bounds derive` {how}"
                + (f"; margins {', '.join(args.margin)}" if args.margin else "")
                + ("; overall only" if args.overall_only else ""))
     path = bounds.write_bounds(doc, args.out or bounds.bounds_path(profile, cls))
@@ -152,7 +197,8 @@ def _dispatch(argv: list[str]) -> int:
             return dataset_cli_main(args)
         return pipeline.dataset_main(args)
     if args.command == "bounds":
-        return thresholds_main(args) if args.bounds_command == "thresholds" else bounds_main(args)
+        return {"thresholds": thresholds_main, "check": bounds_check_main,
+                "derive": bounds_main}[args.bounds_command](args)
     return EXIT_USAGE
 
 

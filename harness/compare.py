@@ -22,7 +22,7 @@ summary stats (Welch t-test on mean/stddev, normal-approximation CI) and says so
 normal rounds, which timing data rarely is, so it is weaker.
 
 `extra_info` numbers are compared too, with a direction: higher-is-better keys (acceptance_rate,
-hidden_tokens, speedup*, ...) regress when they drop (BASE / NEW > 1 + threshold, the same
+hidden_drafted, speedup*, ...) regress when they drop (BASE / NEW > 1 + threshold, the same
 log-symmetric rule), lower-is-better keys (memory, *_ms) when they rise; keys of unknown direction
 are shown as "info" and never gate. A scalar is compared by threshold alone; a list of per-sample
 values gets the same test as timing rounds.
@@ -49,7 +49,7 @@ DEFAULT_THRESHOLD = 0.05
 DEFAULT_ALPHA = 0.01
 N_BOOT = 2000
 MIN_ROUNDS = 3
-HIGHER_IS_BETTER = ["*acceptance_rate*", "*hidden_tokens*", "*speedup*", "*efficiency*",
+HIGHER_IS_BETTER = ["*acceptance_rate*", "*hidden_drafted*", "*hidden_tokens*", "*speedup*", "*efficiency*",
                     "*token_match_rate*"]
 LOWER_IS_BETTER = ["*mem*", "*_ms", "*_bytes", "*latency*"]
 
@@ -120,6 +120,11 @@ def load_save(path) -> Save:
         raise BenchmarkFileError("saved benchmark file not found", path=path) from None
     except (OSError, ValueError) as e:
         raise BenchmarkFileError(f"cannot read saved benchmark JSON: {e}", path=path) from None
+    return save_from_doc(doc, path)
+
+
+def save_from_doc(doc, path) -> Save:
+    """A Save from a pytest-benchmark JSON document already in memory (path names it in messages)."""
     if not isinstance(doc, dict) or not isinstance(doc.get("benchmarks"), list):
         raise BenchmarkFileError("not a pytest-benchmark save (no 'benchmarks' list)", path=path)
     benchmarks = {}
@@ -575,6 +580,24 @@ def main_compare(argv: list[str] | None = None) -> int:
     except PpbenchError as e:
         print(f"ppbench compare: error: {e}", file=sys.stderr)
         return 2
+    print_report(report)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report_json(report), indent=2))
+    return 1 if report.regressed else 0
+
+
+def gate(base: str, new_doc: dict, thresholds_path=None, storage=".benchmarks",
+         new_name="this session") -> Report:
+    """The pytest gate: this session's benchmark JSON (in memory) against a saved run (a file or a
+    save id under storage), with the thresholds file if given, else the flat default. Raises
+    PpbenchError on bad input."""
+    thresholds, higher, lower = load_thresholds(thresholds_path) if thresholds_path else ({}, None, None)
+    return compare_saves(load_save(resolve_run(base, storage)), save_from_doc(new_doc, new_name),
+                         thresholds=thresholds,
+                         higher_is_better=higher, lower_is_better=lower)
+
+
+def print_report(report: Report) -> None:
     print(f"BASE {report.base_path}\nNEW  {report.new_path}")
     if report.machine_note:
         print(f"WARNING: {report.machine_note}")
@@ -586,9 +609,6 @@ def main_compare(argv: list[str] | None = None) -> int:
     for name in report.only_new:
         print(f"only in NEW:  {name}")
     print(summary_line(report))
-    if args.json:
-        Path(args.json).write_text(json.dumps(report_json(report), indent=2))
-    return 1 if report.regressed else 0
 
 
 if __name__ == "__main__":

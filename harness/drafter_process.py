@@ -3,10 +3,8 @@
 Why: in one process the two pipelines share the GIL. The target's data loading decodes video
 frames in a Python loop that takes the GIL back after every frame, so every millisecond the
 drafter's thread spends in Python (its own loading, preprocessing, launching draft steps) delays
-it: on two H200s the target's loading took ~8 ms longer next to the drafter, and 10-20 s clips
-were 5-6% slower than target-only at zero acceptance (docs/results). On CPU,
-scripts/loader_contention_probe.py shows the mechanism: a busy thread slows that loop 1.7x (the
-drafter's loading) to 100x (pure Python); the same work in another process, 1.2x (cores only).
+it; in another process the same work competes for cores only. The measurements (GPU runs, and a
+CPU loader-contention probe) are in docs/results/README.md at commit 080f728 (*Previous* section).
 
 `DrafterProcess(factory)` spawns a process that builds the drafter with `factory()` (it must be
 picklable: a module-level function or a functools.partial of one) and serves the methods of
@@ -22,8 +20,8 @@ run the in-process drafter, so with `--drafter-process` the drafter's weights ar
 It is the default whenever the drafter runs on CUDA (pipeline.resolve_drafter_process). On one
 shared GPU the two processes' CUDA contexts time-slice (without MPS), so the target's
 high-priority stream no longer pre-empts the drafter; that is why yield-gpu stops the drafter
-when the target's loading ends, with one step in flight. Measured at alpha ~ 0 on H200s (probe,
-docs/results): two GPUs 0.980 in a thread, 0.997 in a process; one GPU 0.978 and 0.991.
+when the target's loading ends, with one step in flight. Thread vs process at alpha ~ 0:
+docs/results/README.md (*Current figures*).
 """
 from __future__ import annotations
 
@@ -34,7 +32,7 @@ from typing import Any, Callable
 
 import torch
 
-from .engine import Costs, Drafting, _Emitter, realign_point
+from .engine import Costs, Drafting, Emitter, realign_point
 
 
 class DrafterProcessError(RuntimeError):
@@ -185,7 +183,7 @@ def _serve(factory, conn, ready, on_gpu) -> None:
                     select, alpha, reference, seed = args
                     if runner.device.type == "cuda":   # steps abandoned by the previous run finish first
                         torch.cuda.synchronize(runner.device)
-                    side = Drafting(runner, _Emitter(select, alpha, reference, seed), Costs())
+                    side = Drafting(runner, Emitter(select, alpha, reference, seed), Costs())
                     value = None
                 elif method == "start":
                     sample, t0, n_max, yield_gpu = args

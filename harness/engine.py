@@ -10,7 +10,8 @@ fixed or adaptive draft length. Output is always the target's own greedy output 
 Overlap policy (`overlap`): with the drafter on its own GPU (or on CPU) it drafts until the target is
 ready ("always"). On a GPU it shares with the target, a hidden token is not free: the drafter's
 decode kernels take SMs from the target's vision encoder and prefill, delaying the critical path
-(H100, NF4: prefill 71 -> 81 ms, drafter starved to ~30 ms a token, docs/results). So there it
+and starving the drafter (measured: docs/results/README.md at commit 080f728,
+h100-7b-shaped-engine-1gpu-always). So there it
 drafts only while the target loads its data, one step in flight, and waits while the target's
 preprocessing (which ends on the GPU) and GPU stages run ("yield-gpu", the default on a shared
 GPU). Its own stages 1-4 always run.
@@ -32,6 +33,7 @@ Times are ms from the sample's common start.
 from __future__ import annotations
 
 import contextlib
+import copy
 import random
 import statistics
 import sys
@@ -206,7 +208,7 @@ def _next_gamma(gamma: int | str, acc: Acceptance, costs: Costs, remaining: int)
 
 
 # -- simulated acceptance -----------------------------------------------------------------------------
-class _Emitter:
+class Emitter:
     """Turns drafter logits into the token it emits at output position `pos`.
 
     Simulated mode: the drafter still runs (real cost), but emits the target's reference token with
@@ -402,7 +404,7 @@ class Drafting:
     one runs in the engine's process; harness/drafter_process.py has the same methods served by
     a drafter in its own process."""
 
-    def __init__(self, drafter: CausalLMRunner, emit: "_Emitter", costs: "Costs"):
+    def __init__(self, drafter: CausalLMRunner, emit: "Emitter", costs: "Costs"):
         self.runner, self.emit, self.costs = drafter, emit, costs
         self.stream = _new_stream(drafter)
         self.cache, self.prompt_len = None, 0
@@ -500,9 +502,10 @@ def _done_unless(event: torch.cuda.Event, ready: threading.Event, *others: threa
                  poll_s: float = 2e-3) -> bool:
     """Waits for `event`; False as soon as `ready` (or any of `others`) is set. Waits on `ready`
     between polls of the event (the GIL is released meanwhile): a set `ready` wakes it at once,
-    and the coarse poll costs no drafter speed because the next step is already queued. (A 0.5 ms
-    poll woke the drafter's thread a dozen times a step, and the target's frame decoding, which
-    takes the GIL back after every frame, lost ~4 ms more per sample on two H200s.)"""
+    and the coarse poll costs no drafter speed because the next step is already queued. (A finer
+    poll wakes the drafter's thread many times a step and delays the target's frame decoding, which
+    takes the GIL back after every frame: docs/results/README.md at commit 080f728, *Intermediate
+    runs*.)"""
     while not event.query():
         if ready.wait(poll_s) or any(f.is_set() for f in others):
             return False
@@ -574,7 +577,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     reference_tokens: the target's plain greedy output for this sample; computed with
     `target_only` when alpha is given without it. debug_hook(state) is called after every step.
     switch_interval: Python's GIL switch interval (s) while both pipelines run (None: unchanged);
-    an experiment knob for scripts/overlap_probe.py, which measured no gain from it on an H100."""
+    an experiment knob for scripts/overlap_probe.py (its results: docs/results/README.md at commit
+    080f728, h100-overlap-probe)."""
     if max_new_tokens < 1 or hidden_cap < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and hidden_cap ({hidden_cap}) must be >= 1")
     if gamma != "adaptive" and not 0 <= int(gamma) <= 64:
@@ -599,7 +603,7 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     if remote and switch_interval:
         raise ValueError("switch_interval applies to threads of one process; the drafter runs in its own")
     side = (drafter.drafting(costs, select, alpha, reference_tokens, seed) if remote
-            else Drafting(drafter, _Emitter(select, alpha, reference_tokens, seed), costs))
+            else Drafting(drafter, Emitter(select, alpha, reference_tokens, seed), costs))
     _sync_all(*([target] if remote else [drafter, target]))
     ready, on_gpu = side.events() if remote else (threading.Event(), threading.Event())
     pause = on_gpu if overlap == "yield-gpu" else None
@@ -746,7 +750,6 @@ def _assisted_unsupported(drafter: CausalLMRunner, target: CausalLMRunner) -> st
 
 
 def _plain_greedy_config(target: CausalLMRunner, max_new_tokens: int, stop_at_eos: bool):
-    import copy
     cfg = copy.deepcopy(target.model.generation_config)
     cfg.do_sample, cfg.num_beams = False, 1
     cfg.max_new_tokens, cfg.min_new_tokens = max_new_tokens, None

@@ -5,16 +5,25 @@ Definitions (the report's methodology section restates them):
   a model that starts at t=0 has its KV cache and the logits for token 1.
 - overlap window (per sample) = target to-prefill-end - drafter to-prefill-end, both models started
   together. Signed; negative means the drafter finishes prefill after the target.
-- hidden tokens = the largest n with sum(drafter decode_token_ms[:n]) <= window (0 if window <= 0):
-  drafter tokens fully produced, by measured per-token time, before the target could start
-  verifying. This is a count of *drafted* tokens; it says nothing about acceptance.
+- hidden capacity = the largest n with sum(drafter decode_token_ms[:n]) <= window (0 if window <= 0):
+  how many drafter tokens fit in a window at measured per-token times (hidden_capacity). The report's
+  pairs table takes it from the stage runs; hidden fill takes it from the engine run itself.
+- hidden drafted = the engine run's drafter tokens finished inside its own window (engine records'
+  hidden_drafted, counted by the engine); never a capacity.
+- hidden fill = sum(hidden drafted) / sum(hidden capacity of the same engine run), pooled over the
+  samples of a group that have a capacity (hidden_fill); records older than the hidden_block field
+  counted the in-flight token as hidden, so their fill is not comparable (NaN, flagged).
 - TTFT (vLLM: request start to first output token). Token 1 is selected from the prefill logits
   and decode_token_ms[0] is that selection's time (stages.greedy_decode), so
   TTFT = stages 1-4 + decode_token_ms[0].
 - TPOT (vLLM: mean time per output token after the first) = mean(decode_token_ms[1:]).
-- speedup = mean target total / mean drafter total over paired samples (ratio of means).
+- speedup = mean target total / mean drafter total over paired samples (ratio of means). Engine
+  speedup vs target-only is paired by sample: mean target-only e2e / mean e2e over the samples where
+  both completed (speedup). Efficiency = ideal e2e / measured e2e (efficiency).
 - acceptance (engine records, vLLM definitions): rate = accepted / drafted, mean acceptance length =
-  1 + accepted / verify_steps, pooled over the records of a group.
+  1 + accepted / verify_steps, pooled over the records of a group (pooled_acceptance).
+- a datasets row: every timing is a mean over the paired samples (both models' stage records
+  succeeded), TTFT and TPOT too; Samples / Failed count every sample.
 - acceptance structure (engine records' accept_blocks, one [drafted n, accepted L] per verify block,
   the hidden block first): acceptance stops at the first mismatch, so a block's accepted length L is
   a run length. alpha_iid = accepted / (accepted + rejected blocks) is the maximum-likelihood
@@ -29,6 +38,7 @@ from __future__ import annotations
 
 import math
 import re
+import statistics as st
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
@@ -52,17 +62,75 @@ def total_ms(stages_ms: dict) -> float:
     return float(sum(stages_ms[s] for s in STAGES))
 
 
-def overlap_window(drafter_stages: dict, target_stages: dict) -> float:
-    """Signed: target to-prefill-end minus drafter to-prefill-end."""
-    return to_prefill_end(target_stages) - to_prefill_end(drafter_stages)
+def overlap_window(drafter_to_prefill_end: float, target_to_prefill_end: float) -> float:
+    """Signed: target to-prefill-end minus drafter to-prefill-end (both started together)."""
+    return float(target_to_prefill_end) - float(drafter_to_prefill_end)
 
 
-def hidden_tokens(decode_token_ms: Sequence[float], window_ms: float) -> int:
+def hidden_capacity(decode_token_ms: Sequence[float], window_ms: float) -> int:
     """Drafter tokens whose cumulative measured decode time fits in the window."""
     if not window_ms > 0 or len(decode_token_ms) == 0:
         return 0
     cum = np.cumsum(np.asarray(decode_token_ms, dtype=float))
     return int(np.searchsorted(cum, window_ms, side="right"))
+
+
+def engine_hidden_capacity(record: dict) -> int | None:
+    """Hidden capacity of one parallel engine run from that run alone: its window, token 1 at its
+    measured time after the drafter's prefill end, then the run's own hidden steps (the tokens of
+    its hidden block), continued at their mean step time past the block's end. None when the run
+    has no measured hidden step to continue from (a block of one token inside the window), or when
+    the record predates the hidden_block field (see hidden_fill)."""
+    block, window = record.get("hidden_block"), record.get("window_ms")
+    tl = record.get("timeline") or {}
+    times = list(tl.get("draft_token_ms") or [])[:block or 0]
+    ready = (tl.get("drafter_stage_end_ms") or {}).get("prefill")
+    if block is None or window is None or ready is None or not times:
+        return None
+    per_token = [times[0] - ready] + [b - a for a, b in zip(times, times[1:])]
+    if sum(per_token) <= window:            # the block ended inside the window: continue it
+        if len(per_token) < 2:
+            return None
+        step = float(np.mean(per_token[1:]))
+        if step <= 0:
+            return None
+        per_token += [step] * (int((window - sum(per_token)) // step) + 1)
+    return hidden_capacity(per_token, window)
+
+
+def hidden_fill(drafted: Sequence[float], capacity: Sequence, comparable: Sequence[bool]) -> float:
+    """Pooled hidden fill: sum(drafted) / sum(capacity) over the entries whose capacity (of the same
+    engine run: engine_hidden_capacity) is > 0. NaN when none has one, and when any entry is not
+    comparable (a record older than the hidden_block field counted the in-flight token as hidden)."""
+    if not all(comparable):
+        return math.nan
+    use = [(d, c) for d, c in zip(drafted, capacity) if c is not None and c == c and c > 0]
+    return _ratio(float(sum(d for d, _ in use)), float(sum(c for _, c in use))) if use else math.nan
+
+
+def pooled_acceptance(records: Iterable[dict]) -> tuple[float, float]:
+    """(accepted / drafted, 1 + accepted / verify_steps) pooled over engine records; NaN if none."""
+    rs = list(records)
+    drafted = sum(float(r.get("drafted") or 0) for r in rs)
+    accepted = sum(float(r.get("accepted") or 0) for r in rs)
+    steps = sum(float(r.get("verify_steps") or 0) for r in rs)
+    return (accepted / drafted if drafted else math.nan,
+            1 + accepted / steps if steps else math.nan)
+
+
+def speedup(reference_ms: Sequence[float], measured_ms: Sequence[float]) -> float:
+    """Paired by sample: mean reference time / mean measured time, the two sequences over the same
+    samples in the same order (the caller pairs them); NaN when empty."""
+    if len(reference_ms) != len(measured_ms):
+        raise ValueError("speedup needs the same samples on both sides")
+    if not len(measured_ms):
+        return math.nan
+    return _ratio(float(np.mean(reference_ms)), float(np.mean(measured_ms)))
+
+
+def efficiency(ideal_ms: float, measured_ms: float) -> float:
+    """Fraction of the ideal achieved: ideal e2e / measured e2e."""
+    return _ratio(ideal_ms, measured_ms)
 
 
 def ttft_ms(stages_ms: dict, decode_token_ms: Sequence[float]) -> float:
@@ -194,7 +262,7 @@ def pair_frame(stages: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for key in both:
         dr, tr = d.loc[key], t.loc[key]
-        window = tr["to_prefill_end_ms"] - dr["to_prefill_end_ms"]
+        window = overlap_window(dr["to_prefill_end_ms"], tr["to_prefill_end_ms"])
         rows.append({
             "dataset": key[0], "sample_id": key[1],
             "drafter_total_ms": dr["total_ms"], "target_total_ms": tr["total_ms"],
@@ -203,7 +271,7 @@ def pair_frame(stages: pd.DataFrame) -> pd.DataFrame:
             "drafter_prefill_ms": dr["prefill_ms"], "target_prefill_ms": tr["prefill_ms"],
             "drafter_decode_ms": dr["decode_ms"], "target_decode_ms": tr["decode_ms"],
             "window_ms": window, "window_clipped_ms": max(window, 0.0),
-            "hidden_tokens": hidden_tokens(dr["decode_token_ms"], window),
+            "hidden_capacity": hidden_capacity(dr["decode_token_ms"], window),
             "drafter_n_output_tokens": dr["n_output_tokens"],
             "model_parallel_ms": seed_parallel_model(dr["to_prefill_end_ms"],
                                                      tr["to_prefill_end_ms"], dr["decode_ms"],
@@ -211,19 +279,19 @@ def pair_frame(stages: pd.DataFrame) -> pd.DataFrame:
             "model_sequential_ms": seed_sequential_model(dr["total_ms"], tr["total_ms"]),
         })
     cols = ["dataset", "sample_id", "drafter_total_ms", "target_total_ms", "window_ms",
-            "window_clipped_ms", "hidden_tokens"]
+            "window_clipped_ms", "hidden_capacity"]
     return pd.DataFrame(rows) if rows else pd.DataFrame(columns=cols)
 
 
 def samples_table(stages: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
-    """One row per sample x model (samples.csv): stage times, totals, window, hidden tokens, error.
-    window/hidden are per-sample values, repeated on both models' rows; empty when unpaired."""
+    """One row per sample x model (samples.csv): stage times, totals, window, hidden capacity, error.
+    window/hidden capacity are per-sample values, repeated on both models' rows; empty when unpaired."""
     base = stages.drop(columns=["decode_token_ms"], errors="ignore")
     if len(pairs):
-        base = base.merge(pairs[["dataset", "sample_id", "window_ms", "hidden_tokens"]],
+        base = base.merge(pairs[["dataset", "sample_id", "window_ms", "hidden_capacity"]],
                           on=["dataset", "sample_id"], how="left")
     else:
-        base = base.assign(window_ms=math.nan, hidden_tokens=math.nan)
+        base = base.assign(window_ms=math.nan, hidden_capacity=math.nan)
     base["paired"] = base["window_ms"].notna()
     order = {d: i for i, d in enumerate(sort_datasets(base["dataset"]))} if len(base) else {}
     base = base.assign(_o=base["dataset"].map(order)).sort_values(["_o", "sample_id", "model"])
@@ -313,7 +381,8 @@ def unsupported_baselines(records: Iterable[dict]) -> pd.DataFrame:
 
 def dataset_summary(stages: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
     """One row per dataset. Samples/Failed count distinct samples among stage records (a sample is
-    failed if any of its stage records has an error); timings are over paired samples."""
+    failed if any of its stage records has an error); every timing, TTFT and TPOT included, is a
+    mean over the paired samples (both models succeeded)."""
     rows = []
     for ds in sort_datasets(stages["dataset"]):
         s = stages[stages["dataset"] == ds]
@@ -333,12 +402,13 @@ def dataset_summary(stages: pd.DataFrame, pairs: pd.DataFrame) -> pd.DataFrame:
                 target_decode_ms=p["target_decode_ms"].mean(),
                 window_ms=p["window_ms"].mean(), window_clipped_ms=p["window_clipped_ms"].mean(),
                 window_positive_frac=float((p["window_ms"] > 0).mean()),
-                hidden_tokens=p["hidden_tokens"].mean(),
+                hidden_capacity=p["hidden_capacity"].mean(),
                 drafter_n_output_tokens=p["drafter_n_output_tokens"].mean(),
                 model_parallel_ms=p["model_parallel_ms"].mean(),
                 model_sequential_ms=p["model_sequential_ms"].mean())
+        paired = set(p["sample_id"]) if len(p) else set()
         for model in MODELS:
-            g = s[s["ok"] & (s["model"] == model)]
+            g = s[s["ok"] & (s["model"] == model) & s["sample_id"].isin(paired)]
             row[f"{model}_ttft_ms"] = g["ttft_ms"].mean() if len(g) else math.nan
             row[f"{model}_tpot_ms"] = g["tpot_ms"].mean() if len(g) else math.nan
         rows.append(row)
@@ -378,7 +448,9 @@ def engine_frame(records: Iterable[dict]) -> pd.DataFrame:
                                               "drafted", "accepted", "verify_steps",
                                               "token_match_rate", "ideal_e2e_ms")},
                      "accept_per_position": r.get("accept_per_position") or [],
-                     "accept_blocks": r.get("accept_blocks") or []})
+                     "accept_blocks": r.get("accept_blocks") or [],
+                     "hidden_capacity": engine_hidden_capacity(r),
+                     "fill_comparable": r.get("hidden_block") is not None})
     return pd.DataFrame(rows)
 
 
@@ -390,49 +462,45 @@ def _ratio(a: float, b: float) -> float:
     return a / b if b and not math.isnan(b) else math.nan
 
 
-def engine_summary(engine: pd.DataFrame, drafter_token_ms: dict | None = None) -> pd.DataFrame:
-    """dataset (and "all") x mode x gamma x alpha. Speedup vs target_only = mean target_only e2e /
-    mean e2e of the group (ratio of means), both over the samples the group completed, so a
-    configuration that failed on some samples is not compared with a baseline that includes them.
-
-    Hidden fill = hidden tokens drafted inside the window ÷ hidden_tokens(the drafter's isolated
-    per-token times of that sample, window), the same capacity as the benchmarks'
-    (engine_suite.summarize_engine). drafter_token_ms: (dataset, sample_id) -> the drafter stage
-    record's decode_token_ms; samples without one, or with no room in the window, are left out."""
+def engine_summary(engine: pd.DataFrame) -> pd.DataFrame:
+    """dataset (and "all") x mode x gamma x alpha. Speedup vs target_only is paired by sample
+    (speedup): mean target_only e2e / mean e2e over the samples where both completed, so a
+    configuration that failed on some samples is not compared with a baseline that includes them,
+    nor the reverse. e2e, TTFT, TPOT and the counts are over every completed record of the group.
+    Hidden fill is pooled over the group (hidden_fill), each capacity from the same engine run."""
     if engine.empty:
         return pd.DataFrame()
     ok = engine[engine["ok"]].copy()
-    iso = drafter_token_ms or {}
-    capacity = [hidden_tokens(iso[k], w) if k in iso and w is not None and not math.isnan(w) else 0
-                for k, w in zip(zip(ok["dataset"], ok["sample_id"]),
-                                pd.to_numeric(ok["window_ms"], errors="coerce"))]
-    ok["hidden_capacity"] = pd.Series(capacity, index=ok.index, dtype=float).where(lambda c: c > 0)
+    ok["key"] = list(zip(ok["dataset"], ok["sample_id"]))
     frames = [ok, ok.assign(dataset="all")]
     rows = []
     for ds_frame in frames:
+        ref = ds_frame[ds_frame["mode"] == "target_only"].set_index("key")["e2e_ms"]
+        ref = pd.to_numeric(ref[~ref.index.duplicated(keep="last")], errors="coerce")
         for (ds, mode, gamma, alpha), g in ds_frame.groupby(["dataset", "mode", "gamma", "alpha"]):
-            base = ds_frame[(ds_frame["mode"] == "target_only")
-                            & ds_frame.set_index(["dataset", "sample_id"]).index.isin(
-                                g.set_index(["dataset", "sample_id"]).index)]
-            base_e2e = _num(base, "e2e_ms").mean() if len(base) else math.nan
+            paired = g[g["key"].isin(ref.index)]
+            base = [ref[k] for k in paired["key"]]
             e2e = _num(g, "e2e_ms").mean()
             ideal = _num(g, "ideal_e2e_ms").mean()
             drafted, accepted = _num(g, "drafted").sum(), _num(g, "accepted").sum()
             steps = _num(g, "verify_steps").sum()
+            rate, mal = pooled_acceptance(g.to_dict("records"))
+            base_e2e = float(np.mean(base)) if base else math.nan
             rows.append({
                 "dataset": ds, "mode": mode, "gamma": gamma, "alpha": alpha, "count": len(g),
                 "e2e_ms": e2e, "ttft_ms": _num(g, "ttft_ms").mean(),
                 "tpot_ms": _num(g, "tpot_ms").mean(), "target_only_e2e_ms": base_e2e,
-                "speedup_vs_target_only": _ratio(base_e2e, e2e),
-                "ideal_e2e_ms": ideal, "ideal_speedup": _ratio(base_e2e, ideal),
+                "paired": len(paired),
+                "speedup_vs_target_only": speedup(base, list(_num(paired, "e2e_ms"))),
+                "ideal_e2e_ms": ideal,
+                "ideal_speedup": speedup(base, list(_num(paired, "ideal_e2e_ms"))),
                 # measured speedup / ideal speedup, i.e. the fraction of the ideal achieved
-                "measured_over_ideal": _ratio(ideal, e2e),
+                "measured_over_ideal": efficiency(ideal, e2e),
                 "drafted": drafted, "accepted": accepted, "verify_steps": steps,
-                "acceptance_rate": _ratio(accepted, drafted),
-                "mean_acceptance_length": 1 + accepted / steps if steps > 0 else math.nan,
+                "acceptance_rate": rate, "mean_acceptance_length": mal,
                 "hidden_drafted": _num(g, "hidden_drafted").mean(),
-                "hidden_fill": _ratio(_num(g, "hidden_drafted")[g["hidden_capacity"].notna()].sum(),
-                                      g["hidden_capacity"].sum(min_count=1)),
+                "hidden_fill": hidden_fill(list(_num(g, "hidden_drafted")), list(g["hidden_capacity"]),
+                                           list(g["fill_comparable"])),
                 "hidden_accepted": _num(g, "hidden_accepted").mean(),
                 "window_ms": _num(g, "window_ms").mean(),
                 "token_match_rate": _num(g, "token_match_rate").mean()})
@@ -559,10 +627,8 @@ def headline_acceptance(summary: pd.DataFrame, dataset: str) -> dict | None:
                 & (summary["alpha"] == "real")]
     if g.empty or g["drafted"].sum() == 0:
         return None
-    return {"acceptance_rate": g["accepted"].sum() / g["drafted"].sum(),
-            "mean_acceptance_length": (1 + g["accepted"].sum() / g["verify_steps"].sum()
-                                       if g["verify_steps"].sum() > 0 else math.nan),
-            "count": int(g["count"].sum())}
+    rate, mal = pooled_acceptance(g.to_dict("records"))
+    return {"acceptance_rate": rate, "mean_acceptance_length": mal, "count": int(g["count"].sum())}
 
 
 def _sorted(df: pd.DataFrame) -> pd.DataFrame:
@@ -623,9 +689,6 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
     engine = engine_frame(records)
     overall = overall_stage_means(stages)
     datasets = dataset_summary(stages, pairs)
-    drafter_token_ms = ({(r.dataset, r.sample_id): r.decode_token_ms for r in stages.itertuples()
-                         if r.model == "drafter" and r.ok and len(r.decode_token_ms)}
-                        if not stages.empty else {})
     return {
         "stages": stages, "pairs": pairs, "samples": samples_table(stages, pairs),
         "datasets": datasets, "stage_summary": stage_summary(stages),
@@ -633,8 +696,52 @@ def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
         "unsupported": unsupported_baselines(records),
         "failures": failures(records), "failure_details": failure_details(records),
         "peak_memory": peak_memory(stages),
-        "engine_records": engine, "engine": engine_summary(engine, drafter_token_ms),
+        "engine_records": engine, "engine": engine_summary(engine),
         "engine_positions": per_position_acceptance(engine),
         **{f"acceptance_{k}": v for k, v in
            acceptance_structure(engine, draft_cost_ratio(stages)).items()},
     }
+
+
+# -- what the benchmarks and the bounds check ---------------------------------------------------
+def summarize_engine(engine_records: list[dict], stage_records: list[dict]) -> tuple[dict, dict]:
+    """Per-duration numbers for a benchmark: (per-sample lists, the values the bounds check).
+
+    Per-sample lists go into extra_info, so the regression gate tests them statistically like
+    timing rounds. Every value is paired by sample (parallel and target-only both completed) and
+    is the median of its per-sample list, except two pooled ones: acceptance (pooled_acceptance)
+    and hidden fill (hidden_fill, each capacity from the same engine run)."""
+    by = {}
+    for r in engine_records:
+        if not r.get("error"):
+            by.setdefault(r["mode"], {})[r["sample_id"]] = r
+    par, ref = by.get("parallel", {}), by.get("target_only", {})
+    common = sorted(par.keys() & ref.keys())
+    pre = {m: {r["sample_id"]: to_prefill_end(r["stages_ms"]) for r in stage_records
+               if r["model"] == m and not r.get("error")} for m in ("drafter", "target")}
+    both = [s for s in common if pre["drafter"].get(s) and s in pre["target"]]
+    capacity = {s: engine_hidden_capacity(par[s]) for s in common}
+    per_sample = {
+        "overall_speedup": [speedup([ref[s]["e2e_ms"]], [par[s]["e2e_ms"]]) for s in common],
+        "drafter_prefill_speedup": [pre["target"][s] / pre["drafter"][s] for s in both],
+        "hidden_drafted": [par[s]["hidden_drafted"] for s in common],
+        "hidden_accepted": [par[s]["hidden_accepted"] for s in common],
+        "hidden_fill": [par[s]["hidden_drafted"] / capacity[s] for s in common if capacity[s]],
+        "window_ms": [par[s]["window_ms"] for s in common],
+        "engine_efficiency": [efficiency(par[s]["ideal_e2e_ms"], par[s]["e2e_ms"]) for s in common
+                              if par[s].get("ideal_e2e_ms")],
+        "token_match_rate": [par[s]["token_match_rate"] for s in common
+                             if par[s].get("token_match_rate") is not None],
+        "acceptance_rate": [par[s]["accepted"] / par[s]["drafted"] for s in common if par[s]["drafted"]],
+        "e2e_ms_parallel": [par[s]["e2e_ms"] for s in common],
+        "e2e_ms_target_only": [ref[s]["e2e_ms"] for s in common],
+    }
+    rate, _ = pooled_acceptance(par[s] for s in common)
+    fill = hidden_fill([par[s]["hidden_drafted"] for s in common], [capacity[s] for s in common],
+                       [par[s].get("hidden_block") is not None for s in common])
+    medians = {k: (st.median(v) if v else None) for k, v in per_sample.items()}
+    medians.update(samples=common, drafted=sum(par[s]["drafted"] for s in common),
+                   accepted=sum(par[s]["accepted"] for s in common),
+                   acceptance_rate=None if math.isnan(rate) else rate,
+                   hidden_fill=None if math.isnan(fill) else fill)
+    return {"samples": common, **per_sample}, medians

@@ -69,13 +69,13 @@ def latency_vs_duration(datasets: pd.DataFrame, names: dict, path: Path) -> Path
 
 
 def hidden_vs_duration(datasets: pd.DataFrame, path: Path) -> Path | None:
-    d = datasets.dropna(subset=["hidden_tokens"]) if "hidden_tokens" in datasets else None
+    d = datasets.dropna(subset=["hidden_capacity"]) if "hidden_capacity" in datasets else None
     if d is None or d.empty:
         return None
     x = d["duration_ms"] / 1e3
     fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    ax.plot(x, d["hidden_tokens"], "o-", color="C2", label="hidden drafter tokens (mean)")
-    ax.set_ylabel("hidden tokens per sample")
+    ax.plot(x, d["hidden_capacity"], "o-", color="C2", label="hidden capacity (mean)")
+    ax.set_ylabel("hidden capacity per sample (tokens)")
     ax2 = ax.twinx()
     ax2.plot(x, d["window_ms"], "s--", color="C3", label="overlap window (mean, signed ms)")
     ax2.set_ylabel("overlap window (ms)")

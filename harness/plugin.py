@@ -16,6 +16,8 @@ import pytest
 
 from . import options
 
+REPLAY_TIMER = "harness.replay.replay_clock"   # a literal: harness.replay is imported by pytest-benchmark
+
 MARKERS = (
     "gpu: a GPU benchmark: skips without CUDA, runs on CPU in smoke mode (--ppbench-device cpu)",
     "cuda: needs a real CUDA device, also in smoke mode (skips without one)",
@@ -31,6 +33,10 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    # Measured device times reach pytest-benchmark through its public --benchmark-timer: a clock
+    # that is time.perf_counter except while harness.replay.record_rounds replays measured rounds.
+    if getattr(config.option, "benchmark_timer", None) == "time.perf_counter":
+        config.option.benchmark_timer = REPLAY_TIMER
     # The regression gate needs raw rounds, which pytest-benchmark saves only with --benchmark-save-data.
     if getattr(config.option, "benchmark_autosave", False) or getattr(config.option, "benchmark_save", None):
         config.option.benchmark_save_data = True
@@ -50,7 +56,7 @@ def pytest_configure(config):
 
 def pytest_collection_modifyitems(config, items):
     _deselect_durations(config, items)
-    import torch
+    import torch  # deferred: the plugin loads with every pytest run, torch only when tests are collected
 
     if torch.cuda.is_available():
         return
@@ -82,6 +88,8 @@ def _deselect_durations(config, items):
 # pytest-benchmark's hooks: optional, so that pytest without pytest-benchmark still loads the plugin.
 @pytest.hookimpl(optionalhook=True)
 def pytest_benchmark_update_machine_info(config, machine_info):
+    # benchsupport (torch, the models) is imported by the hooks and fixtures that need it, not at
+    # plugin load: every pytest run loads this plugin, most never touch a model.
     from .benchsupport import machine_info_extra
 
     machine_info.update(machine_info_extra())

@@ -33,7 +33,7 @@ STAGE_TITLES = {"load": "Stage 1: Data loading", "preprocess": "Stage 2: Preproc
                 "vision": "Stage 3: Vision encoding", "prefill": "Stage 4: LLM prefill",
                 "decode": "Stage 5: LLM decode"}
 RESULTS_COLUMNS = ["Dataset", "Samples", "Failed", "Timed", "{drafter} ms", "{target} ms",
-                   "Speedup", "Overlap window", "Hidden tokens", "Acceptance"]
+                   "Speedup", "Overlap window", "Hidden capacity", "Acceptance"]
 
 
 # -- formatting ------------------------------------------------------------------------------------
@@ -127,7 +127,8 @@ def executive_summary(tables: dict, names: dict) -> str:
             f"paired samples):** {ratio(sp)}",
             f"- **Overlap window (mean, signed):** {ms(p['window_ms'].mean())} "
             f"(clipped at 0: {ms(p['window_clipped_ms'].mean())})",
-            f"- **Hidden drafter tokens (mean per sample):** {num(p['hidden_tokens'].mean())}"]
+            f"- **Hidden capacity (drafter tokens that fit in the window, mean per sample):** "
+            f"{num(p['hidden_capacity'].mean())}"]
     head = M.headline_acceptance(tables["engine"], "all")
     if head:
         lines.append(f"- **Acceptance rate (real drafter, parallel mode, vLLM definition):** "
@@ -148,14 +149,15 @@ def results_table(tables: dict, names: dict) -> str:
         rows.append([r["dataset"], r["samples"], r["failed"], r["paired"],
                      num(r.get("drafter_total_ms")), num(r.get("target_total_ms")),
                      ratio(r.get("speedup")), num(r.get("window_ms")),
-                     num(r.get("hidden_tokens")), acc])
+                     num(r.get("hidden_capacity")), acc])
     hdr = [c.format(**names) for c in RESULTS_COLUMNS]
     return "\n".join([
         "## Results summary", "",
         md_table(hdr, rows), "",
         f"Times are means over *Timed* samples (both models succeeded). {names['drafter']} ms and "
         f"{names['target']} ms are five-stage totals; Speedup = target mean ÷ drafter mean; "
-        "Overlap window is the signed mean in ms; Acceptance is accepted ÷ drafted from engine "
+        "Overlap window is the signed mean in ms; Hidden capacity is the mean number of drafter "
+        "tokens whose isolated per-token times fit in it; Acceptance is accepted ÷ drafted from engine "
         "records with real drafter tokens (parallel mode, all γ pooled), MAL = mean acceptance "
         "length.", ""])
 
@@ -222,7 +224,7 @@ def ascii_timeline(tables: dict, names: dict, width: int = 60) -> str:
         a, b = ends["drafter"], ends["target"]
         gap = (" " * a + "|" + "-" * max(b - a - 1, 0) + "|") if b > a else ""
         lines.append(f"{'':>6} {'window':<{lab}} {gap}  {num(r['window_ms'])} ms signed mean, "
-                     f"{num(r['hidden_tokens'])} hidden tokens")
+                     f"{num(r['hidden_capacity'])} hidden capacity")
         lines.append("")
     return "```\n" + "\n".join(lines).rstrip() + "\n```"
 
@@ -233,8 +235,8 @@ def parallel_prefill(tables: dict, names: dict) -> str:
     out = ["## Parallel prefill analysis", "",
            "### Token hiding", "",
            f"Both models start together. The overlap window is {t}'s time to the end of prefill "
-           f"(stages 1-4) minus {d}'s; the drafter's *hidden tokens* are those whose measured "
-           "cumulative per-token decode time fits in that window. Hidden tokens are drafted, not "
+           f"(stages 1-4) minus {d}'s; the drafter's *hidden capacity* is the number of tokens whose "
+           "measured cumulative per-token decode time fits in that window. They would be drafted, not "
            "accepted: acceptance stops at the first mismatch, so they are not multiplied by an "
            "acceptance rate here.", ""]
     if len(p):
@@ -242,7 +244,7 @@ def parallel_prefill(tables: dict, names: dict) -> str:
                 f"{ms(p['drafter_to_prefill_end_ms'].mean())}, {t} at "
                 f"{ms(p['target_to_prefill_end_ms'].mean())}; window {ms(p['window_ms'].mean())} "
                 f"(signed), positive in {pct((p['window_ms'] > 0).mean())} of samples; "
-                f"{num(p['hidden_tokens'].mean())} hidden tokens on average.", "",
+                f"hidden capacity {num(p['hidden_capacity'].mean())} tokens on average.", "",
                 ascii_timeline(tables, names), ""]
     out += speculative_section(tables, names)
     out += seed_models_section(tables, names)
@@ -265,10 +267,14 @@ def speculative_section(tables: dict, names: dict) -> list[str]:
     out += [md_table(["Dataset", "Mode", "γ", "Drafter", "n", "e2e", "Speedup vs target_only",
                       "Ideal speedup", "Measured ÷ ideal", "Acceptance rate", "MAL",
                       "Hidden drafted", "Hidden fill", "Hidden accepted", "Token match"], rows), "",
-            "Speedup = mean target_only e2e ÷ mean e2e of the configuration (same dataset); "
-            "ideal speedup uses the engine's ideal_e2e_ms model; acceptance rate = accepted ÷ "
-            "drafted; MAL = 1 + accepted ÷ verify steps; hidden fill = hidden tokens drafted in the "
-            "window ÷ the tokens whose isolated per-token decode times (the drafter's stage record) fit in it. Rows marked "
+            "Speedup = mean target_only e2e ÷ mean e2e, paired by sample: both over the samples where "
+            "the configuration and target_only completed; ideal speedup likewise with the engine's "
+            "ideal_e2e_ms model; acceptance rate = accepted ÷ drafted and MAL = 1 + accepted ÷ verify "
+            "steps, pooled over the row's records; hidden drafted = the run's drafter tokens finished "
+            "inside its own window; hidden fill = Σ hidden drafted ÷ Σ hidden capacity of the same "
+            "engine runs (its window at its own hidden-step times), pooled over the row's samples; "
+            "n/a where not computable or where records predate the hidden_block field (not "
+            "comparable). Rows marked "
             "*simulated α* are not real drafter outputs.", ""]
     pos = tables["engine_positions"]
     if not pos.empty:
@@ -373,18 +379,18 @@ def scaling(tables: dict, names: dict, plots: dict) -> str:
         d = ds.dropna(subset=["drafter_total_ms"])
         out += [md_table(["Dataset", f"{names['drafter']} total", f"{names['target']} total",
                           "Speedup", "Prefill speedup (stages 1-4)", "LLM-prefill speedup",
-                          "Window", "Hidden tokens"],
+                          "Window", "Hidden capacity"],
                          [[r["dataset"], ms(r["drafter_total_ms"]), ms(r["target_total_ms"]),
                            ratio(r["speedup"]), ratio(r["prefill_speedup"]),
                            ratio(r["llm_prefill_speedup"]), ms(r["window_ms"]),
-                           num(r["hidden_tokens"])] for _, r in d.iterrows()]), ""]
+                           num(r["hidden_capacity"])] for _, r in d.iterrows()]), ""]
         slopes = {m: _slope(d["duration_ms"], d[f"{m}_total_ms"]) for m in M.MODELS}
         if not any(_bad(v) for v in slopes.values()):
             out += [f"Least-squares slope of mean total vs duration: {names['drafter']} "
                     f"{num(slopes['drafter'], 2)} ms/s, {names['target']} "
                     f"{num(slopes['target'], 2)} ms/s.", ""]
     for key, title in (("stage_bars", "Stage breakdown"), ("latency_vs_duration", "Latency"),
-                       ("hidden_vs_duration", "Hidden tokens"),
+                       ("hidden_vs_duration", "Hidden capacity"),
                        ("speedup_vs_alpha", "Speedup vs simulated α"),
                        ("timeline", "Engine timeline (one sample)")):
         if key in plots:
@@ -462,11 +468,11 @@ def findings(tables: dict, names: dict) -> list[str]:
         out.append(f"{names['drafter']} reaches the end of prefill {ratio(pre)} sooner than "
                    f"{names['target']} (stages 1-4; LLM prefill alone: {ratio(llm)}).")
         nout = p["drafter_n_output_tokens"].mean()
-        share = f", {pct(p['hidden_tokens'].mean() / nout)} of its mean {num(nout)} output " \
+        share = f", {pct(p['hidden_capacity'].mean() / nout)} of its mean {num(nout)} output " \
                 "tokens" if nout and nout > 0 else ""
         out.append(f"The overlap window is positive in {pct((p['window_ms'] > 0).mean())} of "
-                   f"{len(p)} paired samples (mean {ms(p['window_ms'].mean())}), hiding "
-                   f"{num(p['hidden_tokens'].mean())} drafter tokens per sample{share}.")
+                   f"{len(p)} paired samples (mean {ms(p['window_ms'].mean())}), with a hidden "
+                   f"capacity of {num(p['hidden_capacity'].mean())} drafter tokens per sample{share}.")
     if "duration_ms" in ds and "target_total_ms" in ds:
         d = ds.dropna(subset=["target_total_ms"])
         if d["duration_ms"].replace(math.inf, np.nan).nunique() >= 3:
@@ -578,12 +584,15 @@ def methodology(meta: dict, tables: dict, names: dict) -> str:
         "- **Overlap window** = target time to end of prefill − drafter time to end of prefill "
         "(stages 1-4 summed, both starting at t=0), signed; derived from isolated stage costs, so "
         "it ignores contention when both models share a device (the engine measures that).",
-        "- **Hidden tokens** = largest n with sum(drafter decode_token_ms[:n]) ≤ window; 0 when "
-        "the window ≤ 0. These are drafted tokens, not accepted ones.",
+        "- **Hidden capacity** = largest n with sum(drafter decode_token_ms[:n]) ≤ window; 0 when "
+        "the window ≤ 0: tokens that could be drafted, not accepted ones. **Hidden drafted** (engine) "
+        "= drafter tokens the engine run finished inside its own window; **hidden fill** = Σ hidden "
+        "drafted ÷ Σ hidden capacity of the same engine runs, pooled.",
         "- **TTFT** = stages 1-4 + decode_token_ms[0] (token 1 is selected from the prefill "
         "logits); **TPOT** = mean of decode_token_ms[1:].",
         "- **Speedup** = mean target total ÷ mean drafter total over paired samples; prefill "
-        "speedup uses stages 1-4, LLM-prefill speedup stage 4 alone.",
+        "speedup uses stages 1-4, LLM-prefill speedup stage 4 alone. Per dataset, every timing "
+        "(TTFT and TPOT included) is a mean over the paired samples.",
         "- **Acceptance** (engine records only, vLLM definitions): rate = accepted ÷ drafted; "
         "mean acceptance length = 1 + accepted ÷ verify steps; per-position = accepted ÷ drafted "
         "at each draft position. Never a text-similarity score; without engine records it is "

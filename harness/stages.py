@@ -15,6 +15,7 @@ from typing import Callable, Iterable
 import torch
 
 from .models.base import greedy
+from .records import record_key
 from .timing import StageClock, TokenTimer, peak_memory_bytes, peak_memory_reset
 
 STAGES = ("load", "preprocess", "vision", "prefill", "decode")
@@ -107,8 +108,6 @@ def run_stage_pipeline(runners: Iterable, samples: Iterable, writer, *, done: se
     """Runs every runner over every sample, appending each record as soon as it exists.
     Records whose key is in `done` (from a previous, interrupted run) are skipped. Returns the
     number of records written."""
-    from .records import record_key
-
     runners = list(runners)
     written = 0
     for sample in samples:

@@ -6,8 +6,9 @@ overlap-probe folders (real drafter tokens and simulated alpha, one gamma):
 
 Per simulated alpha ("real" = the drafter's own tokens): the parallel run's speedup over the same
 sample's target-only run (median, range), how much later the target reached the end of prefill
-(median), hidden fill (hidden drafted ÷ metrics.hidden_tokens(the sample's isolated drafter
-per-token times, window), as the report and the benchmarks define it) and measured ÷ ideal. Then,
+(median), hidden fill (pooled: Σ hidden drafted ÷ Σ hidden capacity of the same engine runs,
+metrics.hidden_fill, as the report and the benchmarks define it) and measured ÷ ideal. Every
+derived quantity comes from harness/metrics.py. Then,
 at alpha 0 and real, the target's per-stage time deltas, the delta after it is ready, and TPOT;
 the TPOT spread of target-only and parallel runs, and whether the drafter ran in its own process.
 """
@@ -19,7 +20,7 @@ import statistics as st
 from pathlib import Path
 
 from harness.engine import STAGES
-from harness.metrics import hidden_tokens
+from harness.metrics import efficiency, engine_hidden_capacity, hidden_fill, speedup
 
 
 def _rng(v):
@@ -29,28 +30,27 @@ def _rng(v):
 def run_folder(path: Path) -> None:
     recs = [json.loads(x) for x in open(path / "records.jsonl") if x.strip()]
     meta = json.loads((path / "meta.json").read_text()) if (path / "meta.json").exists() else {}
-    iso = {r["sample_id"]: r["decode_token_ms"] for r in recs
-           if r["kind"] == "stages" and r["model"] == "drafter" and not r.get("error")}
     eng = [r for r in recs if r["kind"] == "engine" and not r.get("error")]
-    base = {r["sample_id"]: r for r in eng if r["mode"] == "target_only"}
-    par = [r for r in eng if r["mode"] == "parallel" and r["sample_id"] in base]
+    key = lambda r: (r["dataset"], r["sample_id"])
+    base = {key(r): r for r in eng if r["mode"] == "target_only"}
+    par = [r for r in eng if r["mode"] == "parallel" and key(r) in base]
     print(f"== {path}: {meta.get('device')}, drafter on {meta.get('drafter_device')}, "
           f"overlap {meta.get('overlap', 'always (not recorded)')}")
     for alpha in sorted({r["alpha_simulated"] for r in par}, key=lambda a: -1 if a is None else a):
         g = [r for r in par if r["alpha_simulated"] == alpha]
-        speed = [base[r["sample_id"]]["e2e_ms"] / r["e2e_ms"] for r in g]
+        speed = [speedup([base[key(r)]["e2e_ms"]], [r["e2e_ms"]]) for r in g]
         later = [r["timeline"]["target_stage_end_ms"]["prefill"]
-                 - base[r["sample_id"]]["timeline"]["target_stage_end_ms"]["prefill"] for r in g]
-        fill = [r["hidden_drafted"] / c for r in g if r["sample_id"] in iso
-                for c in [hidden_tokens(iso[r["sample_id"]], r["window_ms"])] if c]
-        eff = [r["ideal_e2e_ms"] / r["e2e_ms"] for r in g if r.get("ideal_e2e_ms")]
+                 - base[key(r)]["timeline"]["target_stage_end_ms"]["prefill"] for r in g]
+        fill = hidden_fill([r["hidden_drafted"] for r in g], [engine_hidden_capacity(r) for r in g],
+                           [r.get("hidden_block") is not None for r in g])
+        eff = [efficiency(r["ideal_e2e_ms"], r["e2e_ms"]) for r in g if r.get("ideal_e2e_ms")]
         print(f"alpha {'real' if alpha is None else alpha}: speedup {_rng(speed)}; target ready later by "
-              f"median {st.median(later):.1f} ms; hidden fill {_rng(fill)}; measured/ideal {_rng(eff)}")
+              f"median {st.median(later):.1f} ms; hidden fill {fill:.3f} (pooled); measured/ideal {_rng(eff)}")
     zero = [r for r in par if r["alpha_simulated"] in (None, 0.0)]
     deltas = {s: [] for s in STAGES}
     after, tpot = [], []
     for r in zero:
-        b = base[r["sample_id"]]
+        b = base[key(r)]
         te, be = r["timeline"]["target_stage_end_ms"], b["timeline"]["target_stage_end_ms"]
         for i, s in enumerate(STAGES):
             prev = STAGES[i - 1] if i else None
@@ -65,7 +65,7 @@ def run_folder(path: Path) -> None:
     print(f"TPOT ms, target-only: {_rng(tpot_base)}; parallel at alpha 0 and real: {_rng(tpot_par)}; "
           f"drafter process: {meta.get('drafter_process', False)}")
     print("alpha 0 by sample: " + ", ".join(
-        f"{r['dataset']} {base[r['sample_id']]['e2e_ms'] / r['e2e_ms']:.3f}" for r in par
+        f"{r['dataset']} {speedup([base[key(r)]['e2e_ms']], [r['e2e_ms']]):.3f}" for r in par
         if r["alpha_simulated"] == 0.0))
 
 

@@ -15,7 +15,8 @@ import statistics
 import pytest
 
 from harness import metrics
-from harness.benchsupport import record_rounds, stage_seconds
+from harness.benchsupport import stage_seconds
+from harness.replay import record_rounds
 from harness.pipeline import DEFAULT_DURATIONS
 from harness.stages import STAGES
 from harness.verify_cost import check_precision
@@ -68,7 +69,8 @@ def test_decode_token(benchmark, ppbench_session, duration, model):
 @pytest.mark.parametrize("duration", DEFAULT_DURATIONS)
 def test_parallel_prefill(benchmark, ppbench_session, ppbench_bounds, duration):
     """End to end: the engine's parallel-prefill speculative run vs target-only on the same inputs."""
-    from harness.engine_suite import summarize_engine, check_engine_bounds
+    from harness.bounds import check_engine_bounds
+    from harness.metrics import summarize_engine
 
     stages = _measured(ppbench_session, duration, "stages")
     records = _measured(ppbench_session, duration, "engine")

@@ -23,7 +23,7 @@ def rates(tmp_path):
     B.write_bounds(doc(
         acceptance_rate={"min": 0.6, "max": 1.0, "per_duration": {"500ms": {"min": 0.4}},
                          "why": "drafter quality"},
-        hidden_tokens={"per_duration": {"4s": {"min": 5}}, "why": "overlap"}), path)
+        hidden_drafted={"per_duration": {"4s": {"min": 5}}, "why": "overlap"}), path)
     return B.load_bounds("unit", "cpu", root=tmp_path)
 
 
@@ -79,9 +79,9 @@ def test_max_violation_and_nan_violates(rates):
 
 def test_duration_only_bound_needs_a_duration(rates):
     with pytest.raises(B.BoundViolation, match="min 5"):
-        B.check_bound(rates, "hidden_tokens", 4, ["a"], duration="4s")
+        B.check_bound(rates, "hidden_drafted", 4, ["a"], duration="4s")
     with pytest.raises(B.BoundsError, match="no min/max"):
-        B.check_bound(rates, "hidden_tokens", 4, ["a"])
+        B.check_bound(rates, "hidden_drafted", 4, ["a"])
 
 
 def test_unknown_bound_names_the_file(rates):
@@ -157,14 +157,14 @@ def test_device_class_on_cpu():
 def test_derive_bounds_applies_documented_margins(tmp_path):
     d = B.derive_bounds(
         {"overall_speedup": 2.0, "acceptance_rate": [0.70, 0.95, 0.74],
-         "hidden_tokens": {"all": 10, "per_duration": {"500ms": 2, "20s": 40}},
+         "hidden_drafted": {"all": 10, "per_duration": {"500ms": 2, "20s": 40}},
          "token_match_rate": 1.0, "engine_efficiency": 0.05},
         profile="7b-shaped", device_class="h100", source="ppbench run 42 on H100")
     b = d["bounds"]
     assert b["overall_speedup"] == {"min": 1.6, "why": b["overall_speedup"]["why"]}
     assert b["acceptance_rate"]["min"] == pytest.approx(0.64)            # median 0.74 - 0.10
-    assert b["hidden_tokens"]["min"] == pytest.approx(7.0)
-    assert b["hidden_tokens"]["per_duration"] == {"500ms": {"min": 1.4}, "20s": {"min": 28.0}}
+    assert b["hidden_drafted"]["min"] == pytest.approx(7.0)
+    assert b["hidden_drafted"]["per_duration"] == {"500ms": {"min": 1.4}, "20s": {"min": 28.0}}
     assert b["token_match_rate"]["min"] == 1.0
     assert b["engine_efficiency"]["min"] == pytest.approx(0.04)
     assert "measured 2" in b["overall_speedup"]["why"] and "rel=0.2" in b["overall_speedup"]["why"]

@@ -135,3 +135,47 @@ def test_run_with_no_samples_fails(tmp_path, capsys):
                                "--out", str(tmp_path / "r"), "--device", "cpu", "--no-progress"],
                       "no samples to measure")
     assert not (tmp_path / "r").exists()
+
+
+def _run_folder(path, speedups, *, failed_sample=None):
+    """A `ppbench run` folder of hand-made records: one sample per entry of speedups (target-only
+    e2e / parallel e2e), plus a simulated-alpha record that must not count."""
+    from fixtures.record_factory import engine_record, stage_record
+
+    recs = []
+    for i, sp in enumerate(speedups):
+        sid = f"s{i}"
+        recs += [stage_record("4s", sid, m) for m in ("drafter", "target")]
+        recs += [engine_record("4s", sid, "target_only", e2e_ms=100.0 * sp),
+                 engine_record("4s", sid, "parallel", e2e_ms=100.0),
+                 engine_record("4s", sid, "parallel", e2e_ms=1.0, alpha=0.9)]
+    if failed_sample is not None:
+        recs.append(engine_record("4s", failed_sample, "parallel", e2e_ms=1.0,
+                                  error={"stage": "engine", "type": "OOM", "message": "x"}))
+    path.mkdir()
+    (path / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    (path / "meta.json").write_text(json.dumps({"profile": "tiny", "device": "cpu"}))
+    return path
+
+
+def test_bounds_derive_from_run_folders_takes_the_lowest_median(tmp_path):
+    """Derived from run folders, each bound's measured value is the lowest of the folders' medians
+    (real drafter records only, failed records left out), so every folder passes `bounds check`,
+    and a run whose speedup collapsed fails it."""
+    a = _run_folder(tmp_path / "a", [1.0, 2.0, 3.0], failed_sample="s9")
+    b = _run_folder(tmp_path / "b", [1.5, 1.5, 1.5])
+    out = tmp_path / "bounds.json"
+    assert main(["bounds", "derive", str(a), str(b), "--device-class", "cpu", "--out", str(out),
+                 "--margin", "overall_speedup=0.1"]) == 0
+    doc = json.loads(out.read_text())
+    assert doc["bounds"]["overall_speedup"]["min"] == pytest.approx(1.5 * 0.9)
+    assert main(["bounds", "check", str(out), str(a), str(b / "records.jsonl")]) == 0
+    slow = _run_folder(tmp_path / "slow", [0.5, 0.5])
+    assert main(["bounds", "check", str(out), str(slow)]) == 1
+
+
+def test_bounds_derive_refuses_mixed_inputs(tmp_path, capsys):
+    a = _run_folder(tmp_path / "a", [1.0])
+    save = tmp_path / "s.json"
+    save.write_text(json.dumps({"benchmarks": [], "machine_info": {}}))
+    assert_user_error(capsys, ["bounds", "derive", str(a), str(save)], "not both")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 
 import pytest
 import torch
@@ -126,12 +127,12 @@ def test_emitter_emits_the_reference_with_probability_alpha():
     logits = torch.zeros(50)
     ref = [7, 0, 49] * 4000
     for alpha in (0.25, 0.8):
-        emit = E._Emitter(E.greedy, alpha, ref, seed=3)
+        emit = E.Emitter(E.greedy, alpha, ref, seed=3)
         tokens = [emit(logits, i) for i in range(len(ref))]
         hits = sum(t == r for t, r in zip(tokens, ref))
         assert _within(hits, len(ref), alpha)
         assert all(0 <= t < 50 for t in tokens)
-    emit = E._Emitter(E.greedy, 0.0, ref, seed=3)
+    emit = E.Emitter(E.greedy, 0.0, ref, seed=3)
     assert all(emit(logits, i) != r for i, r in enumerate(ref))
     assert emit(logits, len(ref)) == 0        # past the reference: the drafter's own token
 
@@ -343,12 +344,31 @@ def test_error_result_record():
     assert rec["n_output_tokens"] == 0
 
 
-def test_now_ms_is_monotonic_on_cpu():
-    a = E.now_ms(torch.device("cpu"))
-    assert E.now_ms() >= a
+def test_now_ms_is_perf_counter_ms_after_syncing_only_this_threads_stream(monkeypatch):
+    """now_ms reads time.perf_counter in ms (the clock a drafter process shares with its parent).
+    On CUDA it first synchronizes the calling thread's current stream, never the whole device: a
+    device-wide synchronize would wait for the other model's stream and erase the overlap."""
+    before = time.perf_counter() * 1e3
+    t = E.now_ms(torch.device("cpu"))
+    assert before <= t <= time.perf_counter() * 1e3
+    synced = []
+
+    class Stream:
+        def synchronize(self):
+            synced.append("stream")
+
+    def device_wide(*a, **k):
+        raise AssertionError("device-wide synchronize")
+
+    monkeypatch.setattr(torch.cuda, "current_stream", lambda device=None: Stream())
+    monkeypatch.setattr(torch.cuda, "synchronize", device_wide)
+    E.now_ms("cuda:0")
+    assert synced == ["stream"]
+    E.now_ms(None)
+    assert synced == ["stream"]
 
 
-def test_hidden_tokens_are_those_finished_inside_the_window(rand):
+def test_hidden_drafted_are_those_finished_inside_the_window(rand):
     """A draft step still running when the target becomes ready joins the verified block, but it
     is not a hidden token: hidden = drafted tokens whose finish time is inside the window."""
     drafter, target = rand

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from harness import metrics as M
 from harness.errors import DataError
-from fixtures.record_factory import dataset_records, engine_record, stage_record
+from fixtures.record_factory import dataset_records, engine_record, hidden_run, stage_record
 
 SETTINGS = settings(max_examples=60, deadline=None)
 times = st.floats(0.0, 1e4, allow_nan=False, allow_infinity=False)
@@ -46,35 +46,42 @@ def test_summary_ignores_nan_and_handles_empty():
 
 
 @SETTINGS
-@given(stage_dicts, stage_dicts)
-def test_overlap_window_is_difference_of_stage_1_to_4_sums(d, t):
+@given(stage_dicts, stage_dicts, times)
+def test_pair_window_is_difference_of_stage_1_to_4_sums(d, t, extra_decode):
+    """The report's per-sample window (pairs table) = target stages 1-4 - drafter stages 1-4,
+    signed; decode time never enters it, and it is clipped at 0 only in window_clipped_ms."""
+    def window(dd, tt):
+        recs = [stage_record("1s", "a", "drafter", stages_ms=dd, decode_token_ms=[0.1]),
+                stage_record("1s", "a", "target", stages_ms=tt, decode_token_ms=[0.1])]
+        return M.compute_all(recs)["pairs"].iloc[0]
     expect = sum(t[s] for s in M.STAGES[:4]) - sum(d[s] for s in M.STAGES[:4])
-    assert M.overlap_window(d, t) == pytest.approx(expect, abs=1e-6)
-    # decode must not enter the window
-    assert M.overlap_window({**d, "decode": d["decode"] + 7}, t) == M.overlap_window(d, t)
+    row = window(d, t)
+    assert row["window_ms"] == pytest.approx(expect, abs=1e-6)
+    assert row["window_clipped_ms"] == pytest.approx(max(expect, 0.0), abs=1e-6)
+    assert window({**d, "decode": d["decode"] + extra_decode}, t)["window_ms"] == row["window_ms"]
 
 
 @SETTINGS
 @given(st.lists(times, max_size=64), st.floats(-1e3, 2e5, allow_nan=False))
-def test_hidden_tokens_matches_loop_reference(token_ms, window):
-    assert M.hidden_tokens(token_ms, window) == hidden_ref(token_ms, window)
+def test_hidden_capacity_matches_loop_reference(token_ms, window):
+    assert M.hidden_capacity(token_ms, window) == hidden_ref(token_ms, window)
 
 
 @SETTINGS
 @given(st.lists(st.floats(0.01, 100), min_size=1, max_size=30), st.data())
-def test_hidden_tokens_window_on_exact_cumulative_sum(token_ms, data):
+def test_hidden_capacity_window_on_exact_cumulative_sum(token_ms, data):
     n = data.draw(st.integers(1, len(token_ms)))
     window = float(np.cumsum(token_ms)[n - 1])
-    assert M.hidden_tokens(token_ms, window) >= n
+    assert M.hidden_capacity(token_ms, window) >= n
 
 
-def test_hidden_tokens_edge_cases():
-    assert M.hidden_tokens([5.0, 5.0], 0.0) == 0
-    assert M.hidden_tokens([5.0, 5.0], -3.0) == 0
-    assert M.hidden_tokens([], 100.0) == 0
-    assert M.hidden_tokens([5.0, 5.0, 5.0], 10.0) == 2
-    assert M.hidden_tokens([5.0, 5.0, 5.0], 9.999) == 1
-    assert M.hidden_tokens([5.0, 5.0], 1e9) == 2
+def test_hidden_capacity_edge_cases():
+    assert M.hidden_capacity([5.0, 5.0], 0.0) == 0
+    assert M.hidden_capacity([5.0, 5.0], -3.0) == 0
+    assert M.hidden_capacity([], 100.0) == 0
+    assert M.hidden_capacity([5.0, 5.0, 5.0], 10.0) == 2
+    assert M.hidden_capacity([5.0, 5.0, 5.0], 9.999) == 1
+    assert M.hidden_capacity([5.0, 5.0], 1e9) == 2
 
 
 def test_drafter_slower_than_target_hides_nothing():
@@ -86,7 +93,7 @@ def test_drafter_slower_than_target_hides_nothing():
     row = pairs.iloc[0]
     assert row["window_ms"] == pytest.approx(4.0 - 40.0)
     assert row["window_clipped_ms"] == 0.0
-    assert row["hidden_tokens"] == 0
+    assert row["hidden_capacity"] == 0
 
 
 def test_pair_window_and_hidden_from_records():
@@ -96,7 +103,7 @@ def test_pair_window_and_hidden_from_records():
             stage_record("2s", "x", "target", stages_ms=t, decode_token_ms=[0.5, 4.5])]
     row = M.compute_all(recs)["pairs"].iloc[0]
     assert row["window_ms"] == pytest.approx(30.0)
-    assert row["hidden_tokens"] == 3                       # 0.5 + 10 + 10 = 20.5 <= 30 < 30.5
+    assert row["hidden_capacity"] == 3                       # 0.5 + 10 + 10 = 20.5 <= 30 < 30.5
     assert row["model_parallel_ms"] == pytest.approx(max(10, 40) + max(30 - 30, 5))
     assert row["model_sequential_ms"] == pytest.approx(40 + 45)
 
@@ -225,25 +232,99 @@ def test_speedup_baseline_uses_only_samples_the_configuration_completed():
     assert row["speedup_vs_target_only"] == pytest.approx(2.0)
 
 
-def test_hidden_fill_is_hidden_over_the_windows_capacity():
-    """capacity = hidden_tokens(the sample's isolated drafter per-token times, window), as the
-    benchmarks compute it; pooled over samples; samples without per-token times or with no room
-    in the window are left out, and with none left it is not computed rather than 0%."""
-    recs = [dict(engine_record("4s", "a", "parallel", gamma="adaptive", e2e_ms=90.0), window_ms=60.0,
-                 hidden_drafted=5),
-            dict(engine_record("4s", "b", "parallel", gamma="adaptive", e2e_ms=90.0), window_ms=-5.0,
-                 hidden_drafted=0),
-            engine_record("4s", "a", "target_only", e2e_ms=100.0),
-            engine_record("4s", "b", "target_only", e2e_ms=100.0)]
-    frame = M.engine_frame(recs)
+def test_engine_hidden_capacity_comes_from_the_same_run():
+    """Capacity of one engine run = tokens that fit in its own window at its own per-token times
+    (token 1 at its time after the drafter's prefill end, then its hidden steps), continued at the
+    mean step past a block that ended inside the window; None with no step to continue from."""
+    # ready at 20, token 1 at 21 (1 ms), steps of 10 ms: 21, 31, 41 -> the block ends at 21 ms of
+    # the 45 ms window; continued at 10 ms: cumulative 1, 11, 21, 31, 41 -> 5 fit, 51 does not
+    r = hidden_run("4s", "a", window_ms=45.0, drafter_ready_ms=20.0, draft_token_ms=[21, 31, 41],
+                   hidden_drafted=3)
+    assert M.engine_hidden_capacity(r) == 5
+    # a block that runs past the window: its own measured times decide (1, 11, 21 <= 15? no: 2)
+    r = hidden_run("4s", "a", window_ms=15.0, drafter_ready_ms=20.0, draft_token_ms=[21, 31, 41],
+                   hidden_drafted=2)
+    assert M.engine_hidden_capacity(r) == 2
+    one = hidden_run("4s", "a", window_ms=45.0, drafter_ready_ms=20.0, draft_token_ms=[21],
+                     hidden_drafted=1)
+    assert M.engine_hidden_capacity(one) is None
+    old = hidden_run("4s", "a", window_ms=45.0, drafter_ready_ms=20.0, draft_token_ms=[21, 31],
+                     hidden_drafted=2, hidden_block=None)
+    assert M.engine_hidden_capacity(old) is None
+
+
+def _fill_records(*, old_format=False):
+    """Sample a: 3 of a capacity of 5; b: 4 of 4 (block past the window); c: a failed parallel run;
+    d: a block of one token (no capacity): pooled fill = (3 + 4) / (5 + 4)."""
+    return [hidden_run("4s", "a", window_ms=45.0, drafter_ready_ms=20.0, draft_token_ms=[21, 31, 41],
+                       hidden_drafted=3, hidden_block=None if old_format else -1),
+            hidden_run("4s", "b", window_ms=35.0, drafter_ready_ms=20.0,
+                       draft_token_ms=[21, 31, 41, 51, 61], hidden_drafted=4),
+            dict(hidden_run("4s", "c", window_ms=35.0, drafter_ready_ms=20.0,
+                            draft_token_ms=[21, 31], hidden_drafted=2), e2e_ms=None,
+                 error={"stage": "decode", "type": "OutOfMemoryError", "message": "oom"}),
+            hidden_run("4s", "d", window_ms=45.0, drafter_ready_ms=20.0, draft_token_ms=[21],
+                       hidden_drafted=1),
+            *[engine_record("4s", s, "target_only", e2e_ms=100.0) for s in "abcd"]]
+
+
+def test_hidden_fill_is_pooled_over_same_run_capacities_and_skips_failed_samples():
+    """Report and benchmarks: fill = sum(hidden drafted) / sum(capacity of the same engine runs),
+    pooled (not a median of per-sample fills), over the samples with a capacity; a failed sample
+    and a sample without a capacity are left out; none left: not computed rather than 0%."""
+    recs = _fill_records()
     row = lambda s: s[(s["dataset"] == "4s") & (s["mode"] == "parallel")].iloc[0]
-    tokens = [0.1] + [10.0] * 20          # token 1 from the prefill logits, then 10 ms a token
-    # 60 ms holds 0.1 + 5 x 10 ms: 6 tokens; -5 ms holds none, so sample b is left out
-    iso = {("4s", "a"): tokens, ("4s", "b"): tokens}
-    assert row(M.engine_summary(frame, iso))["hidden_fill"] == pytest.approx(5 / 6)
-    assert math.isnan(row(M.engine_summary(frame, {("4s", "b"): tokens}))["hidden_fill"])
-    assert math.isnan(row(M.engine_summary(frame))["hidden_fill"])
-    assert M.hidden_tokens(tokens, 60.0) == 6
+    assert row(M.engine_summary(M.engine_frame(recs)))["hidden_fill"] == pytest.approx(7 / 9)
+    lists, summary = M.summarize_engine(recs, [])
+    assert summary["hidden_fill"] == pytest.approx(7 / 9)
+    assert sorted(lists["hidden_fill"]) == pytest.approx([3 / 5, 1.0])   # per sample, for the gate
+    assert math.isnan(M.hidden_fill([1], [None], [True]))
+
+
+def test_records_before_hidden_block_make_the_fill_not_comparable():
+    """Records older than the hidden_block field counted the in-flight token as hidden: a group
+    holding one gets no fill (NaN in the report, None in the benchmark summary)."""
+    recs = _fill_records(old_format=True)
+    row = lambda s: s[(s["dataset"] == "4s") & (s["mode"] == "parallel")].iloc[0]
+    assert math.isnan(row(M.engine_summary(M.engine_frame(recs)))["hidden_fill"])
+    assert M.summarize_engine(recs, [])[1]["hidden_fill"] is None
+
+
+def test_speedup_is_paired_by_sample_when_target_only_failed():
+    """Speedup vs target-only pairs by sample: a sample whose target-only run failed leaves the
+    configuration's side too (ratio of means over the samples both completed), in the report and
+    in the benchmarks' per-sample list."""
+    recs = [engine_record("4s", "a", "target_only", e2e_ms=100.0),
+            engine_record("4s", "b", "target_only", e2e_ms=None,
+                          error={"stage": "decode", "type": "OutOfMemoryError", "message": "oom"}),
+            engine_record("4s", "a", "parallel", gamma=2, e2e_ms=50.0),
+            engine_record("4s", "b", "parallel", gamma=2, e2e_ms=400.0)]
+    summary = M.engine_summary(M.engine_frame(recs))
+    row = summary[(summary["dataset"] == "4s") & (summary["mode"] == "parallel")].iloc[0]
+    assert row["speedup_vs_target_only"] == pytest.approx(2.0)   # not 100 / mean(50, 400)
+    assert row["e2e_ms"] == pytest.approx(225.0) and row["paired"] == 1
+    lists, medians = M.summarize_engine(recs, [])
+    assert lists["overall_speedup"] == [pytest.approx(2.0)] and medians["samples"] == ["a"]
+    assert M.speedup([100.0, 300.0], [50.0, 100.0]) == pytest.approx(400 / 150)
+
+
+def test_pooled_acceptance_counts_every_record_of_the_group():
+    rate, mal = M.pooled_acceptance([{"drafted": 4, "accepted": 1, "verify_steps": 2},
+                                     {"drafted": 6, "accepted": 6, "verify_steps": 2}])
+    assert rate == pytest.approx(7 / 10) and mal == pytest.approx(1 + 7 / 4)
+    assert all(math.isnan(x) for x in M.pooled_acceptance([]))
+
+
+def test_datasets_row_times_only_paired_samples():
+    """A datasets row's timings, TTFT and TPOT included, are means over the paired samples: a
+    sample whose target failed contributes none of its drafter's times."""
+    recs = dataset_records(("1s",), n_samples=3, failures={("1s", 2): ("target", "decode")})
+    row = M.compute_all(recs)["datasets"].iloc[0]
+    ok = [r for r in recs if r["model"] == "drafter" and r["sample_id"] != "1s-2"]
+    assert row["paired"] == 2 and row["failed"] == 1
+    assert row["drafter_ttft_ms"] == pytest.approx(
+        np.mean([M.ttft_ms(r["stages_ms"], r["decode_token_ms"]) for r in ok]))
+    assert row["drafter_tpot_ms"] == pytest.approx(np.mean([M.tpot_ms(r["decode_token_ms"]) for r in ok]))
 
 
 def test_break_even_acceptance_from_a_verify_cost_curve():

@@ -65,7 +65,8 @@ def test_saved_json_holds_measured_rounds_and_machine_info(saved_runs):
     names = {b["name"]: b for b in doc["benchmarks"]}
     b = names["test_stage[decode-4s-target]"]
     assert len(b["stats"]["data"]) == 2                     # one round per sample
-    assert b["options"]["timer"].startswith("ppbench.measured")
+    assert b["options"]["timer"] == "replay_clock"
+    assert b["extra_info"]["timing_source"] == "stage clock, device-synchronized"
     assert names["test_decode_token[4s-target]"]["stats"]["rounds"] == 2 * 23
     par = names["test_parallel_prefill[4s]"]["extra_info"]
     assert par["token_match_rate"] == [1.0, 1.0]          # fp32: lossless on every sample

@@ -16,40 +16,24 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from accelerate import init_empty_weights
+from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGeneration
 
 from harness.errors import ModelLoadError
 from harness.models import checkpoint
 from harness.models.decisive import plant_next_token_
-from harness.models.eventgpt import (CLIP_L14_336, EventChatConfig, EventChatLlamaForCausalLM, EventGPTRunner)
+from harness.models.eventgpt import EventChatConfig, EventChatLlamaForCausalLM, EventGPTRunner
 from harness.models.eventgpt import SKIP_QUANT as EVENTGPT_SKIP
 from harness.models.eventgpt import canonical_key as eg_canonical
-from harness.models.eventgpt import visual_token_count as eventgpt_visual_tokens
 from harness.models.quant import bnb_config, check_quant, materialize_, quantize_int4_
+from harness.models.shapes import (PLANT_SEED_OFFSET, eventgpt_config, videollava_config,  # noqa: F401 (API)
+                                   visual_token_count)
+from harness.models.tiny import ensure_tiny_checkpoints, load_tokenizer
 from harness.models.videollava import SKIP_QUANT as VIDEOLLAVA_SKIP
 from harness.models.videollava import canonical_key as vl_canonical
 from harness.models.videollava import VideoLlavaRunner
-from harness.models.videollava import visual_token_count as videollava_visual_tokens
 
 PROFILES = ("tiny", "trained", "7b-shaped", "real")
-
-LLAMA_7B = dict(hidden_size=4096, num_hidden_layers=32, num_attention_heads=32, num_key_value_heads=32,
-                intermediate_size=11008, max_position_embeddings=4096, rms_norm_eps=1e-5)
-CLIP_L14_224 = dict(CLIP_L14_336, image_size=224)
-# Tiny: 2 layers each, so vision_feature_layer=-2 still picks a real encoder layer; 28 px / 14 px
-# patches keep the token structure (CLS + patches per image) at 5 tokens per image.
-LLAMA_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-                  intermediate_size=128, max_position_embeddings=4096, rms_norm_eps=1e-5)
-CLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                 image_size=28, patch_size=14, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
-TINY_VOCAB = 512
-# Trained pair (models/trained.py): the tiny sizes, at 56 px (16 patches per image), so a shape in
-# a frame or an event image covers a few pixels instead of one or two.
-CLIP_TRAINED = dict(CLIP_TINY, image_size=56)
-_SIZES = {"tiny": (LLAMA_TINY, CLIP_TINY, TINY_VOCAB), "trained": (LLAMA_TINY, CLIP_TRAINED, TINY_VOCAB)}
-# The drafter and the target get different planted bigrams (models/decisive.py): random models
-# must not agree by construction.
-PLANT_SEED_OFFSET = {"drafter": 1000, "target": 1001}
-
 
 def check_profile(profile: str) -> str:
     if profile not in PROFILES:
@@ -57,56 +41,16 @@ def check_profile(profile: str) -> str:
     return profile
 
 
-def _special_ids(tokenizer) -> dict:
-    ids = {t: tokenizer.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<pad>", "<image>", "<video>")}
-    return dict(bos=ids["<s>"], eos=ids["</s>"], pad=ids["<pad>"], image=ids["<image>"], video=ids["<video>"])
-
-
-def eventgpt_config(profile: str, tokenizer) -> EventChatConfig:
-    llm, clip, vocab = _SIZES.get(profile, (LLAMA_7B, CLIP_L14_336, 32000))
-    sid = _special_ids(tokenizer)
-    return EventChatConfig(**llm, vocab_size=vocab, bos_token_id=sid["bos"], eos_token_id=sid["eos"],
-                           pad_token_id=sid["pad"], tie_word_embeddings=False,
-                           mm_visual_tower="openai/clip-vit-large-patch14-336", mm_hidden_size=clip["hidden_size"],
-                           vision_config=dict(clip, model_type="clip_vision_model"), event_feature_adaptor=True)
-
-
-def videollava_config(profile: str, tokenizer):
-    from transformers import VideoLlavaConfig
-
-    llm, clip, vocab = _SIZES.get(profile, (LLAMA_7B, CLIP_L14_224, 32064))
-    sid = _special_ids(tokenizer)
-    cfg = VideoLlavaConfig(
-        vision_config=dict(clip, model_type="clip_vision_model"),
-        text_config=dict(llm, model_type="llama", vocab_size=vocab, bos_token_id=sid["bos"], eos_token_id=sid["eos"],
-                         pad_token_id=sid["pad"], tie_word_embeddings=False),
-        image_token_index=sid["image"], video_token_index=sid["video"], vision_feature_layer=-2,
-        vision_feature_select_strategy="full", tie_word_embeddings=False)
-    cfg.video_seq_length = videollava_visual_tokens(cfg)
-    return cfg
-
-
-def visual_token_count(config) -> int:
-    """Visual tokens either runner splices into its prompt, from the config alone."""
-    if getattr(config, "model_type", None) == EventChatConfig.model_type:
-        return eventgpt_visual_tokens(config)
-    return videollava_visual_tokens(config)
-
-
 # -- one loading path per model -------------------------------------------------------------------
 def _model_class(which: str):
     if which == "drafter":
         return EventChatLlamaForCausalLM, EventChatConfig.model_type, EVENTGPT_SKIP, EventGPTRunner, eg_canonical
-    from transformers import VideoLlavaForConditionalGeneration
-
     return VideoLlavaForConditionalGeneration, "video_llava", VIDEOLLAVA_SKIP, VideoLlavaRunner, vl_canonical
 
 
 def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", dtype=torch.float32,
                     allow_pickle: bool = False, name: str | None = None):
     """Validate, then from_pretrained: the path every saved checkpoint (tiny or real) takes."""
-    from transformers import AutoConfig, AutoTokenizer
-
     check_quant(quant)
     path = Path(path)
     cls, model_type, skip, runner_cls, canonical = _model_class(which)
@@ -139,10 +83,6 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
 
 def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16, cache_dir=None, seed=0):
     """7B-shaped random model, materialized tensor by tensor on `device` (see quant.materialize_)."""
-    from accelerate import init_empty_weights
-
-    from harness.models.tiny import ensure_tiny_checkpoints, load_tokenizer
-
     check_quant(quant)
     tokenizer = load_tokenizer(ensure_tiny_checkpoints(cache_dir)["tokenizer"])
     cls, _, skip, runner_cls, _ = _model_class(which)
@@ -159,8 +99,6 @@ def _load(which: str, profile: str, *, device, quant, dtype, path, cache_dir, al
     if profile == "7b-shaped":
         return build_shaped(which, device=device, quant=quant, dtype=dtype, cache_dir=cache_dir)
     if profile == "tiny":
-        from harness.models.tiny import ensure_tiny_checkpoints
-
         path = ensure_tiny_checkpoints(cache_dir)["drafter" if which == "drafter" else "target"]
     elif profile == "trained":
         from harness.models.trained import ensure_trained_checkpoints

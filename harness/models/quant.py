@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 from torch import nn
+from transformers import BitsAndBytesConfig
 
 QUANTS = ("nf4", "int4", "none")
 INT4_GROUP = 128          # tinygemm group size (input channels per scale/zero)
@@ -34,8 +35,6 @@ def check_quant(quant: str) -> str:
 
 def bnb_config(skip_modules: list[str], compute_dtype: torch.dtype = COMPUTE_DTYPE):
     """The one BitsAndBytesConfig used for every NF4 load (tiny, real)."""
-    from transformers import BitsAndBytesConfig
-
     return BitsAndBytesConfig(
         load_in_4bit=True,
         bnb_4bit_quant_type="nf4",
@@ -160,6 +159,8 @@ def materialize_(model: nn.Module, *, device: str | torch.device, dtype: torch.d
     With quant="nf4" each eligible nn.Linear is replaced by a bitsandbytes Linear4bit (NF4, double
     quant, bf16 compute) right after its bf16 weight is drawn, with quant="int4" by an Int4Linear,
     so peak memory is the quantized model plus one bf16 layer, never a full bf16 copy of a 7B model."""
+    import bitsandbytes as bnb  # deferred: optional CUDA dependency, needed only for quant='nf4'
+
     check_quant(quant)
     if quant == "nf4":
         import bitsandbytes as bnb

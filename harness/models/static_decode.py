@@ -1,10 +1,9 @@
 """Static KV cache, and CUDA-graph replay of the decode and verify steps (gpt-fast style).
 
-Why: HF-eager decode of a 7B model issues over a thousand small kernel launches per token, so on an
-H100 its per-token time is set by the host (Python and launch latency), not by the GPU. On the lent
-H100 the same NF4 model took 27-195 ms per token within one session, and the per-token medians of
-two sessions with the same code were up to 65% apart (docs/results/h100-7b-shaped-bench). A decode
-gate cannot work on top of that. A fixed-size cache gives every k-token step the same shapes, so each
+Why: HF-eager decode of a 7B model issues over a thousand small kernel launches per token, so its
+per-token time is set by the host (Python and launch latency), not by the GPU, and varies from
+token to token and from session to session (docs/results/README.md at commit 080f728,
+h100-7b-shaped-bench and h100-decode-probe). A decode gate cannot work on top of that. A fixed-size cache gives every k-token step the same shapes, so each
 step is captured once as a CUDA graph and then replayed with one launch: per-token time then measures
 the GPU, not the host.
 
@@ -46,8 +45,8 @@ runner can produce (its visual tokens plus the text budget): the prompt's embedd
 zero rows after the real ones, and the graph returns the logits of the last real row only. Stage 3
 (vision tower + projector: one fixed input shape per model) is graphed by `GraphedFunction`.
 Why graphs for prefill and vision too: in the parallel engine two pipelines share one Python
-process, and an eager stage that needs the GIL for each of its ~1,000 launches stretches 2-5x while
-the other thread also runs Python (measured on H100s, docs/results/h100x2-7b-shaped-pipeline-2gpu).
+process, and an eager stage that needs the GIL for each of its launches stretches while the other
+thread also runs Python (docs/results/README.md at commit 080f728, h100x2-7b-shaped-pipeline-2gpu).
 A replayed graph is one launch.
 """
 from __future__ import annotations
