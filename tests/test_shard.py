@@ -19,7 +19,10 @@ from harness.records import load_records, record_key
 
 ROOT = Path(__file__).resolve().parent.parent
 ARGS = ["run", "--durations", "500ms,1s", "--samples-per-duration", "2", "--max-new-tokens", "6",
-        "--alphas", "0.5", "--no-progress", "--device", "cpu"]
+        "--alphas", "0.5", "--warmup", "0", "--no-progress", "--device", "cpu"]
+# Rank 1's records come in this order: stages of its 2 samples (4), then per sample target_only,
+# sequential, parallel at real and simulated alpha, assisted (5): after 9 its first sample is done.
+KILL_AFTER = 9
 # Fields that are clock readings, or counts that depend on them (how many hidden tokens fit in the
 # measured overlap window, hence how many are drafted and verified). Everything else must match.
 TIMING = {"run_id", "t_wall", "stages_ms", "decode_token_ms", "e2e_ms", "ttft_ms", "tpot_ms",
@@ -86,15 +89,15 @@ def test_two_processes_write_the_records_of_one(single, two_ranks):
 
 @pytest.mark.slow
 def test_resume_after_a_killed_rank_remeasures_only_what_is_missing(single, tmp_path):
-    """Rank 1 dies (SIGKILL) after its third record: the launch fails, every record written so far is
+    """Rank 1 dies (SIGKILL) once its first sample is complete: the launch fails, every record written so far is
     kept, and the summary prints the resume command. That command with one process instead of two
     re-splits only the samples still missing: the merged run equals a one-process run, holds the
     killed rank's records unchanged, and no key twice."""
     out = tmp_path / "run"
-    first = torchrun(2, ARGS + ["--out", str(out)], env={"PPBENCH_TEST_KILL": "1:3"})
+    first = torchrun(2, ARGS + ["--out", str(out)], env={"PPBENCH_TEST_KILL": f"1:{KILL_AFTER}"})
     assert first.returncode != 0
     killed = load_records(next((out / "shards").glob("a001-*/rank-00001.jsonl")))
-    assert len(killed) == 3
+    assert len(killed) == KILL_AFTER
     line = next(l for l in first.stderr.splitlines() if l.startswith("resume with: "))
     command = shlex.split(line.removeprefix("resume with: "))
     assert command[:3] == ["torchrun", "--nproc_per_node", "2"] and command[-1] == "--resume"
