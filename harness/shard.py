@@ -293,6 +293,8 @@ class ShardRun:
     plan: dict | None = None
     meta: dict | None = None
     records_written: int = 0
+    plan_s: float | None = None       # the plan exchange (rank 0 reads the records, splits, broadcasts)
+    measure_t0: float | None = None   # perf_counter when this rank started measuring its share
 
     @property
     def dir(self) -> Path:
@@ -315,7 +317,9 @@ class ShardRun:
     def start(cls, args, run_id: str) -> "ShardRun":
         from accelerate import PartialState
 
-        state = PartialState(cpu=True)   # gloo (or MPI): coordination only, no tensors
+        threads = torch.get_num_threads()   # what a plain run in this environment would use
+        state = PartialState(cpu=True)      # gloo (or MPI): coordination only, no tensors
+        torch.set_num_threads(threads)      # PartialState may reset it when OMP_NUM_THREADS is unset
         rank, world = state.process_index, state.num_processes
         local_rank = state.local_process_index
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
@@ -353,6 +357,7 @@ class ShardRun:
     def share(self, out: Path, samples: list, settings: dict):
         """(this rank's samples, its engine samples, done keys) for this launch."""
         self.out = out
+        t0 = time.perf_counter()
         doc = None
         if self.rank == 0:
             try:
@@ -371,6 +376,7 @@ class ShardRun:
         self.dir.mkdir(parents=True, exist_ok=True)
         self._status("running")
         torch.distributed.barrier()   # every rank has its status file before anyone measures
+        self.plan_s, self.measure_t0 = time.perf_counter() - t0, time.perf_counter()
         return own, [s for s in own if sample_key(s) in engine_ids], doc["done"]
 
     def _plan(self, samples: list, settings: dict) -> dict:
@@ -431,6 +437,8 @@ class ShardRun:
             "pid": os.getpid(), "devices": self.devices, "gpus": self.gpus, "cpu": cpu_name(),
             "cpu_threads": torch.get_num_threads(), "state": state, "error": error,
             "records": self.records_written, "samples": len(self.plan["shares"][self.rank]),
+            "plan_s": self.plan_s,
+            "measure_s": None if state == "running" else time.perf_counter() - self.measure_t0,
             "time": time.strftime("%Y-%m-%dT%H:%M:%S")})
 
     # 3. the rank's whole life: measure its share, then (rank 0) wait, merge, report -----------------
@@ -554,6 +562,7 @@ def finish(out: Path, meta: dict | None, plan: dict) -> int:
     Exit code 0 only when nothing is missing and something was measured."""
     from .pipeline import _write_report
 
+    t0 = time.perf_counter()
     records, notes = collect(out)
     path = write_merged(out, merged_order(records, plan["order"]))
     statuses = [s for p in sorted((out / "shards").glob("*/rank-*.json")) if (s := _status(p))]
@@ -567,7 +576,8 @@ def finish(out: Path, meta: dict | None, plan: dict) -> int:
     code = _write_report(path, out, meta)
     text = summary(out, plan, records, notes)
     print(text, file=sys.stderr if "missing:" in text else sys.stdout)
-    (out / "shards" / plan["attempt"] / "merged.json").write_text(json.dumps({"records": len(records)}))
+    (out / "shards" / plan["attempt"] / "merged.json").write_text(json.dumps(
+        {"records": len(records), "merge_and_report_s": time.perf_counter() - t0}))
     return code if "missing:" not in text else 1
 
 
@@ -604,7 +614,10 @@ def resume_command(args, out: Path) -> str:
             launcher += ["--num_machines", str(nodes), "--machine_rank", "<this node's rank>",
                          "--main_process_ip", os.environ.get("MASTER_ADDR", "<rank 0 host>"),
                          "--main_process_port", os.environ.get("MASTER_PORT", "29500")]
-        launcher.append("--multi_gpu" if args.device.startswith("cuda") and world > 1 else "--cpu")
+        if "OMPI_COMM_WORLD_SIZE" in os.environ or "PMI_SIZE" in os.environ:
+            launcher.append("--cpu")        # MPI-launched CPU processes (accelerate's --cpu + mpirun)
+        elif world > 1:
+            launcher.append("--multi_gpu")  # torch.distributed processes (also with --device cpu: gloo)
     else:
         launcher = ["torchrun", "--nproc_per_node", str(local)]
         if nodes > 1:
