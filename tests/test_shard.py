@@ -237,3 +237,24 @@ def test_a_plain_run_refuses_an_out_dir_holding_shards(tmp_path):
     (tmp_path / "shards" / "a001-n2" / "rank-00000.jsonl").write_text("{}\n")
     with pytest.raises(SystemExit, match="holds a sharded run"):
         main(ARGS + ["--out", str(tmp_path), "--resume"])
+
+
+def test_resume_command_repeats_the_launch(monkeypatch):
+    """The summary's command relaunches the same way (torchrun or accelerate, processes, nodes) and
+    adds --out and --resume; `ppbench run` under a launcher keeps its --no-python form."""
+    args = type("A", (), {"device": "cuda"})()
+    for k in [k for k in os.environ if k.startswith("ACCELERATE_") or k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]:
+        monkeypatch.delenv(k)
+    monkeypatch.setattr(sys, "argv", ["/x/harness/__main__.py", "run", "--durations", "4s"])
+    monkeypatch.setenv("WORLD_SIZE", "16")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
+    monkeypatch.setenv("MASTER_ADDR", "node0")
+    cmd = shard.resume_command(args, Path("runs/x"))
+    assert cmd.startswith("torchrun --nproc_per_node 8 --nnodes 2 --node_rank <this node's rank> "
+                          "--master_addr node0 --master_port ")
+    assert cmd.endswith("-m harness run --durations 4s --out runs/x --resume")
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
+    monkeypatch.setattr(sys, "argv", ["/venv/bin/ppbench", "run", "--out", "o", "--resume"])
+    assert shard.resume_command(args, Path("o")) == \
+        "accelerate launch --num_processes 16 --multi_gpu --no_python ppbench run --out o --resume"
