@@ -41,17 +41,19 @@ from pathlib import Path
 
 import torch
 
+from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, quiet_third_party
 from .data import DURATION_MS
-from .engine_suite import parse_alphas, parse_gammas, samples_for_engine
-from .records import RecordWriter, iter_records, record_key
+from .engine_suite import samples_for_engine
+from .errors import UsageError
+from .records import RecordWriter, done_keys, iter_records, record_key
 
 DEFAULT_COSTS = Path(__file__).parent / "calibration" / "sample-costs.json"
 SETTINGS_FIELDS = ("run_id", "profile", "dtype", "quant", "decode_impl")   # must agree across shards
 POLL_S = 0.5
 
 
-class ShardError(SystemExit):
-    """A sharded run or merge that cannot go on (one line, no traceback)."""
+class ShardError(UsageError):
+    """A sharded run or merge that cannot go on (one line, no traceback, exit 2)."""
 
 
 class Terminated(BaseException):
@@ -178,9 +180,14 @@ def _read(path: Path) -> list[dict]:
         raise ShardError(f"merge refused: {exc}") from None
 
 
+def _failed(rec: dict) -> bool:
+    return bool(rec.get("error")) and rec["error"].get("type") != "Unsupported"
+
+
 def collect(out: Path, settings: dict | None = None) -> tuple[dict, list[str]]:
-    """All records of a run (records.jsonl and every shard file), one per key, checked:
-    the same key twice with different content, a record in a file of another rank or attempt,
+    """All records of a run (records.jsonl, then every shard file by attempt), one per key: a failed
+    record is replaced by a later one of its key (a resumed run retries it). Checked: a successful
+    record's key again with different content, a record in a file of another rank or attempt,
     a shard file shorter than its status says, a sample outside its rank's planned share, or
     run settings (run_id, profile, dtype, quant, decode_impl) differing between records refuse the
     merge with a ShardError naming the file. Returns (records by key, notes)."""
@@ -196,11 +203,11 @@ def collect(out: Path, settings: dict | None = None) -> tuple[dict, list[str]]:
                     raise ShardError(f"merge refused: {path} holds {f}={rec[f]!r} but the run has "
                                      f"{ref[f]!r} ({rec['dataset']}/{rec['sample_id']})")
         key = record_key(rec)
-        if key in merged and merged[key] != rec:
+        if key in merged and merged[key] != rec and not _failed(merged[key]):
             raise ShardError(f"merge refused: {'/'.join(map(str, key))} was measured twice, differently, "
                              f"in {where[key]} and {path}")
-        merged.setdefault(key, rec)
-        where.setdefault(key, path)
+        if key not in merged or _failed(merged[key]):
+            merged[key], where[key] = rec, path
 
     for rec in _read(out / "records.jsonl"):
         add(out / "records.jsonl", rec)
@@ -208,6 +215,7 @@ def collect(out: Path, settings: dict | None = None) -> tuple[dict, list[str]]:
         attempt, rank = path.parent.name, int(path.stem.split("-")[1])
         plan = _plan_of(path.parent)
         share = set(plan["shares"][rank]) if plan and rank < len(plan["shares"]) else None
+        planned = set(plan["order"]) if plan else set()   # bad manifest entries are not planned
         recs = _read(path)
         status = _status(path.with_suffix(".json"))
         if status and status.get("records") is not None and len(recs) < status["records"]:
@@ -217,7 +225,8 @@ def collect(out: Path, settings: dict | None = None) -> tuple[dict, list[str]]:
             if (rec.get("rank"), rec.get("shard_attempt")) != (rank, attempt):
                 raise ShardError(f"merge refused: {path} holds a record of rank {rec.get('rank')}, attempt "
                                  f"{rec.get('shard_attempt')} ({rec['dataset']}/{rec['sample_id']})")
-            if share is not None and f"{rec['dataset']}/{rec['sample_id']}" not in share:
+            k = f"{rec['dataset']}/{rec['sample_id']}"
+            if share is not None and k in planned and k not in share:
                 raise ShardError(f"merge refused: {path} holds {rec['dataset']}/{rec['sample_id']}, "
                                  f"which {attempt}'s plan gave to another rank")
             add(path, rec)
@@ -279,7 +288,7 @@ def hosts_section(statuses: list[dict]) -> list[dict]:
 @dataclass
 class ShardRun:
     """This process's part of a sharded run; pipeline.run_main calls it at four points."""
-    args: object
+    argv: list
     rank: int
     world_size: int
     local_rank: int
@@ -288,6 +297,7 @@ class ShardRun:
     gpus: dict
     run_id: str
     peers: list = field(default_factory=list)
+    cfg: object = None                # the resolved runconfig.RunConfig
     attempt: str = ""
     out: Path | None = None
     plan: dict | None = None
@@ -314,7 +324,9 @@ class ShardRun:
 
     # 1. start: process group, devices, GPU kinds, run id --------------------------------------------
     @classmethod
-    def start(cls, args, run_id: str) -> "ShardRun":
+    def start(cls, raw: dict, argv: list, run_id: str) -> "ShardRun":
+        """Joins the process group and sets this rank's devices in the raw options (before they
+        are resolved, so the overlap policy and the drafter process follow the real devices)."""
         from accelerate import PartialState
 
         threads = torch.get_num_threads()   # what a plain run in this environment would use
@@ -325,13 +337,14 @@ class ShardRun:
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
         n_gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
         try:
-            target, drafter = map_devices(args.device, args.drafter_device, local_rank=local_rank,
+            target, drafter = map_devices(str(raw["device"]), raw.get("drafter_device"), local_rank=local_rank,
                                           local_world_size=local_world,
-                                          gpus_per_process=args.gpus_per_process, n_gpus=n_gpus)
+                                          gpus_per_process=int(raw.get("gpus_per_process") or 1),
+                                          n_gpus=n_gpus)
             error = None
         except ShardError as exc:
             target = drafter = None
-            error = str(exc.code)
+            error = str(exc)
         devices = {"target": target, "drafter": drafter or target}
         gpus = {d: n for d, n in zip(dict.fromkeys(devices.values()), gpu_names(devices.values()))} \
             if error is None else {}
@@ -341,16 +354,15 @@ class ShardRun:
         torch.distributed.all_gather_object(peers, me)
         errors = [f"rank {p['rank']} ({p['host']}): {p['error']}" for p in peers if p["error"]]
         if errors:
-            raise ShardError(errors[0] if rank == 0 else 1)
+            _refuse(rank, errors[0])
         kinds = sorted({n for p in peers for n in p["gpus"].values()})
-        if len(kinds) > 1 and not args.allow_mixed_gpus:
-            raise ShardError(f"this launch mixes GPU kinds ({', '.join(kinds)}); their timings are not "
-                             "comparable in one report: pass --allow-mixed-gpus to measure anyway"
-                             if rank == 0 else 1)
-        args.device, args.drafter_device = target, drafter
+        if len(kinds) > 1 and not raw.get("allow_mixed_gpus"):
+            _refuse(rank, f"this launch mixes GPU kinds ({', '.join(kinds)}); their timings are not "
+                          "comparable in one report: pass --allow-mixed-gpus to measure anyway")
+        raw["device"], raw["drafter_device"] = target, drafter
         if rank != 0:
-            args.no_progress = True
-        return cls(args=args, rank=rank, world_size=world, local_rank=local_rank, host=me["host"],
+            raw["no_progress"] = True
+        return cls(argv=list(argv), rank=rank, world_size=world, local_rank=local_rank, host=me["host"],
                    devices=devices, gpus=gpus, run_id=peers[0]["run_id"], peers=peers)
 
     # 2. after the samples are known: rank 0 plans, everyone gets its share -------------------------
@@ -363,12 +375,12 @@ class ShardRun:
             try:
                 doc = self._plan(samples, settings)
             except ShardError as exc:
-                doc = {"error": str(exc.code)}
+                doc = {"error": str(exc)}
         box = [doc]
         torch.distributed.broadcast_object_list(box, src=0)
         doc = box[0]
         if "error" in doc:
-            raise ShardError(doc["error"] if self.rank == 0 else 1)
+            _refuse(self.rank, doc["error"])
         self.plan, self.attempt = doc["plan"], doc["plan"]["attempt"]
         mine = set(self.plan["shares"][self.rank])
         engine_ids = set(self.plan["engine_samples"])
@@ -380,43 +392,44 @@ class ShardRun:
         return own, [s for s in own if sample_key(s) in engine_ids], doc["done"]
 
     def _plan(self, samples: list, settings: dict) -> dict:
-        a = self.args
+        a = self.cfg
         previous = [p for p in (self.out / "shards").glob("*/plan.json")] if (self.out / "shards").exists() else []
         if previous and not a.resume:
             raise ShardError(f"{self.out} holds a sharded run; pass --resume or another --out")
         records = collect(self.out, {"run_id": settings.get("run_id")})[0] if a.resume else {}
         self._check_gpu_kinds_of_earlier_attempts()
-        gammas, alphas = parse_gammas(a.gammas), parse_alphas(a.alphas)
+        gammas, alphas = a.gammas, a.alphas
         engine_ids = {sample_key(s) for s in samples_for_engine(samples, a.engine_samples)} \
-            if a.engine == "on" else set()
+            if a.engine else set()
         costs = load_costs(a.shard_costs)
+        done = done_keys(records.values())   # failed records are retried, as in a one-process resume
         todo, cost = [], []
         for s in samples:
             k = sample_key(s)
             want = expected_keys(s, engine=k in engine_ids, gammas=gammas, alphas=alphas,
-                                 assisted=a.assisted == "on", records=records)
-            if not want <= records.keys():
+                                 assisted=a.assisted, records=records)
+            if not want <= done:
                 todo.append(k)
                 cost.append(expected_cost(s, k in engine_ids, costs))
         shares, loads = split(cost, self.world_size)
         n = len(previous) + 1
         plan = {"attempt": f"a{n:03d}-n{self.world_size}", "world_size": self.world_size,
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": resume_command(a, self.out),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": resume_command(self.argv, self.out),
                 "order": [sample_key(s) for s in samples], "engine_samples": sorted(engine_ids),
                 "shares": [[todo[i] for i in share] for share in shares],
                 "expected_cost_ms": loads, "cost_source": costs.get("source", "equal costs"),
                 "settings": settings, "ranks": self.peers,
-                "expect": {"gammas": list(gammas), "alphas": list(alphas), "assisted": a.assisted == "on"}}
+                "expect": {"gammas": list(gammas), "alphas": list(alphas), "assisted": a.assisted}}
         d = self.out / "shards" / plan["attempt"]
         d.mkdir(parents=True, exist_ok=True)
         _write_json(d / "plan.json", plan)
-        return {"plan": plan, "done": set(records)}
+        return {"plan": plan, "done": done}
 
     def _check_gpu_kinds_of_earlier_attempts(self) -> None:
         kinds = {n for p in self.peers for n in p["gpus"].values()}
         for path in sorted((self.out / "shards").glob("*/plan.json")):
             earlier = {n for p in json.loads(path.read_text()).get("ranks", []) for n in p["gpus"].values()}
-            if earlier and kinds and earlier != kinds and not self.args.allow_mixed_gpus:
+            if earlier and kinds and earlier != kinds and not self.cfg.allow_mixed_gpus:
                 raise ShardError(f"--resume on {', '.join(sorted(kinds))} but {path.parent.name} measured on "
                                  f"{', '.join(sorted(earlier))}; pass --allow-mixed-gpus to mix them")
 
@@ -447,39 +460,47 @@ class ShardRun:
         previous = signal.signal(signal.SIGTERM, _terminated)
         try:
             try:
-                measure(self)
-                state, error = "done", None
+                code = measure(self)
+                state, error = ("interrupted", "interrupted (Ctrl-C)") if code == EXIT_INTERRUPTED else ("done", None)
             except Terminated:
                 self._status("terminated", "stopped by the launcher (another rank failed)")
-                return self._stopped()
+                return self._stopped(143)
+            except KeyboardInterrupt:
+                if self.plan is None:
+                    raise
+                state, error = "interrupted", "interrupted (Ctrl-C)"
             except (Exception, SystemExit) as exc:   # the rank fails; the others go on
                 if self.plan is None:
                     raise   # before the plan: nothing measured, the launch ends here
                 state, error = "failed", f"{type(exc).__name__}: {_one_line(exc)}"
                 print(f"rank {self.rank} ({self.host}) failed: {error}", file=sys.stderr)
+            if self.plan is None:   # an empty launch or nothing to do
+                return code
             self._status(state, error)
+            if state == "interrupted":
+                return self._stopped(EXIT_INTERRUPTED)
             if self.rank != 0:
                 if state == "failed":
                     self._wait_for("merged.json")
-                return 0 if state == "done" else 1
+                return EXIT_OK if state == "done" else EXIT_FAILURES
             self._wait_for_ranks()
             return finish(self.out, meta=self.meta, plan=self.plan)
         except Terminated:
-            return self._stopped()
+            return self._stopped(143)
         finally:
             signal.signal(signal.SIGTERM, previous)
             if torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()
 
-    def _stopped(self) -> int:
+    def _stopped(self, code: int) -> int:
         if self.rank == 0 and self.plan is not None:
             print(summary(self.out, self.plan, *collect_quiet(self.out)), file=sys.stderr)
-        return 143
+        return code
 
     def _wait_for_ranks(self) -> None:
         while True:
             states = [(_status(self.dir / f"rank-{r:05d}.json") or {}).get("state") for r in range(self.world_size)]
-            if all(s in ("done", "failed", "terminated") for s in states):
+            if all(s in ("done", "failed", "terminated", "interrupted") for s in states):
                 return
             time.sleep(POLL_S)
 
@@ -490,6 +511,25 @@ class ShardRun:
 
 def _terminated(signum, frame):
     raise Terminated()
+
+
+def _refuse(rank: int, message: str):
+    """Every rank stops; rank 0 says why (one line), the others quietly."""
+    if rank == 0:
+        raise ShardError(message)
+    raise SystemExit(EXIT_USAGE)
+
+
+def main(raw: dict, argv: list) -> int:
+    """`ppbench run` under torchrun / accelerate launch (cli): this process's share of the run."""
+    import datetime as _dt
+
+    from . import pipeline, runconfig
+
+    run = ShardRun.start(raw, argv, _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+    run.cfg = runconfig.resolve(raw, side="cli")
+    quiet_third_party(progress=not run.cfg.no_progress)
+    return run.run(lambda r: pipeline.run_main(r.cfg, argv, sharded=r))
 
 
 def _one_line(exc: BaseException) -> str:
@@ -510,7 +550,7 @@ def collect_quiet(out: Path) -> tuple[dict, list]:
     try:
         return collect(out)
     except ShardError as exc:
-        return {}, [str(exc.code)]
+        return {}, [str(exc)]
 
 
 def missing_keys(out: Path, plan: dict, records: dict) -> tuple[set, list[str]]:
@@ -519,12 +559,13 @@ def missing_keys(out: Path, plan: dict, records: dict) -> tuple[set, list[str]]:
     gammas = tuple(g if g == "adaptive" else int(g) for g in a["gammas"])
     engine_ids = set(plan["engine_samples"])
     missing, samples = set(), []
+    done = done_keys(records.values())
     for k in plan["order"]:
         dataset, sid = k.split("/", 1)
         s = _Key(dataset, sid)
         want = expected_keys(s, engine=k in engine_ids, gammas=gammas, alphas=tuple(a["alphas"]),
                              assisted=a["assisted"], records=records)
-        lack = want - records.keys()
+        lack = want - done
         if lack:
             missing |= lack
             samples.append(k)
@@ -550,7 +591,7 @@ def summary(out: Path, plan: dict, records: dict, notes: list[str]) -> str:
     lines += [f"  {n}" for n in notes]
     if missing:
         shown = ", ".join(samples[:8]) + (f" and {len(samples) - 8} more" if len(samples) > 8 else "")
-        lines += [f"missing: {len(missing)} records of {len(samples)} samples ({shown})",
+        lines += [f"missing: {len(missing)} records (not measured or failed) of {len(samples)} samples ({shown})",
                   f"resume with: {plan['command']}"]
     else:
         lines.append("nothing missing")
@@ -578,7 +619,7 @@ def finish(out: Path, meta: dict | None, plan: dict) -> int:
     print(text, file=sys.stderr if "missing:" in text else sys.stdout)
     (out / "shards" / plan["attempt"] / "merged.json").write_text(json.dumps(
         {"records": len(records), "merge_and_report_s": time.perf_counter() - t0}))
-    return code if "missing:" not in text else 1
+    return code if "missing:" not in text else EXIT_FAILURES
 
 
 def latest_plan(out: Path) -> dict:
@@ -594,9 +635,9 @@ def merge_main(args) -> int:
     return finish(out, meta=None, plan=latest_plan(out))
 
 
-def resume_command(args, out: Path) -> str:
+def resume_command(argv: list, out: Path) -> str:
     """The exact command that resumes this run under the same launcher and process count."""
-    argv = [a for a in sys.argv[1:]]
+    argv = list(argv)
     if "--out" not in argv and not any(a.startswith("--out=") for a in argv):
         argv += ["--out", str(out)]
     if "--resume" not in argv:

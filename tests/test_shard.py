@@ -132,10 +132,11 @@ def _edit(path: Path, fn) -> None:
     path.write_text("".join(json.dumps(r) + "\n" for r in records))
 
 
-def _refused(out: Path, match: str) -> None:
+def _refused(out: Path, match: str, capsys) -> None:
     before = (out / "records.jsonl").read_bytes()
-    with pytest.raises(SystemExit, match=match):
-        main(["merge", str(out)])
+    capsys.readouterr()
+    assert main(["merge", str(out)]) == 2
+    assert match in capsys.readouterr().err
     assert (out / "records.jsonl").read_bytes() == before, "a refused merge rewrote records.jsonl"
 
 
@@ -144,7 +145,7 @@ def _shard(out: Path, rank: int) -> Path:
 
 
 @pytest.mark.slow
-def test_merge_refuses_inconsistent_shards(two_ranks, tmp_path):
+def test_merge_refuses_inconsistent_shards(two_ranks, tmp_path, capsys):
     """`ppbench merge` re-merges a consistent run; it refuses, without touching records.jsonl, a key
     measured twice differently, a record in another rank's file, a sample outside the rank's
     planned share, a shard file shorter than its rank wrote, and records of other run settings."""
@@ -153,25 +154,25 @@ def test_merge_refuses_inconsistent_shards(two_ranks, tmp_path):
 
     out = _copy(two_ranks, tmp_path / "twice")
     _edit(_shard(out, 1), lambda rs: rs[0].update(output_tokens=[0]))
-    _refused(out, "measured twice, differently")
+    _refused(out, "measured twice, differently", capsys)
 
     out = _copy(two_ranks, tmp_path / "moved")
     moved = load_records(_shard(out, 0))[0]
     _edit(_shard(out, 1), lambda rs: rs.append(moved))
-    _refused(out, "holds a record of rank 0")
+    _refused(out, "holds a record of rank 0", capsys)
 
     out = _copy(two_ranks, tmp_path / "share")
     _edit(_shard(out, 1), lambda rs: rs.append({**moved, "rank": 1}))
-    _refused(out, "gave to another rank")
+    _refused(out, "gave to another rank", capsys)
 
     out = _copy(two_ranks, tmp_path / "short")
     _edit(_shard(out, 0), lambda rs: rs.pop())
-    _refused(out, "but its rank wrote")
+    _refused(out, "but its rank wrote", capsys)
 
     out = _copy(two_ranks, tmp_path / "settings")
     _edit(_shard(out, 1), lambda rs: [r.update(quant="nf4") for r in rs])
     (out / "records.jsonl").write_text("")
-    _refused(out, "holds quant='nf4'")
+    _refused(out, "holds quant='nf4'", capsys)
 
 
 def test_split_is_deterministic_balanced_and_complete():
@@ -210,13 +211,13 @@ def test_local_ranks_map_to_gpus_or_gpu_pairs():
     assert m("cuda", None, local_rank=3, local_world_size=4, gpus_per_process=2, n_gpus=8) == ("cuda:6", "cuda:7")
     assert m("auto", None, local_rank=1, local_world_size=2, gpus_per_process=1, n_gpus=0) == ("cpu", None)
     assert m("cuda:5", None, local_rank=0, local_world_size=1, gpus_per_process=1, n_gpus=8) == ("cuda:5", None)
-    with pytest.raises(SystemExit, match="needs cuda:6 and cuda:7 but this host shows 7"):
+    with pytest.raises(shard.ShardError, match="needs cuda:6 and cuda:7 but this host shows 7"):
         m("cuda", None, local_rank=3, local_world_size=4, gpus_per_process=2, n_gpus=7)
-    with pytest.raises(SystemExit, match="2 processes share this host"):
+    with pytest.raises(shard.ShardError, match="2 processes share this host"):
         m("cuda:0", None, local_rank=0, local_world_size=2, gpus_per_process=1, n_gpus=2)
-    with pytest.raises(SystemExit, match="needs CUDA GPUs"):
+    with pytest.raises(shard.ShardError, match="needs CUDA GPUs"):
         m("cpu", None, local_rank=0, local_world_size=1, gpus_per_process=2, n_gpus=0)
-    with pytest.raises(SystemExit, match="--drafter-device cuda:1"):
+    with pytest.raises(shard.ShardError, match="--drafter-device cuda:1"):
         m("cuda", "cuda:1", local_rank=0, local_world_size=1, gpus_per_process=2, n_gpus=2)
 
 
@@ -231,30 +232,30 @@ def test_hosts_section_lists_every_host_rank_and_gpu():
     assert [d["device"] for d in hosts[0]["devices"]] == ["cuda:0", "cuda:1", "cuda:2", "cuda:3"]
 
 
-def test_a_plain_run_refuses_an_out_dir_holding_shards(tmp_path):
+def test_a_plain_run_refuses_an_out_dir_holding_shards(tmp_path, capsys):
     """A one-process run over a sharded run's directory would not see the shard files: refused."""
     (tmp_path / "shards" / "a001-n2").mkdir(parents=True)
     (tmp_path / "shards" / "a001-n2" / "rank-00000.jsonl").write_text("{}\n")
-    with pytest.raises(SystemExit, match="holds a sharded run"):
-        main(ARGS + ["--out", str(tmp_path), "--resume"])
+    assert main(ARGS + ["--out", str(tmp_path), "--resume"]) == 2
+    assert "holds a sharded run" in capsys.readouterr().err
 
 
 def test_resume_command_repeats_the_launch(monkeypatch):
     """The summary's command relaunches the same way (torchrun or accelerate, processes, nodes) and
     adds --out and --resume; `ppbench run` under a launcher keeps its --no-python form."""
-    args = type("A", (), {"device": "cuda"})()
     for k in [k for k in os.environ if k.startswith("ACCELERATE_") or k in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE")]:
         monkeypatch.delenv(k)
     monkeypatch.setattr(sys, "argv", ["/x/harness/__main__.py", "run", "--durations", "4s"])
+    argv = sys.argv[1:]
     monkeypatch.setenv("WORLD_SIZE", "16")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "8")
     monkeypatch.setenv("MASTER_ADDR", "node0")
-    cmd = shard.resume_command(args, Path("runs/x"))
+    cmd = shard.resume_command(argv, Path("runs/x"))
     assert cmd.startswith("torchrun --nproc_per_node 8 --nnodes 2 --node_rank <this node's rank> "
                           "--master_addr node0 --master_port ")
     assert cmd.endswith("-m harness run --durations 4s --out runs/x --resume")
     monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "no")
     monkeypatch.setenv("LOCAL_WORLD_SIZE", "16")
     monkeypatch.setattr(sys, "argv", ["/venv/bin/ppbench", "run", "--out", "o", "--resume"])
-    assert shard.resume_command(args, Path("o")) == \
+    assert shard.resume_command(sys.argv[1:], Path("o")) == \
         "accelerate launch --num_processes 16 --multi_gpu --no_python ppbench run --out o --resume"
