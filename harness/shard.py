@@ -538,11 +538,13 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _test_kill(rank: int, written: int) -> None:
-    """PPBENCH_TEST_KILL=RANK:N kills this process (SIGKILL) after its N-th record: the CPU tests'
-    stand-in for a rank that dies outright. Unset in real runs."""
-    spec = os.environ.get("PPBENCH_TEST_KILL")
-    if spec and spec == f"{rank}:{written}":
+    """The CPU tests' stand-ins for a failing rank, unset in real runs: PPBENCH_TEST_KILL=RANK:N
+    kills this process (SIGKILL) after its N-th record (a rank that dies outright);
+    PPBENCH_TEST_RAISE=RANK:N raises there (a rank whose measuring fails in Python)."""
+    if os.environ.get("PPBENCH_TEST_KILL") == f"{rank}:{written}":
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("PPBENCH_TEST_RAISE") == f"{rank}:{written}":
+        raise RuntimeError(f"PPBENCH_TEST_RAISE: rank {rank} fails after its record {written}")
 
 
 # -- the end: merge, report, summary ----------------------------------------------------------------

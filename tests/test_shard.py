@@ -120,6 +120,23 @@ def test_resume_after_a_killed_rank_remeasures_only_what_is_missing(single, tmp_
     assert 0 < len(missing_samples) < len(plan1["order"])
 
 
+@pytest.mark.slow
+def test_a_failing_rank_loses_nothing_of_the_others(tmp_path):
+    """Rank 1's measuring raises after its first record: rank 0 still measures its whole share,
+    merges both ranks' records and writes the report; the run exits 3 naming the failed rank, what
+    is missing and the resume command."""
+    out = tmp_path / "run"
+    args = ["run", "--durations", "500ms", "--samples-per-duration", "2", "--max-new-tokens", "4",
+            "--warmup", "0", "--engine", "off", "--no-progress", "--device", "cpu", "--out", str(out)]
+    proc = torchrun(2, args, env={"PPBENCH_TEST_RAISE": "1:1"})
+    assert proc.returncode != 0
+    assert "rank 1 on " in proc.stderr and "failed: RuntimeError: PPBENCH_TEST_RAISE" in proc.stderr
+    assert "missing: 1 records" in proc.stderr and "resume with: torchrun" in proc.stderr
+    merged = by_key(out / "records.jsonl")
+    assert [r["rank"] for r in merged.values()].count(0) == 2 and len(merged) == 3
+    assert (out / "report.md").exists()
+
+
 def _copy(two_ranks, tmp_path) -> Path:
     out = tmp_path / "run"
     shutil.copytree(two_ranks[0], out)
