@@ -263,6 +263,7 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None) -> int:
     samples, engine_samples, engine_cfg = run_data.samples, run_data.samples, cfg
     if sharded:   # this rank's share of what is missing; the --engine-samples subset is run-wide
         samples, engine_samples, done = sharded.share(out, samples, {**settings, "run_id": run_id})
+        run_id = sharded.run_id   # the resumed records' run id, as rank 0 found it
         engine_cfg = dataclasses.replace(cfg, engine_samples=None)
         if not samples and not (sharded.rank == 0 and run_data.bad_entries):
             return EXIT_OK

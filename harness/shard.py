@@ -99,9 +99,10 @@ def cpu_name() -> str:
     return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores"
 
 
-def gpu_names(devices) -> list[str]:
-    return [torch.cuda.get_device_name(torch.device(d)) for d in dict.fromkeys(devices)
-            if d and torch.device(d).type == "cuda"]
+def gpu_names(devices) -> dict[str, str]:
+    """{device: GPU name} for the CUDA devices among `devices`."""
+    return {d: torch.cuda.get_device_name(torch.device(d)) for d in dict.fromkeys(devices)
+            if d and torch.device(d).type == "cuda"}
 
 
 # -- what a launch measures -------------------------------------------------------------------------
@@ -346,8 +347,7 @@ class ShardRun:
             target = drafter = None
             error = str(exc)
         devices = {"target": target, "drafter": drafter or target}
-        gpus = {d: n for d, n in zip(dict.fromkeys(devices.values()), gpu_names(devices.values()))} \
-            if error is None else {}
+        gpus = gpu_names(devices.values()) if error is None else {}
         me = {"rank": rank, "host": socket.gethostname(), "pid": os.getpid(), "devices": devices,
               "gpus": gpus, "cpu_threads": torch.get_num_threads(), "error": error, "run_id": run_id}
         peers = [None] * world
@@ -381,7 +381,7 @@ class ShardRun:
         doc = box[0]
         if "error" in doc:
             _refuse(self.rank, doc["error"])
-        self.plan, self.attempt = doc["plan"], doc["plan"]["attempt"]
+        self.plan, self.attempt, self.run_id = doc["plan"], doc["plan"]["attempt"], doc["plan"]["run_id"]
         mine = set(self.plan["shares"][self.rank])
         engine_ids = set(self.plan["engine_samples"])
         own = [s for s in samples if sample_key(s) in mine]
@@ -396,7 +396,9 @@ class ShardRun:
         previous = [p for p in (self.out / "shards").glob("*/plan.json")] if (self.out / "shards").exists() else []
         if previous and not a.resume:
             raise ShardError(f"{self.out} holds a sharded run; pass --resume or another --out")
-        records = collect(self.out, {"run_id": settings.get("run_id")})[0] if a.resume else {}
+        records = collect(self.out)[0] if a.resume else {}
+        # a resumed run keeps its identity, even when its meta.json was never written
+        run_id = next((r["run_id"] for r in records.values() if r.get("run_id")), settings.get("run_id"))
         self._check_gpu_kinds_of_earlier_attempts()
         gammas, alphas = a.gammas, a.alphas
         engine_ids = {sample_key(s) for s in samples_for_engine(samples, a.engine_samples)} \
@@ -413,7 +415,7 @@ class ShardRun:
                 cost.append(expected_cost(s, k in engine_ids, costs))
         shares, loads = split(cost, self.world_size)
         n = len(previous) + 1
-        plan = {"attempt": f"a{n:03d}-n{self.world_size}", "world_size": self.world_size,
+        plan = {"attempt": f"a{n:03d}-n{self.world_size}", "run_id": run_id, "world_size": self.world_size,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S"), "command": resume_command(self.argv, self.out),
                 "order": [sample_key(s) for s in samples], "engine_samples": sorted(engine_ids),
                 "shares": [[todo[i] for i in share] for share in shares],
@@ -463,7 +465,8 @@ class ShardRun:
                 code = measure(self)
                 state, error = ("interrupted", "interrupted (Ctrl-C)") if code == EXIT_INTERRUPTED else ("done", None)
             except Terminated:
-                self._status("terminated", "stopped by the launcher (another rank failed)")
+                if self.plan is not None:
+                    self._status("terminated", "stopped by the launcher (another rank failed)")
                 return self._stopped(143)
             except KeyboardInterrupt:
                 if self.plan is None:
