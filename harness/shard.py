@@ -41,13 +41,14 @@ from pathlib import Path
 
 import torch
 
+from .calibration import SAMPLE_COSTS
 from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, quiet_third_party
 from .data import DURATION_MS
 from .engine_suite import samples_for_engine
 from .errors import UsageError
 from .records import RecordWriter, done_keys, iter_records, record_key
 
-DEFAULT_COSTS = Path(__file__).parent / "calibration" / "sample-costs.json"
+DEFAULT_COSTS = SAMPLE_COSTS
 SETTINGS_FIELDS = ("run_id", "profile", "dtype", "quant", "decode_impl")   # must agree across shards
 POLL_S = 0.5
 
