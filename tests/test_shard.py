@@ -27,7 +27,7 @@ KILL_AFTER = 9
 # measured overlap window, hence how many are drafted and verified). Everything else must match.
 TIMING = {"run_id", "t_wall", "stages_ms", "decode_token_ms", "e2e_ms", "ttft_ms", "tpot_ms",
           "window_ms", "ideal_e2e_ms", "timeline", "hidden_block", "hidden_drafted", "hidden_accepted",
-          "drafted", "accepted", "verify_steps", "accept_per_position", "peak_mem_bytes"}
+          "drafted", "accepted", "verify_steps", "accept_per_position", "accept_blocks", "peak_mem_bytes"}
 WHERE = {"rank", "host", "devices", "shard_attempt"}   # what a sharded record adds: where it ran
 
 
