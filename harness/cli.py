@@ -9,7 +9,7 @@ import sys
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 
-from . import bounds, options, pipeline, runconfig
+from . import bounds, options, pipeline, runconfig, shard
 from .compare import derive_thresholds, load_save, main_compare
 from .console import EXIT_INTERRUPTED, EXIT_USAGE, error, quiet_third_party
 from .errors import PpbenchError, UsageError
@@ -47,6 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
                          description="Time the five stages of both models and the parallel-prefill engine on "
                                      "every sample, then write runs/<id>/report.md.", epilog=EXIT_CODES)
     options.add_cli_options(run)
+
+    mrg = sub.add_parser("merge", help="merge a sharded run's per-process records and write its report")
+    mrg.add_argument("out", help="the run's output directory (holding shards/)")
 
     rep = sub.add_parser("report", help="rebuild the report from saved records")
     rep.add_argument("records", help="records.jsonl of a run")
@@ -183,6 +186,8 @@ def _dispatch(argv: list[str]) -> int:
     if argv[:1] == ["compare"]:
         return main_compare(argv[1:])
     args = build_parser().parse_args(argv)
+    if args.command == "run" and shard.launched():   # torchrun / accelerate launch: one share per process
+        return shard.main(options.from_cli(args), argv)
     if args.command == "run":
         cfg = runconfig.resolve(options.from_cli(args), side="cli")
         quiet_third_party(progress=not cfg.no_progress)
@@ -190,6 +195,8 @@ def _dispatch(argv: list[str]) -> int:
     quiet_third_party(progress=True)
     if args.command == "report":
         return pipeline.report_main(args)
+    if args.command == "merge":
+        return shard.merge_main(args)
     if args.command == "dataset":
         if args.dataset_command != "build":
             from .dataset_cli import main as dataset_cli_main

@@ -818,14 +818,16 @@ RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms
                "accept_per_position", "accept_blocks", "token_match_rate", "ideal_e2e_ms", "timeline", "error",
                "note")
 META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl")
+SHARD_KEYS = ("rank", "host", "devices", "shard_attempt")   # sharded runs only (harness/shard.py)
 
 
 def to_record(result: EngineResult, **meta: Any) -> dict:
     """The engine record of docs/DESIGN.md; meta supplies run_id, dataset, sample_id, profile, ..."""
-    unknown = set(meta) - set(META_KEYS)
+    unknown = set(meta) - set(META_KEYS) - set(SHARD_KEYS)
     if unknown:
         raise ValueError(f"unknown engine record fields: {sorted(unknown)}")
-    rec = {"kind": "engine", **{k: meta.get(k) for k in META_KEYS}}
+    rec = {"kind": "engine", **{k: meta.get(k) for k in META_KEYS},
+           **{k: meta[k] for k in SHARD_KEYS if k in meta}}
     data = asdict(result)
     rec.update({k: data[k] for k in RECORD_KEYS})
     rec["n_output_tokens"] = len(result.output_tokens)

@@ -745,3 +745,35 @@ def summarize_engine(engine_records: list[dict], stage_records: list[dict]) -> t
                    acceptance_rate=None if math.isnan(rate) else rate,
                    hidden_fill=None if math.isnan(fill) else fill)
     return {"samples": common, **per_sample}, medians
+
+
+# -- per-sample measured cost (sharding: balancing and planning) ------------------------------------
+def sample_costs_ms(records: Iterable[dict]) -> dict[tuple, dict]:
+    """Measured cost of each (dataset, sample_id), split as {"stages": ms, "engine": ms}: the sum of
+    its stage records' five stages and the sum of its engine records' end-to-end times (failed
+    records excluded). It is the device-synchronized time a run spends measuring that sample,
+    without model loading, warm-up or report time."""
+    out: dict[tuple, dict] = {}
+    for r in dedupe(records):
+        if r.get("error"):
+            continue
+        part = out.setdefault((r["dataset"], r["sample_id"]), {"stages": 0.0, "engine": 0.0})
+        if r.get("kind") == "engine":
+            part["engine"] += float(r.get("e2e_ms") or 0.0)
+        else:
+            part["stages"] += total_ms(r["stages_ms"])
+    return out
+
+
+def duration_costs_ms(records: Iterable[dict]) -> dict[str, dict]:
+    """Per duration dataset: the median over its samples of sample_costs_ms's "stages" and
+    "engine" parts (the engine median over the samples that have engine records), and "samples"."""
+    by: dict[str, list[dict]] = {}
+    for (dataset, _), cost in sample_costs_ms(records).items():
+        by.setdefault(dataset, []).append(cost)
+    out = {}
+    for d, costs in by.items():
+        engine = [c["engine"] for c in costs if c["engine"] > 0]
+        out[d] = {"stages": float(np.median([c["stages"] for c in costs])),
+                  "engine": float(np.median(engine)) if engine else 0.0, "samples": len(costs)}
+    return out

@@ -115,6 +115,14 @@ OPTIONS: tuple[Option, ...] = (
            pytest=None, kwargs={"action": "store_true"}),
     Option("no_progress", "no progress bars (ours or third-party)", False, pytest=None,
            kwargs={"action": "store_true"}),
+    # sharded runs: under torchrun / accelerate launch (harness/shard.py)
+    Option("gpus_per_process", "GPUs per launched process: 1 (local rank r on cuda:r) or 2 (target on cuda:2r, "
+           "drafter on cuda:2r+1)", "1", pytest=None, type=int, choices=("1", "2")),
+    Option("allow_mixed_gpus", "measure even when the launched processes' GPUs are of different kinds", False,
+           pytest=None, kwargs={"action": "store_true"}),
+    Option("shard_costs", "expected per-sample costs that balance the processes' shares: a run's records.jsonl "
+           "or a costs JSON (default: harness/calibration/sample-costs.json)", pytest=None,
+           kwargs={"metavar": "FILE"}),
     # pytest only
     Option("bounds", "bounds JSON (default harness/calibration/bounds/<profile>-<device class>.json)", cli=None,
            kwargs={"metavar": "FILE"}),

@@ -4,6 +4,7 @@ Used by `ppbench run` and by the pytest plugin, so both measure the same way.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime as _dt
 import functools
 import json
@@ -19,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import data
+from . import data, shard
 from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, failure_lines
 from .data.default_data import ensure_default_imported
 from .drafter_process import DrafterProcess
@@ -227,11 +228,18 @@ def resume_command(argv: list[str], out: Path) -> str:
     return "ppbench " + " ".join(shlex.quote(a) for a in args)
 
 
-def run_main(cfg: RunConfig, argv: list[str]) -> int:
-    run_id = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+def run_main(cfg: RunConfig, argv: list[str], sharded=None) -> int:
+    """The run; `sharded` (a shard.ShardRun, under torchrun / accelerate launch) narrows it to
+    this process's share and leaves the merge and the report to rank 0."""
+    run_id = sharded.run_id if sharded else _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     out = Path(cfg.out) if cfg.out else Path("runs") / run_id
     records_path = out / "records.jsonl"
     has_records = records_path.exists() and records_path.stat().st_size > 0
+    if shard.has_shards(out):
+        if not sharded:
+            raise UsageError(f"{out} holds a sharded run ({out / 'shards'}): resume it under torchrun or "
+                             f"accelerate launch, or merge what it has with `ppbench merge {out}`")
+        has_records = True
     # Refuse before touching anything in `out`: a refused run must not rewrite a run's meta.json.
     if has_records and not cfg.resume:
         raise UsageError(f"{records_path} already holds records; pass --resume to continue that run, "
@@ -252,6 +260,13 @@ def run_main(cfg: RunConfig, argv: list[str]) -> int:
     print(f"dataset: {run_data.root} ({len(run_data.samples)} samples over {len(cfg.durations)} durations)")
     for line in run_data.missing:
         print(f"warning: no dataset for {line}", file=sys.stderr)
+    samples, engine_samples, engine_cfg = run_data.samples, run_data.samples, cfg
+    if sharded:   # this rank's share of what is missing; the --engine-samples subset is run-wide
+        samples, engine_samples, done = sharded.share(out, samples, {**settings, "run_id": run_id})
+        run_id = sharded.run_id   # the resumed records' run id, as rank 0 found it
+        engine_cfg = dataclasses.replace(cfg, engine_samples=None)
+        if not samples and not (sharded.rank == 0 and run_data.bad_entries):
+            return EXIT_OK
 
     from .gpu_memory import PeakSampler
 
@@ -267,19 +282,22 @@ def run_main(cfg: RunConfig, argv: list[str]) -> int:
                     missing_datasets=run_data.missing, **config_meta(cfg))
     # Start-up is over: only now does the run get its folder (and runs/latest).
     out.mkdir(parents=True, exist_ok=True)
-    _link_latest(out)
-    (out / "meta.json").write_text(json.dumps(meta, indent=2))
-    record_meta = record_fields(meta)
-
-    repair_torn_tail(records_path)
-    done = done_keys(load_records(records_path)) if cfg.resume else set()
-    samples = run_data.samples
+    if sharded:
+        sharded.meta = meta
+        record_meta = {**record_fields(meta), **sharded.record_fields()}
+    else:
+        record_meta = record_fields(meta)
+        repair_torn_tail(records_path)
+        done = done_keys(load_records(records_path)) if cfg.resume else set()
+    if not sharded or sharded.rank == 0:
+        _link_latest(out)
+        (out / "meta.json").write_text(json.dumps(meta, indent=2))
     try:
         if samples and cfg.warmup:
             for s in samples[: cfg.warmup]:
                 warm_up([drafter, target], s)
-        with sampler, RecordWriter(records_path) as writer:
-            for rec in bad_entry_records(run_data, record_meta):
+        with sampler, (sharded.writer() if sharded else RecordWriter(records_path)) as writer:
+            for rec in bad_entry_records(run_data, record_meta) if not sharded or sharded.rank == 0 else ():
                 if record_key(rec) not in done:
                     writer.write(rec)
             bar = tqdm(total=len(samples), desc="stages", unit="sample", disable=cfg.no_progress)
@@ -287,22 +305,27 @@ def run_main(cfg: RunConfig, argv: list[str]) -> int:
                                max_new_tokens=cfg.max_new_tokens, stop_at_eos=cfg.stop_at_eos,
                                meta=record_meta, progress=lambda s: bar.update(1))
             bar.close()
-            if cfg.engine and samples:
+            if cfg.engine and engine_samples:
                 proc = drafter_process_for(cfg, drafter) if cfg.drafter_process else None
                 try:
-                    run_engine_suite(drafter, target, samples, writer, done=done, cfg=cfg,
+                    run_engine_suite(drafter, target, engine_samples, writer, done=done, cfg=engine_cfg,
                                      meta=record_meta, progress=not cfg.no_progress, parallel_drafter=proc)
                 finally:
                     if proc is not None:
                         proc.close()
     except KeyboardInterrupt:
+        if sharded:
+            return EXIT_INTERRUPTED   # shard.ShardRun.run prints what is kept and the resume command
         n = len(load_records(records_path))
         print(f"\ninterrupted: {n} records kept in {records_path}\ncontinue with: "
               f"{resume_command(argv, out)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if sampler.devices:
         meta["gpu_memory"] = sampler.peaks()
-        (out / "meta.json").write_text(json.dumps(meta, indent=2))
+        if not sharded or sharded.rank == 0:
+            (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    if sharded:
+        return EXIT_OK   # rank 0 merges and reports once every rank is done (shard.ShardRun.run)
     return _write_report(records_path, out, meta)
 
 

@@ -398,6 +398,20 @@ def scaling(tables: dict, names: dict, plots: dict) -> str:
     return "\n".join(out)
 
 
+def machines(meta: dict) -> list[str]:
+    """A sharded run's processes: every host, its ranks and the devices they measured on."""
+    sh = meta.get("shards")
+    if not sh:
+        return []
+    hosts = sh.get("all_hosts") or sh.get("hosts") or []
+    out = [f"- **Processes:** {sh['processes']} (sharded run, {len(hosts)} host(s); attempts "
+           f"{', '.join(sh.get('attempts') or [])}; harness/shard.py)"]
+    for h in hosts:
+        devs = ", ".join(f"{d['device']} {d['name']}" for d in h["devices"]) or "not given"
+        out.append(f"- **Host {h['host']}:** ranks {', '.join(map(str, h['ranks']))}; {devs}")
+    return out
+
+
 def configuration(meta: dict, tables: dict, names: dict) -> str:
     v = meta.get("versions") or {}
     foot = meta.get("memory_footprint_bytes") or {}
@@ -414,6 +428,7 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
            f"- **Versions:** " + (", ".join(f"{k} {v[k]}" for k in sorted(v)) or "not given"),
            f"- **Git commit:** {meta.get('git_commit', 'not given')}",
            f"- **Max new tokens:** {meta.get('max_new_tokens', 'not given')}"]
+    out += machines(meta)
     for m in M.MODELS:
         if m in foot:
             out.append(f"- **{names[m]} weights footprint:** {gib(foot[m])}")

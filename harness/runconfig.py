@@ -53,6 +53,9 @@ class RunConfig:
     out: str | None
     resume: bool
     no_progress: bool
+    gpus_per_process: int = 1    # sharded runs (harness/shard.py)
+    allow_mixed_gpus: bool = False
+    shard_costs: str | None = None
     bounds: str | None = None
     gate: str | None = None
     gate_thresholds: str | None = None
@@ -242,5 +245,8 @@ def resolve(raw: dict, *, side: str = "cli") -> RunConfig:
         alphas=parse_alphas(raw.get("alphas") or "", flag("alphas")),
         assisted=raw.get("assisted", "on") == "on",
         out=raw.get("out"), resume=bool(raw.get("resume")), no_progress=bool(raw.get("no_progress")),
+        gpus_per_process=_int(raw, "gpus_per_process", low=1, flag=flag) or 1,
+        allow_mixed_gpus=bool(raw.get("allow_mixed_gpus")),
+        shard_costs=_path(raw, "shard_costs", what="costs file", flag=flag),
         bounds=_path(raw, "bounds", what="bounds file", flag=flag),
         gate=raw.get("gate"), gate_thresholds=raw.get("gate_thresholds"), inject_delay=inject or None)
