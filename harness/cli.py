@@ -84,6 +84,18 @@ def build_parser() -> argparse.ArgumentParser:
                      help="threshold = factor x the family's median IQR/median (default %(default)s)")
     thr.add_argument("--floor", type=positive_float, default=0.05, help="smallest threshold (default %(default)s)")
 
+    ck = sub.add_parser("checkpoint", help="inspect a checkpoint, or convert a pickle one to safetensors")
+    ck_sub = ck.add_subparsers(dest="checkpoint_command", required=True)
+    ins = ck_sub.add_parser("inspect", help="what a checkpoint holds (layout, tower, tokenizer, missing), "
+                                            "without building a model")
+    ins.add_argument("path")
+    ins.add_argument("--allow-pickle", action="store_true", help="also read the key names of pickle weights")
+    conv = ck_sub.add_parser("convert", help="copy a pickle (*.bin) checkpoint or tower folder as safetensors")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--allow-pickle", action="store_true",
+                      help="required: unpickle SRC once (torch.load weights_only=True); only for files you trust")
+
     cmp_ = sub.add_parser("compare", help="statistical regression gate between two saved benchmark runs",
                           add_help=False)
     cmp_.add_argument("args", nargs=argparse.REMAINDER)
@@ -153,6 +165,10 @@ def _dispatch(argv: list[str]) -> int:
         return pipeline.dataset_main(args)
     if args.command == "bounds":
         return thresholds_main(args) if args.bounds_command == "thresholds" else bounds_main(args)
+    if args.command == "checkpoint":
+        from .models.checkpoint_tools import checkpoint_main
+
+        return checkpoint_main(args)
     return EXIT_USAGE
 
 
