@@ -70,7 +70,7 @@ def test_fewer_events_than_images_is_a_clear_error():
 
 
 # -- pixels: CLIPImageProcessor (model/EventChatModel.py VisualTower.event_processor) ---------------
-MIXED = [(480, 640), (21, 37), (300, 6), (5, 600), (336, 336), (17, 17)]
+MIXED = [(480, 640), (21, 37), (300, 6), (5, 600), (336, 336), (17, 17), (3, 40), (2, 40), (40, 3), (40, 1)]
 
 
 def test_pixels_equal_clip_image_processor_on_mixed_sizes():
@@ -86,6 +86,16 @@ def test_pixels_equal_clip_image_processor_on_mixed_sizes():
     assert ours.shape == (len(MIXED), 3, 336, 336)
     for im, px in zip(imgs, ours):
         assert torch.equal(ref(im, return_tensors="pt")["pixel_values"][0], px)
+
+
+def test_a_canvas_of_height_3_is_read_channels_first_and_height_1_fails():
+    """CLIPImageProcessor (transformers 4.37.2 and 5) infers the channel axis: (3, W, 3) is taken
+    as channels first, i.e. the image x.transpose(1, 2, 0); (1, W, 3) fails in the original."""
+    im = np.random.default_rng(4).integers(0, 256, (3, 40, 3), dtype=np.uint8)
+    proc = ClipProcessing.square(336)
+    assert torch.equal(clip_preprocess([im], proc), clip_preprocess([np.ascontiguousarray(im.transpose(1, 2, 0))], proc))
+    with pytest.raises(ValueError, match="1-channel"):
+        clip_preprocess([np.zeros((1, 40, 3), np.uint8)], proc)
 
 
 def test_pixels_follow_the_tower_folders_preprocessor_config():
@@ -269,3 +279,16 @@ def test_frames_are_linspace_dtype_int_over_the_clips_frames():
     times = np.arange(100) * 1000
     idx = sample_frame_indices(times, 10_000, 47_000, 8)
     assert idx.tolist() == (10 + np.linspace(0, 36, 8, dtype=int)).tolist() == [10, 15, 20, 25, 30, 35, 40, 46]
+
+
+def test_the_spliced_sequence_is_cut_to_2048_positions():
+    """model/EventChatModel.py prepare_inputs_labels_for_multimodal: tokenizer_model_max_length = 2048,
+    new_input_embeds = x[:2048]."""
+    from harness.models.profiles import load_drafter
+
+    runner = load_drafter("tiny", quant="none")
+    imgs = [np.full((28, 28, 3), 200, np.uint8)] * 5
+    prepared = runner.preprocess(imgs, "car " * 2100)
+    assert prepared["input_ids"].shape[1] - 1 + runner.n_visual_tokens > 2048
+    with torch.inference_mode():
+        assert runner.encode_vision(prepared).shape[1] == eg.MAX_EMBED_LEN == 2048

@@ -47,6 +47,7 @@ EVENT_TOKEN = "<event>"
 EVENT_TOKEN_INDEX = -200  # the original's sentinel id for the event placeholder (never embedded)
 EV_START, EV_END, EV_PATCH = "<ev_start>", "<ev_end>", "<ev_patch>"  # dataset/constants.py
 N_EVENT_IMAGES = 5
+MAX_EMBED_LEN = 2048  # prepare_inputs_labels_for_multimodal cuts the spliced sequence to 2048 (hard-coded)
 VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")
 # openai/clip-vit-large-patch14-336: what `mm_visual_tower` names in the original checkpoints,
@@ -272,7 +273,7 @@ class EventGPTRunner(CausalLMRunner):
     def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = prepared["input_ids"]
         text = self.model.get_input_embeddings()(ids.clamp(min=0))  # the marker row is replaced below
-        return splice(text, ids, EVENT_TOKEN_INDEX, self._vision(prepared["pixel_values"]))
+        return splice(text, ids, EVENT_TOKEN_INDEX, self._vision(prepared["pixel_values"]))[:, :MAX_EMBED_LEN]
 
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_events(pixels)

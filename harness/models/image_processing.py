@@ -8,6 +8,11 @@ image_transforms.py; transformers 5's PIL backend gives the same pixels):
   3. rescale: uint8 * rescale_factor in float64, stored as float32;
   4. normalize: (x - mean) / std in float32, channels last; then channels first.
 
+The processor infers the channel axis from the array: an (H, W, 3) image whose H is 3 is read as
+channels first (3, H'=W, W'=3), i.e. as the image `x.transpose(1, 2, 0)`, and one whose H is 1
+fails (a 1-channel image against a 3-value mean). An event canvas of a chunk whose events all lie
+in rows 0-2 has such a height; both are reproduced here.
+
 Both EventGPT (its tower folder's preprocessor_config.json, CLIP-L/336 defaults) and Video-LLaVA
 (VideoLlavaImageProcessor: the same steps at 224 px) preprocess through this one function, on the
 host, so the pixels do not depend on the transformers version or on torchvision being installed.
@@ -103,7 +108,11 @@ def preprocess_one(image: np.ndarray, proc: ClipProcessing) -> np.ndarray:
     """(H, W, 3) uint8 RGB -> (3, crop_h, crop_w) float32."""
     if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
         raise ValueError(f"expected an (H, W, 3) uint8 RGB image, got {image.shape} {image.dtype}")
-    x = image
+    if image.shape[0] == 1:
+        raise ValueError(f"a {image.shape} image is read as 1-channel by CLIPImageProcessor and fails there "
+                         "(an event chunk whose events all lie in row 0)")
+    # infer_channel_dimension_format: a leading 3 means channels first
+    x = np.ascontiguousarray(image.transpose(1, 2, 0)) if image.shape[0] == 3 else image
     if proc.do_resize:
         new_h, new_w = resize_output_size(*x.shape[:2], proc)
         x = np.array(Image.fromarray(x).resize((new_w, new_h), resample=proc.resample, reducing_gap=None))
