@@ -13,6 +13,7 @@ from . import bounds, options, pipeline, runconfig, shard
 from .compare import derive_thresholds, load_save, main_compare
 from .console import EXIT_INTERRUPTED, EXIT_USAGE, error, quiet_third_party
 from .errors import PpbenchError, UsageError
+from .models.checkpoint_tools import checkpoint_main
 from .records import load_records
 
 EXIT_CODES = """exit codes: 0 every record measured; 1 unexpected error (a bug: please report the traceback);
@@ -93,6 +94,18 @@ def build_parser() -> argparse.ArgumentParser:
     thr.add_argument("--factor", type=positive_float, default=3.0,
                      help="threshold = factor x the family's median IQR/median (default %(default)s)")
     thr.add_argument("--floor", type=positive_float, default=0.05, help="smallest threshold (default %(default)s)")
+
+    ck = sub.add_parser("checkpoint", help="inspect a checkpoint, or convert a pickle one to safetensors")
+    ck_sub = ck.add_subparsers(dest="checkpoint_command", required=True)
+    ins = ck_sub.add_parser("inspect", help="what a checkpoint holds (layout, tower, tokenizer, missing), "
+                                            "without building a model")
+    ins.add_argument("path")
+    ins.add_argument("--allow-pickle", action="store_true", help="also read the key names of pickle weights")
+    conv = ck_sub.add_parser("convert", help="copy a pickle (*.bin) checkpoint or tower folder as safetensors")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--allow-pickle", action="store_true",
+                      help="required: unpickle SRC once (torch.load weights_only=True); only for files you trust")
 
     cmp_ = sub.add_parser("compare", help="statistical regression gate between two saved benchmark runs",
                           add_help=False)
@@ -206,6 +219,8 @@ def _dispatch(argv: list[str]) -> int:
     if args.command == "bounds":
         return {"thresholds": thresholds_main, "check": bounds_check_main,
                 "derive": bounds_main}[args.bounds_command](args)
+    if args.command == "checkpoint":
+        return checkpoint_main(args)
     return EXIT_USAGE
 
 

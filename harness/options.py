@@ -58,6 +58,11 @@ OPTIONS: tuple[Option, ...] = (
     Option("allow_pickle", "allow pickle (*.bin) checkpoint weights; unpickling can run arbitrary code from the "
            "file, so only for checkpoints you trust (better: convert them to safetensors once)",
            False, kwargs={"action": "store_true"}),
+    Option("event_images", "event images per drafter sample: 5 (the original EventGPT) or 1 (the seed fork's "
+           "variant, 578 visual tokens)", "5", type=int, choices=("1", "5")),
+    Option("videollava_prompt", "target prompt: model-card ('USER: <video>\\n{q} ASSISTANT:', the "
+           "Video-LLaVA-7B-hf model card) or seed ('USER: <video>\\n{q}\\nASSISTANT:', the seed fork's)",
+           "model-card", choices=("model-card", "seed")),
     # data
     Option("data_root", "ppbench dataset root with manifests/<duration>.json, e.g. from `ppbench dataset "
            "import-dsec` (default: the embedded generator's data, generated and imported once into the cache)", kwargs={"metavar": "DIR"}),

@@ -28,6 +28,7 @@ from .engine import resolve_overlap
 from .engine_suite import run_engine_suite
 from .errors import DataError, UsageError
 from .metrics import MODELS, dedupe
+from .models.input_info import describe_inputs
 from .models.profiles import configure_decode, load_drafter, load_target
 from .options import DEFAULT_DURATIONS  # noqa: F401  (re-exported: tests parametrize over it)
 from .records import RecordWriter, done_keys, load_records, record_key, repair_torn_tail
@@ -80,33 +81,34 @@ PROFILE_LABELS = {
 
 def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path=None,
                 drafter_device=None, decode_impl="auto", max_new_tokens=50, cache_len=None,
-                allow_pickle=False):
+                allow_pickle=False, event_images=5, videollava_prompt="model-card"):
     """(drafter, target) runners; the drafter may live on its own device (two-GPU overlap).
     Each runner's `decode_setup` says which decode implementation it runs (and its cache)."""
     drafter = build_drafter(profile, device=drafter_device or device, quant=quant, dtype=dtype,
                             path=drafter_path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
-                            cache_len=cache_len, allow_pickle=allow_pickle)
+                            cache_len=cache_len, allow_pickle=allow_pickle, event_images=event_images)
     target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path,
-                         allow_pickle=allow_pickle)
+                         allow_pickle=allow_pickle, prompt_template=videollava_prompt)
     configure_decode([target], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
     return drafter, target
 
 
 def build_drafter(profile, *, device, quant, dtype, path=None, decode_impl="auto", max_new_tokens=50,
-                  cache_len=None, allow_pickle=False):
+                  cache_len=None, allow_pickle=False, event_images=5):
     """The drafter runner, decode implementation set up (load_models; a drafter process's factory)."""
     drafter = load_drafter(profile, device=torch.device(device), quant=quant, dtype=dtype, path=path,
-                           allow_pickle=allow_pickle)
+                           allow_pickle=allow_pickle, event_images=event_images)
     configure_decode([drafter], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
     return drafter
 
 
 def start_drafter_process(profile, *, device, quant, dtype, path=None, decode_impl="auto",
-                          max_new_tokens=50, cache_len=None, allow_pickle=False):
+                          max_new_tokens=50, cache_len=None, allow_pickle=False, event_images=5):
     """A DrafterProcess building the same drafter (harness/drafter_process.py)."""
     return DrafterProcess(functools.partial(build_drafter, profile, device=str(device), quant=quant, dtype=dtype,
                                             path=path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
-                                            cache_len=cache_len, allow_pickle=allow_pickle))
+                                            cache_len=cache_len, allow_pickle=allow_pickle,
+                                            event_images=event_images))
 
 
 QUANT_LABELS = {"nf4": "NF4 4-bit, double quant, bf16 compute (LLM linears)",
@@ -138,6 +140,7 @@ def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, 
         "date": _dt.datetime.now().isoformat(timespec="seconds"),
         "memory_footprint_bytes": {"drafter": drafter.memory_footprint(),
                                    "target": target.memory_footprint()},
+        "model_inputs": describe_inputs(drafter, target),
         **extra,
     }
 
@@ -197,7 +200,8 @@ def open_models(cfg: RunConfig):
     drafter, target = load_models(cfg.profile, device=cfg.torch_device, quant=cfg.quant, dtype=cfg.torch_dtype,
                        drafter_path=cfg.drafter_path, target_path=cfg.target_path,
                        drafter_device=cfg.drafter_device, decode_impl=cfg.decode,
-                       max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len, allow_pickle=cfg.allow_pickle)
+                       max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len, allow_pickle=cfg.allow_pickle,
+                       event_images=cfg.event_images, videollava_prompt=cfg.videollava_prompt)
     target.video_reader = cfg.video_reader
     return drafter, target
 
@@ -207,14 +211,15 @@ def drafter_process_for(cfg: RunConfig, drafter):
     return start_drafter_process(cfg.profile, device=drafter.device, quant=cfg.quant, dtype=cfg.torch_dtype,
                                  path=cfg.drafter_path, decode_impl=cfg.decode,
                                  max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len,
-                                 allow_pickle=cfg.allow_pickle)
+                                 allow_pickle=cfg.allow_pickle, event_images=cfg.event_images)
 
 
 def config_meta(cfg: RunConfig) -> dict:
     return {"max_new_tokens": cfg.max_new_tokens, "stop_at_eos": cfg.stop_at_eos, "warmup": cfg.warmup,
             "overlap": cfg.overlap, "drafter_process": cfg.drafter_process,
             "durations": list(cfg.durations), "samples_per_duration": cfg.samples_per_duration,
-            "video_reader": cfg.video_reader, "data_scale": None if cfg.data_root else cfg.data_scale}
+            "video_reader": cfg.video_reader, "data_scale": None if cfg.data_root else cfg.data_scale,
+            "event_images": cfg.event_images, "videollava_prompt": cfg.videollava_prompt}
 
 
 # -- the main job -------------------------------------------------------------------------------------
@@ -248,7 +253,8 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None) -> int:
     settings = {"profile": cfg.profile, "quant": cfg.quant, "dtype": cfg.dtype,
                 "max_new_tokens": cfg.max_new_tokens, "stop_at_eos": cfg.stop_at_eos,
                 "decode_impl": cfg.decode, "overlap": cfg.overlap, "drafter_process": cfg.drafter_process,
-                "data_root": str(run_data.root)}
+                "data_root": str(run_data.root), "event_images": cfg.event_images,
+                "videollava_prompt": cfg.videollava_prompt}
     previous = _resumable_meta(out, settings) if has_records else None
     if previous:
         run_id = previous.get("run_id", run_id)   # resumed records keep the run's identity
@@ -332,7 +338,7 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None) -> int:
 
 # Settings that change what a record means: a resumed run must use the same ones.
 RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos", "decode_impl", "overlap",
-               "drafter_process", "data_root")
+               "drafter_process", "data_root", "event_images", "videollava_prompt")
 
 
 def _resumable_meta(out: Path, now: dict) -> dict | None:
@@ -343,9 +349,10 @@ def _resumable_meta(out: Path, now: dict) -> dict | None:
     previous = json.loads(path.read_text())
     # Runs from before decode_impl / overlap existed were transformers-eager ("hf") and drafted
     # through the whole window ("always").
-    saved = {"decode_impl": "hf", "overlap": "always", "drafter_process": False, **previous}
+    saved = {"decode_impl": "hf", "overlap": "always", "drafter_process": False, "event_images": 5,
+             "videollava_prompt": "model-card", **previous}
     differ = [f"{k}: saved {saved.get(k)!r}, now {now[k]!r}" for k in RESUME_KEYS
-              if k in saved and saved[k] != now[k]]
+              if k in saved and k in now and saved[k] != now[k]]
     if differ:
         raise UsageError(f"--resume with different settings than {path}: " + "; ".join(differ))
     return previous

@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from . import metrics as M
+from .models.input_info import report_lines as input_report_lines
 from .plots import all_plots
 
 OVERLAP_LABELS = {
@@ -429,6 +430,7 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
            f"- **Git commit:** {meta.get('git_commit', 'not given')}",
            f"- **Max new tokens:** {meta.get('max_new_tokens', 'not given')}"]
     out += machines(meta)
+    out += input_report_lines(meta)
     for m in M.MODELS:
         if m in foot:
             out.append(f"- **{names[m]} weights footprint:** {gib(foot[m])}")

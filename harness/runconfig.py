@@ -60,6 +60,8 @@ class RunConfig:
     gate: str | None = None
     gate_thresholds: str | None = None
     inject_delay: str | None = None
+    event_images: int = 5              # drafter event images per sample (1 or 5)
+    videollava_prompt: str = "model-card"   # target prompt template (models/videollava.py TEMPLATES)
 
     @property
     def torch_device(self) -> torch.device:
@@ -249,4 +251,5 @@ def resolve(raw: dict, *, side: str = "cli") -> RunConfig:
         allow_mixed_gpus=bool(raw.get("allow_mixed_gpus")),
         shard_costs=_path(raw, "shard_costs", what="costs file", flag=flag),
         bounds=_path(raw, "bounds", what="bounds file", flag=flag),
-        gate=raw.get("gate"), gate_thresholds=raw.get("gate_thresholds"), inject_delay=inject or None)
+        gate=raw.get("gate"), gate_thresholds=raw.get("gate_thresholds"), inject_delay=inject or None,
+        event_images=int(raw.get("event_images") or 5), videollava_prompt=raw.get("videollava_prompt") or "model-card")

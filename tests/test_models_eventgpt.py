@@ -47,7 +47,7 @@ def test_tiny_drafter_loads_and_runs_a_forward(drafter):
     embeds = drafter.encode_vision(prepared)
     assert embeds.shape == (1, prepared["input_ids"].shape[1] - 1 + drafter.n_visual_tokens, 64)
     cache, logits = drafter.prefill(embeds)
-    assert logits.shape == (512,) and torch.isfinite(logits).all()
+    assert logits.shape == (len(drafter.tokenizer),) and torch.isfinite(logits).all()
     assert drafter.cache_len(cache) == embeds.shape[1]
 
 
@@ -66,14 +66,15 @@ def test_event_features_are_spliced_at_the_placeholder(drafter):
     torch.testing.assert_close(embeds[0, pos + n:], text[pos + 1:])
 
 
-def test_prompt_is_vicuna_v1_with_the_event_placeholder(paths):
+def test_prompt_is_vicuna_v1_with_the_event_markers(paths):
+    """dataset/conversation.py (eventgpt_v1 + prepare_event_prompt): the markers are plain text."""
     p = eg.eventgpt_prompt("How many cars?")
-    assert p == f"{eg.VICUNA_SYSTEM} USER: <event>\nHow many cars? ASSISTANT:"
+    assert p == f"{eg.VICUNA_SYSTEM} USER: <ev_start><event><ev_end>\nHow many cars? ASSISTANT:"
     tok = load_tokenizer(paths["tokenizer"])
-    ids = eg.tokenize_with_marker(tok, p, eg.EVENT_TOKEN, eg.EVENT_TOKEN_INDEX)
+    ids = eg.event_prompt_ids(tok, "How many cars?")
     assert ids[0] == tok.bos_token_id and ids.count(eg.EVENT_TOKEN_INDEX) == 1 and ids.count(tok.bos_token_id) == 1
-    with pytest.raises(ValueError):
-        eg.tokenize_with_marker(tok, "no placeholder", eg.EVENT_TOKEN, eg.EVENT_TOKEN_INDEX)
+    with pytest.raises(ValueError, match="must not contain"):
+        eg.event_prompt_ids(tok, "what is <event>?")
 
 
 @settings(max_examples=15, deadline=None)
@@ -114,14 +115,3 @@ def test_7b_shaped_token_count_is_582_without_weights(paths):
 def test_original_config_without_vision_config_means_clip_l14_336():
     cfg = eg.EventChatConfig(mm_visual_tower="openai/clip-vit-large-patch14-336")
     assert eg.visual_token_count(cfg, 5) == 582
-
-
-@settings(max_examples=10, deadline=None)
-@given(h=st.integers(8, 90), w=st.integers(8, 90), level=st.integers(0, 255))
-def test_clip_pixels_resize_crop_normalize(h, w, level):
-    img = np.full((2, h, w, 3), level, dtype=np.uint8)
-    out = eg.clip_pixels(img, 28, device="cpu", dtype=torch.float32)
-    assert out.shape == (2, 3, 28, 28)
-    mean, std = torch.tensor(eg.OPENAI_CLIP_MEAN), torch.tensor(eg.OPENAI_CLIP_STD)
-    expect = ((level / 255.0 - mean) / std).view(1, 3, 1, 1).expand_as(out)
-    torch.testing.assert_close(out, expect, atol=2e-3, rtol=0)  # constant image stays constant

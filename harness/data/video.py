@@ -6,8 +6,8 @@ timestamps[i], whose time on the events' relative clock (that of the samples' t0
 timestamps[i] - t_offset.
 
 Sampling: the frames whose timestamps fall in [t0, t1) are taken in order and
-np.linspace(0, n_in_clip - 1, n_frames) picks from them (Video-LLaVA's uniform sampling over the
-clip's frames). Frame i of the video is the frame of timestamps[i]; decode_frame_indices reads the
+np.linspace(0, n_in_clip - 1, n_frames, dtype=int) picks from them (Video-LLaVA's uniform sampling
+over the clip's frames, as the seed fork samples its clips). Frame i of the video is the frame of timestamps[i]; decode_frame_indices reads the
 chosen frames in one of three ways (VIDEO_READERS), selected by `ppbench run --video-reader`.
 """
 from __future__ import annotations
@@ -50,7 +50,7 @@ def sample_frame_indices(frame_times_us: np.ndarray, t0_us: int, t1_us: int,
     if len(in_clip) < n_frames:
         raise DataError(f"clip [{t0_us}, {t1_us}) µs has {len(in_clip)} distinct frames, "
                         f"needs {n_frames}", path=path, sample=sample)
-    return in_clip[np.linspace(0, len(in_clip) - 1, n_frames).astype(np.int64)]
+    return in_clip[np.linspace(0, len(in_clip) - 1, n_frames, dtype=int)]
 
 
 def _frame_time_us(frame: av.VideoFrame, time_base: Fraction) -> int:

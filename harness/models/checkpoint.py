@@ -72,13 +72,18 @@ def weight_files(path: str | Path, *, allow_pickle: bool = False) -> tuple[list[
         if not allow_pickle:
             raise ModelLoadError(
                 f"only pickle weights found ({', '.join(p.name for p in pickles)}); pickle can run "
-                "arbitrary code on load: convert them to safetensors once, or pass --allow-pickle "
-                "(--ppbench-allow-pickle) if you trust the file", path=path)
+                f"arbitrary code on load: convert them to safetensors once (`ppbench checkpoint convert {path} DST "
+                "--allow-pickle`), or pass --allow-pickle (--ppbench-allow-pickle) if you trust the file", path=path)
         return pickles, False
     raise ModelLoadError("no weights found (*.safetensors, or *.bin with --allow-pickle)", path=path)
 
 
 def safetensors_keys(file: Path) -> set[str]:
+    return set(safetensors_header(file))
+
+
+def safetensors_header(file: Path) -> dict[str, dict]:
+    """{key: {"dtype", "shape", ...}} of a safetensors file, from its header only."""
     # Parse the header by hand: 8-byte little-endian length + JSON. Reads a few KB, never tensors.
     try:
         with open(file, "rb") as f:
@@ -88,7 +93,7 @@ def safetensors_keys(file: Path) -> set[str]:
             header = json.loads(f.read(n))
     except (OSError, struct.error, ValueError) as e:
         raise ModelLoadError(f"unreadable safetensors header: {e}", path=file) from None
-    return {k for k in header if k != "__metadata__"}
+    return {k: v for k, v in header.items() if k != "__metadata__"}
 
 
 def pickle_keys(file: Path) -> set[str]:

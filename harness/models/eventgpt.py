@@ -15,30 +15,41 @@ code index at commit 3c43326):
     [temporal, spatial] -> T + 577 tokens, spliced where the prompt holds EVENT_TOKEN_INDEX (-200).
   - Registered as AutoConfig "EventChat_llama" -> AutoModelForCausalLM.
 The original hard-codes 1024/4096; here they come from the config (mm_hidden_size, hidden_size) so
-the tiny profile can use the same class. The original's `visual_tower` wrapper also builds a
-CLIPImageProcessor from the hub; here preprocessing is `clip_pixels` (no download).
+the tiny profile can use the same class. What goes into the model follows the original exactly
+(XduSyL/EventGPT at 4ac9461; tests/test_eventgpt_inputs.py checks each rule):
+  - prompt (dataset/conversation.py, `eventgpt_v1` + `prepare_event_prompt`):
+    "{system} USER: <ev_start><event><ev_end>\n{question} ASSISTANT:"; tokenized by
+    `tokenizer_event_token` (common/common.py): each piece around <event> tokenized on its own, the
+    later pieces' BOS dropped, EVENT_TOKEN_INDEX in between;
+  - vocabulary (inference.py): `<ev_patch>` added as a special token when `mm_use_im_patch_token`
+    (default true), `<ev_start>` / `<ev_end>` when `mm_use_im_start_end` (default false), then the
+    embeddings and lm_head resized to len(tokenizer) (`resize_vocab`);
+  - event images: harness/data/event_images.py; pixels: `CLIPImageProcessor` of the tower folder
+    (harness/models/image_processing.py), each image on its own;
+  - the tower comes from the checkpoint or from the `mm_visual_tower` folder
+    (harness/models/eventgpt_checkpoint.py).
 """
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 from transformers import (AutoConfig, AutoModelForCausalLM, CLIPVisionConfig, CLIPVisionModel,
                           LlamaConfig, LlamaForCausalLM, LlamaModel)
 from transformers.models.llama.modeling_llama import LlamaPreTrainedModel
 
 from harness.models.base import CausalLMRunner
+from harness.models.image_processing import ClipProcessing, clip_preprocess
 
 EVENT_TOKEN = "<event>"
 EVENT_TOKEN_INDEX = -200  # the original's sentinel id for the event placeholder (never embedded)
+EV_START, EV_END, EV_PATCH = "<ev_start>", "<ev_end>", "<ev_patch>"  # dataset/constants.py
 N_EVENT_IMAGES = 5
+MAX_EMBED_LEN = 2048  # prepare_inputs_labels_for_multimodal cuts the spliced sequence to 2048 (hard-coded)
 VICUNA_SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. "
                  "The assistant gives helpful, detailed, and polite answers to the human's questions.")
-OPENAI_CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # openai/clip-vit-large-patch14-336: what `mm_visual_tower` names in the original checkpoints,
 # whose config.json carries no vision config of its own.
 CLIP_L14_336 = dict(hidden_size=1024, intermediate_size=4096, num_hidden_layers=24, num_attention_heads=16,
@@ -93,7 +104,7 @@ class EventChatLlamaModel(LlamaModel):
         self.visual_tower = VisualTower(vcfg)
         self.visual_projector = nn.Sequential(nn.Linear(mm_hidden, config.hidden_size), nn.GELU(),
                                               nn.Linear(config.hidden_size, config.hidden_size))
-        if getattr(config, "event_feature_adaptor", False):
+        if hasattr(config, "event_feature_adaptor"):  # the original tests presence, not truth
             self.feature_adaptor = nn.Linear(config.hidden_size, config.hidden_size)
 
 
@@ -146,30 +157,6 @@ def original_key(key: str) -> str:
 SKIP_QUANT = ["model.visual_tower", "model.visual_projector", "model.feature_adaptor", "lm_head"]
 
 
-# -- preprocessing shared with Video-LLaVA ------------------------------------------------------------
-def clip_pixels(images: np.ndarray | Sequence[np.ndarray], size: int, *, device, dtype,
-                mean=OPENAI_CLIP_MEAN, std=OPENAI_CLIP_STD) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, size, size): CLIPImageProcessor's resize (shortest side to
-    `size`, bicubic), center crop, rescale and normalize, done in torch on `device`.
-
-    Bicubic with antialias matches PIL's resampling closely but not bit-exactly (timing harness)."""
-    arr = np.stack(list(images)) if not isinstance(images, np.ndarray) else images
-    if arr.ndim != 4 or arr.shape[-1] != 3:
-        raise ValueError(f"expected (N, H, W, 3) images, got shape {arr.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(arr)).to(device).permute(0, 3, 1, 2).float()
-    h, w = x.shape[-2:]
-    short, long = (h, w) if h <= w else (w, h)
-    new_long = int(size * long / short)
-    new_hw = (size, new_long) if h <= w else (new_long, size)
-    if (h, w) != new_hw:
-        x = F.interpolate(x, size=new_hw, mode="bicubic", align_corners=False, antialias=True).clamp_(0, 255)
-    top, left = (new_hw[0] - size) // 2, (new_hw[1] - size) // 2
-    x = x[..., top:top + size, left:left + size] / 255.0
-    m = torch.tensor(mean, device=x.device).view(1, 3, 1, 1)
-    s = torch.tensor(std, device=x.device).view(1, 3, 1, 1)
-    return ((x - m) / s).to(dtype)
-
-
 def splice(embeds: torch.Tensor, input_ids: torch.Tensor, marker: int, features: torch.Tensor) -> torch.Tensor:
     """Replace the single `marker` position of (1, L) ids by (N, D) features -> (1, L - 1 + N, D)."""
     pos = (input_ids[0] == marker).nonzero().flatten()
@@ -180,24 +167,88 @@ def splice(embeds: torch.Tensor, input_ids: torch.Tensor, marker: int, features:
 
 
 def eventgpt_prompt(question: str) -> str:
-    return f"{VICUNA_SYSTEM} USER: {EVENT_TOKEN}\n{question} ASSISTANT:"
+    """dataset/conversation.py: conv_eventgpt_v1 (SeparatorStyle.TWO, sep " ") with the user message
+    `<ev_start><event><ev_end>\n{question}` (prepare_event_prompt) and an empty assistant turn."""
+    return f"{VICUNA_SYSTEM} USER: {EV_START}{EVENT_TOKEN}{EV_END}\n{question} ASSISTANT:"
 
 
-def tokenize_with_marker(tokenizer, prompt: str, placeholder: str, marker: int) -> list[int]:
-    """The original `tokenizer_event_token`: tokenize around the placeholder, put `marker` between."""
-    parts = prompt.split(placeholder)
-    if len(parts) != 2:
-        raise ValueError(f"prompt must contain {placeholder!r} exactly once")
-    head = tokenizer(parts[0]).input_ids
-    tail = tokenizer(parts[1], add_special_tokens=False).input_ids
-    return head + [marker] + tail
+def tokenizer_event_token(tokenizer, prompt: str, marker: int = EVENT_TOKEN_INDEX,
+                          placeholder: str = EVENT_TOKEN) -> list[int]:
+    """common/common.py `tokenizer_event_token`: every piece of the prompt around `placeholder` is
+    tokenized on its own (with special tokens); when the first piece starts with BOS, BOS is kept
+    once and dropped from every later piece; `marker` goes between the pieces."""
+    chunks = [tokenizer(c).input_ids for c in prompt.split(placeholder)]
+    out: list[int] = []
+    offset = 0
+    if chunks and chunks[0] and chunks[0][0] == tokenizer.bos_token_id:
+        offset = 1
+        out.append(chunks[0][0])
+    for i, chunk in enumerate(chunks):
+        if i:
+            out.append(marker)  # the separator [marker] * (offset + 1), sliced [offset:] like every piece
+        out.extend(chunk[offset:])
+    return out
+
+
+def event_prompt_ids(tokenizer, question: str) -> list[int]:
+    """The drafter's prompt ids; a question that itself holds '<event>' is refused (the original
+    would splice a second, non-existent event feature there)."""
+    if EVENT_TOKEN in question:
+        raise ValueError(f"the question must not contain {EVENT_TOKEN!r}: {question!r}")
+    return tokenizer_event_token(tokenizer, eventgpt_prompt(question))
+
+
+def add_event_tokens(tokenizer, config) -> list[str]:
+    """inference.py: <ev_patch> when mm_use_im_patch_token (default true), <ev_start>/<ev_end> when
+    mm_use_im_start_end (default false), as special tokens. Returns the tokens it asked for."""
+    wanted = []
+    if getattr(config, "mm_use_im_patch_token", True):
+        wanted.append([EV_PATCH])
+    if getattr(config, "mm_use_im_start_end", False):
+        wanted.append([EV_START, EV_END])
+    for tokens in wanted:
+        tokenizer.add_tokens(tokens, special_tokens=True)
+    return [t for ts in wanted for t in ts]
+
+
+def resize_vocab(model, n: int, *, seed: int = 0) -> int:
+    """`model.resize_token_embeddings(n)` as inference.py calls it with n = len(tokenizer): embeddings
+    and lm_head get exactly n rows (kept rows copied, extra rows dropped). Rows the original adds are
+    drawn from normal(0, initializer_range), as transformers 4.37.2's `_init_weights` does, but from
+    a fixed seed (the original's are unseeded). Returns the old row count."""
+    emb = model.get_input_embeddings()
+    old, dim = emb.weight.shape
+    if n == old:
+        return old
+    gen = torch.Generator().manual_seed(seed)
+    std = float(getattr(model.config, "initializer_range", 0.02))
+
+    def grown(w: torch.Tensor) -> torch.Tensor:
+        keep = w.detach()[:min(old, n)]
+        if n <= old:
+            return keep.clone()
+        extra = (torch.randn(n - old, w.shape[1], generator=gen) * std).to(device=w.device, dtype=w.dtype)
+        return torch.cat([keep, extra])
+
+    new_emb = nn.Embedding(n, dim, device=emb.weight.device, dtype=emb.weight.dtype)
+    new_emb.weight.data = grown(emb.weight)
+    model.set_input_embeddings(new_emb)
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is not emb.weight:
+        new_head = nn.Linear(dim, n, bias=False, device=head.weight.device, dtype=head.weight.dtype)
+        new_head.weight.data = grown(head.weight)
+        model.set_output_embeddings(new_head)
+    model.config.vocab_size = n
+    model.vocab_size = n
+    return old
 
 
 class EventGPTRunner(CausalLMRunner):
     role = "drafter"
     modality = "events"
     window_ms = 50
-    n_chunks = N_EVENT_IMAGES
+    n_chunks = N_EVENT_IMAGES        # event images per sample (--event-images 1|5)
+    processing = ClipProcessing.square(336)  # the tower's CLIPImageProcessor settings (loader sets it)
 
     @property
     def vision_config(self) -> CLIPVisionConfig:
@@ -214,15 +265,15 @@ class EventGPTRunner(CausalLMRunner):
 
     def preprocess(self, raw, question: str) -> dict[str, torch.Tensor]:
         tower_dtype = self.model.model.visual_tower.visual_tower.dtype
-        pixels = clip_pixels(raw, self.vision_config.image_size, device=self.device, dtype=tower_dtype)
-        ids = tokenize_with_marker(self.tokenizer, eventgpt_prompt(question), EVENT_TOKEN, EVENT_TOKEN_INDEX)
+        pixels = clip_preprocess(raw, self.processing, device=self.device, dtype=tower_dtype)
+        ids = event_prompt_ids(self.tokenizer, question)
         return {"input_ids": torch.tensor([ids], device=self.device), "pixel_values": pixels}
 
     @torch.inference_mode()
     def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = prepared["input_ids"]
         text = self.model.get_input_embeddings()(ids.clamp(min=0))  # the marker row is replaced below
-        return splice(text, ids, EVENT_TOKEN_INDEX, self._vision(prepared["pixel_values"]))
+        return splice(text, ids, EVENT_TOKEN_INDEX, self._vision(prepared["pixel_values"]))[:, :MAX_EMBED_LEN]
 
     def vision_features(self, pixels: torch.Tensor) -> torch.Tensor:
         return self.model.encode_events(pixels)

@@ -22,16 +22,18 @@ from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGene
 from harness.errors import ModelLoadError
 from harness.models import checkpoint
 from harness.models.decisive import plant_next_token_
-from harness.models.eventgpt import EventChatConfig, EventChatLlamaForCausalLM, EventGPTRunner
+from harness.models.eventgpt import (N_EVENT_IMAGES, EventChatConfig, EventChatLlamaForCausalLM, EventGPTRunner,
+                                     add_event_tokens, resize_vocab)
+from harness.models.eventgpt_checkpoint import load_folder_tower_, load_tokenizer, resolve_tower
 from harness.models.eventgpt import SKIP_QUANT as EVENTGPT_SKIP
 from harness.models.eventgpt import canonical_key as eg_canonical
 from harness.models.quant import bnb_config, check_quant, materialize_, quantize_int4_
 from harness.models.shapes import (PLANT_SEED_OFFSET, eventgpt_config, videollava_config,  # noqa: F401 (API)
                                    visual_token_count)
-from harness.models.tiny import ensure_tiny_checkpoints, load_tokenizer
+from harness.models.tiny import ensure_tiny_checkpoints
 from harness.models.videollava import SKIP_QUANT as VIDEOLLAVA_SKIP
 from harness.models.videollava import canonical_key as vl_canonical
-from harness.models.videollava import VideoLlavaRunner
+from harness.models.videollava import DEFAULT_TEMPLATE, VideoLlavaRunner, check_template
 
 PROFILES = ("tiny", "trained", "7b-shaped", "real")
 
@@ -49,8 +51,10 @@ def _model_class(which: str):
 
 
 def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", dtype=torch.float32,
-                    allow_pickle: bool = False, name: str | None = None):
-    """Validate, then from_pretrained: the path every saved checkpoint (tiny or real) takes."""
+                    allow_pickle: bool = False, name: str | None = None, event_images: int = N_EVENT_IMAGES,
+                    prompt_template: str = DEFAULT_TEMPLATE):
+    """Validate, then from_pretrained: the path every saved checkpoint (tiny or real) takes. The
+    drafter's tower, tokenizer and vocabulary follow harness/models/eventgpt_checkpoint.py."""
     check_quant(quant)
     path = Path(path)
     cls, model_type, skip, runner_cls, canonical = _model_class(which)
@@ -60,28 +64,58 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
         config = AutoConfig.from_pretrained(path)
     except Exception as e:  # noqa: BLE001 - surface any config parse failure as a load error
         raise ModelLoadError(f"cannot parse config.json: {e}", path=path) from None
+    have, is_safe = checkpoint.checkpoint_keys(path, allow_pickle=allow_pickle)
+    tower = None
+    if which == "drafter":
+        tower = resolve_tower(path, cfg_dict, have, allow_pickle=allow_pickle)
+        config.vision_config = dict(tower.vision_config.to_dict(), model_type="clip_vision_model")
+        have = {canonical(k) for k in have} | tower.folder_keys
     # Checkpoint layouts differ from module names (and between transformers versions), which
     # from_pretrained converts on load; the pre-check compares version-neutral canonical names.
-    is_safe = checkpoint.validate_checkpoint(path, cls, config, model_type=model_type, allow_pickle=allow_pickle,
-                                             rename=canonical)
+    required, optional = checkpoint.model_keys(cls, config)
+    checkpoint.check_keys(path, have, required, optional, canonical)
     kwargs = dict(config=config, dtype=dtype, device_map={"": str(device)}, use_safetensors=is_safe)
     if quant == "nf4":
         kwargs["quantization_config"] = bnb_config(skip)
     model, info = cls.from_pretrained(path, output_loading_info=True, **kwargs)
+    filled = load_folder_tower_(model, tower, allow_pickle=allow_pickle) if tower is not None else set()
     # The pre-check compares names; this catches anything the converter still left unloaded.
-    bad = {k: sorted(info.get(k) or []) for k in ("missing_keys", "mismatched_keys") if info.get(k)}
+    bad = {k: sorted(x for x in info.get(k) or [] if canonical(x) not in filled)
+           for k in ("missing_keys", "mismatched_keys")}
+    bad = {k: v for k, v in bad.items() if v}
     if bad:
         raise ModelLoadError(f"from_pretrained left weights unloaded: {bad}", path=path)
     if quant == "int4":        # loaded in `dtype`, then converted layer by layer (models/quant.py)
         quantize_int4_(model, skip)
+    if which == "drafter":
+        tokenizer = load_tokenizer(path)
+        add_event_tokens(tokenizer, config)
+        resize_vocab(model, len(tokenizer))  # inference.py: model.resize_token_embeddings(len(tokenizer))
+        runner = runner_cls(model, tokenizer, name=name or f"{which}:{path.name}")
+        runner.n_chunks = check_event_images(event_images)
+        runner.processing = tower.processing
+        runner.tower_source = tower.describe()
+        return runner
     try:
         tokenizer = AutoTokenizer.from_pretrained(path)
     except Exception as e:  # noqa: BLE001
         raise ModelLoadError(f"cannot load tokenizer: {e}", path=path) from None
-    return runner_cls(model, tokenizer, name=name or f"{which}:{path.name}")
+    runner = runner_cls(model, tokenizer, name=name or f"{which}:{path.name}")
+    runner.prompt_template = check_template(prompt_template)
+    runner.configure_processing(path)
+    return runner
 
 
-def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16, cache_dir=None, seed=0):
+def check_event_images(n: int) -> int:
+    from harness.data.event_images import EVENT_IMAGE_CHOICES
+
+    if int(n) not in EVENT_IMAGE_CHOICES:
+        raise ValueError(f"event images must be one of {EVENT_IMAGE_CHOICES}, got {n!r}")
+    return int(n)
+
+
+def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16, cache_dir=None, seed=0,
+                 event_images: int = N_EVENT_IMAGES, prompt_template: str = DEFAULT_TEMPLATE):
     """7B-shaped random model, materialized tensor by tensor on `device` (see quant.materialize_)."""
     check_quant(quant)
     tokenizer = load_tokenizer(ensure_tiny_checkpoints(cache_dir)["tokenizer"])
@@ -91,13 +125,20 @@ def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16
         model = cls(config)
     materialize_(model, device=device, dtype=dtype, quant=quant, skip_modules=skip, seed=seed)
     plant_next_token_(model, seed=seed + PLANT_SEED_OFFSET[which])   # decisive greedy choices
-    return runner_cls(model, tokenizer, name=f"{which}:7b-shaped")
+    runner = runner_cls(model, tokenizer, name=f"{which}:7b-shaped")
+    if which == "drafter":
+        runner.n_chunks = check_event_images(event_images)
+    else:
+        runner.prompt_template = check_template(prompt_template)
+    return runner
 
 
-def _load(which: str, profile: str, *, device, quant, dtype, path, cache_dir, allow_pickle):
+def _load(which: str, profile: str, *, device, quant, dtype, path, cache_dir, allow_pickle,
+          event_images=N_EVENT_IMAGES, prompt_template=DEFAULT_TEMPLATE):
     check_profile(profile)
+    opts = dict(event_images=event_images, prompt_template=prompt_template)
     if profile == "7b-shaped":
-        return build_shaped(which, device=device, quant=quant, dtype=dtype, cache_dir=cache_dir)
+        return build_shaped(which, device=device, quant=quant, dtype=dtype, cache_dir=cache_dir, **opts)
     if profile == "tiny":
         path = ensure_tiny_checkpoints(cache_dir)["drafter" if which == "drafter" else "target"]
     elif profile == "trained":
@@ -107,19 +148,19 @@ def _load(which: str, profile: str, *, device, quant, dtype, path, cache_dir, al
     elif path is None:
         raise ModelLoadError(f"profile 'real' needs a local checkpoint path for the {which}")
     return load_checkpoint(which, path, device=device, quant=quant, dtype=dtype, allow_pickle=allow_pickle,
-                           name=f"{which}:{profile}")
+                           name=f"{which}:{profile}", **opts)
 
 
 def load_drafter(profile: str = "tiny", *, device="cpu", quant="nf4", dtype=torch.float32, path=None,
-                 cache_dir=None, allow_pickle: bool = False) -> EventGPTRunner:
+                 cache_dir=None, allow_pickle: bool = False, event_images: int = N_EVENT_IMAGES) -> EventGPTRunner:
     return _load("drafter", profile, device=device, quant=quant, dtype=dtype, path=path, cache_dir=cache_dir,
-                 allow_pickle=allow_pickle)
+                 allow_pickle=allow_pickle, event_images=event_images)
 
 
 def load_target(profile: str = "tiny", *, device="cpu", quant="nf4", dtype=torch.float32, path=None,
-                cache_dir=None, allow_pickle: bool = False) -> VideoLlavaRunner:
+                cache_dir=None, allow_pickle: bool = False, prompt_template: str = DEFAULT_TEMPLATE) -> VideoLlavaRunner:
     return _load("target", profile, device=device, quant=quant, dtype=dtype, path=path, cache_dir=cache_dir,
-                 allow_pickle=allow_pickle)
+                 allow_pickle=allow_pickle, prompt_template=prompt_template)
 
 
 # Static-cache sizing: visual tokens + prompt text + generated tokens + the engine's largest
@@ -150,10 +191,11 @@ def configure_decode(runners, impl: str = "auto", *, max_new_tokens: int = 50,
 
 
 def load_pair(profile: str = "tiny", *, device="cpu", quant="nf4", dtype=torch.float32, drafter_path=None,
-              target_path=None, cache_dir=None, allow_pickle: bool = False):
+              target_path=None, cache_dir=None, allow_pickle: bool = False, event_images: int = N_EVENT_IMAGES,
+              prompt_template: str = DEFAULT_TEMPLATE):
     """(drafter_runner, target_runner) for a profile; both on the same device, quant and dtype."""
     drafter = load_drafter(profile, device=device, quant=quant, dtype=dtype, path=drafter_path,
-                           cache_dir=cache_dir, allow_pickle=allow_pickle)
+                           cache_dir=cache_dir, allow_pickle=allow_pickle, event_images=event_images)
     target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path,
-                         cache_dir=cache_dir, allow_pickle=allow_pickle)
+                         cache_dir=cache_dir, allow_pickle=allow_pickle, prompt_template=prompt_template)
     return drafter, target

@@ -159,11 +159,9 @@ def materialize_(model: nn.Module, *, device: str | torch.device, dtype: torch.d
     With quant="nf4" each eligible nn.Linear is replaced by a bitsandbytes Linear4bit (NF4, double
     quant, bf16 compute) right after its bf16 weight is drawn, with quant="int4" by an Int4Linear,
     so peak memory is the quantized model plus one bf16 layer, never a full bf16 copy of a 7B model."""
-    import bitsandbytes as bnb  # deferred: optional CUDA dependency, needed only for quant='nf4'
-
     check_quant(quant)
     if quant == "nf4":
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # deferred: optional CUDA dependency, needed only for quant='nf4'
 
     device = torch.device(device)
     gen = torch.Generator(device=device).manual_seed(seed)

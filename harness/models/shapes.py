@@ -22,10 +22,18 @@ TINY_VOCAB = 512
 # Trained pair (models/trained.py): the tiny sizes, at 56 px (16 patches per image), so a shape in
 # a frame or an event image covers a few pixels instead of one or two.
 CLIP_TRAINED = dict(CLIP_TINY, image_size=56)
-_SIZES = {"tiny": (LLAMA_TINY, CLIP_TINY, TINY_VOCAB), "trained": (LLAMA_TINY, CLIP_TRAINED, TINY_VOCAB)}
+# vocab None: the tiny tokenizer plus the <ev_patch> row EventGPT's loader adds (tiny_vocab)
+_SIZES = {"tiny": (LLAMA_TINY, CLIP_TINY, None), "trained": (LLAMA_TINY, CLIP_TRAINED, TINY_VOCAB)}
 # The drafter and the target get different planted bigrams (models/decisive.py): random models
 # must not agree by construction.
 PLANT_SEED_OFFSET = {"drafter": 1000, "target": 1001}
+
+
+def tiny_vocab(tokenizer) -> int:
+    """The tiny profile's vocabulary: the tiny tokenizer plus the <ev_patch> row EventGPT's loader
+    adds (len(tokenizer) + 1), for both models, so the drafter's vocabulary after that rule still
+    covers every id the target emits."""
+    return len(tokenizer) + 1
 
 
 def _special_ids(tokenizer) -> dict:
@@ -35,6 +43,7 @@ def _special_ids(tokenizer) -> dict:
 
 def eventgpt_config(profile: str, tokenizer) -> EventChatConfig:
     llm, clip, vocab = _SIZES.get(profile, (LLAMA_7B, CLIP_L14_336, 32000))
+    vocab = vocab or tiny_vocab(tokenizer)
     sid = _special_ids(tokenizer)
     return EventChatConfig(**llm, vocab_size=vocab, bos_token_id=sid["bos"], eos_token_id=sid["eos"],
                            pad_token_id=sid["pad"], tie_word_embeddings=False,
@@ -44,6 +53,7 @@ def eventgpt_config(profile: str, tokenizer) -> EventChatConfig:
 
 def videollava_config(profile: str, tokenizer) -> VideoLlavaConfig:
     llm, clip, vocab = _SIZES.get(profile, (LLAMA_7B, CLIP_L14_224, 32064))
+    vocab = vocab or tiny_vocab(tokenizer)
     sid = _special_ids(tokenizer)
     cfg = VideoLlavaConfig(
         vision_config=dict(clip, model_type="clip_vision_model"),

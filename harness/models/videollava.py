@@ -5,6 +5,16 @@ tower, hidden state of `vision_feature_layer` (-2) with the CLS token kept, i.e.
 strategy that the video path always uses, then multi_modal_projector, masked_scatter into the
 placeholder positions) but calls the submodules directly: get_video_features' signature and
 return type changed across transformers 5.x, the submodule names did not.
+
+Inputs:
+  - prompt (`--videollava-prompt`, recorded in meta.json and the report): `model-card` (default) is
+    the LanguageBind/Video-LLaVA-7B-hf model card's "USER: <video>\n{question} ASSISTANT:"; `seed`
+    is the seed fork's "USER: <video>\n{question}\nASSISTANT:" (xifan-zhang/EventGPT,
+    feasible/benchmark_parallel_prefill/benchmark_parallel_prefill_5stages.py);
+  - frames: 8 frames of the clip, np.linspace(0, n - 1, 8, dtype=int) over its n frames
+    (harness/data/video.py), each through VideoLlavaImageProcessor's steps (CLIP resize of the
+    shortest edge to 224 with PIL bicubic, center crop, rescale, normalize), read from the
+    checkpoint's preprocessor_config.json when it has one (harness/models/image_processing.py).
 """
 from __future__ import annotations
 
@@ -14,7 +24,8 @@ import numpy as np
 import torch
 
 from harness.models.base import CausalLMRunner
-from harness.models.eventgpt import clip_pixels, tokens_per_image
+from harness.models.eventgpt import tokens_per_image
+from harness.models.image_processing import ClipProcessing, clip_preprocess
 
 VIDEO_TOKEN = "<video>"
 N_FRAMES = 8
@@ -35,8 +46,21 @@ def video_token_id(config) -> int:
     return int(getattr(config, "video_token_index", None) or config.video_token_id)
 
 
-def videollava_prompt(question: str) -> str:
-    return f"USER: {VIDEO_TOKEN}\n{question} ASSISTANT:"
+TEMPLATES = {
+    "model-card": "USER: {video}\n{question} ASSISTANT:",   # LanguageBind/Video-LLaVA-7B-hf model card
+    "seed": "USER: {video}\n{question}\nASSISTANT:",        # the seed fork's benchmarks
+}
+DEFAULT_TEMPLATE = "model-card"
+
+
+def check_template(name: str) -> str:
+    if name not in TEMPLATES:
+        raise ValueError(f"Video-LLaVA prompt template must be one of {tuple(TEMPLATES)}, got {name!r}")
+    return name
+
+
+def videollava_prompt(question: str, template: str = DEFAULT_TEMPLATE) -> str:
+    return TEMPLATES[check_template(template)].format(video=VIDEO_TOKEN, question=question)
 
 
 def expand_placeholder(ids: list[int], token_id: int, n: int) -> list[int]:
@@ -83,6 +107,13 @@ class VideoLlavaRunner(CausalLMRunner):
     modality = "video"
     n_frames = N_FRAMES
     video_reader = "seek"   # harness.data.video.VIDEO_READERS; `ppbench run --video-reader`
+    prompt_template = DEFAULT_TEMPLATE
+    processing: ClipProcessing | None = None   # None: CLIP defaults at the tower's image size
+
+    def configure_processing(self, path) -> None:
+        """The checkpoint's preprocessor_config.json (VideoLlavaImageProcessor's settings), if any."""
+        size = _vision_config(self.config).image_size
+        self.processing = ClipProcessing.from_dir(path, ClipProcessing.square(size, source=f"defaults at {size} px"))
 
     @property
     def n_visual_tokens(self) -> int:
@@ -95,8 +126,9 @@ class VideoLlavaRunner(CausalLMRunner):
 
     def preprocess(self, raw, question: str) -> dict[str, torch.Tensor]:
         tower = self.model.model.video_tower
-        frames = clip_pixels(raw, _vision_config(self.config).image_size, device=self.device, dtype=tower.dtype)
-        ids = self.tokenizer(videollava_prompt(question)).input_ids
+        proc = self.processing or ClipProcessing.square(_vision_config(self.config).image_size)
+        frames = clip_preprocess(list(raw), proc, device=self.device, dtype=tower.dtype)
+        ids = self.tokenizer(videollava_prompt(question, self.prompt_template)).input_ids
         ids = expand_placeholder(ids, video_token_id(self.config), visual_token_count(self.config, len(frames)))
         return {"input_ids": torch.tensor([ids], device=self.device), "pixel_values_videos": frames[None]}
 
