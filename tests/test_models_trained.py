@@ -78,11 +78,13 @@ def test_training_is_deterministic_for_a_seed(small_build):
 
 def test_profile_loads_the_saved_pair(small_build):
     """The trained profile loads both checkpoints through from_pretrained (no retraining: the
-    marker is there), with the trained sizes and one shared tokenizer."""
+    marker is there), with the trained sizes and one shared tokenizer: the drafter's has exactly
+    the event tokens EventGPT's loader adds on top (inference.py: <ev_patch>)."""
     roots, paths = small_build
     drafter, target = load_pair("trained", quant="none", dtype=torch.float32, cache_dir=roots[0])
     assert drafter.vision_config.image_size == 56 and target.config.vision_config.image_size == 56
-    assert drafter.tokenizer.get_vocab() == target.tokenizer.get_vocab()
+    dv, tv = drafter.tokenizer.get_vocab(), target.tokenizer.get_vocab()
+    assert {k: v for k, v in dv.items() if k in tv} == tv and set(dv) - set(tv) == {"<ev_patch>"}
     e = T.make_examples(0, 1, 1, (drafter, target))[0]
     assert e.event_images is None and set(e.prepared) == {"drafter", "target"}
     for r in (drafter, target):

@@ -40,10 +40,11 @@ from harness.data.event_images import DEFAULT_WINDOW_MS, drafter_window, events_
 from harness.data.synthetic import (FPS, QUESTIONS, SENSOR_H, SENSOR_W, VIDEO_H, VIDEO_W, Renderer, make_scene,
                                     shape_center, window_events)
 from harness.data.video import sample_frame_indices
+from harness.models.image_processing import ClipProcessing
 from harness.models.eventgpt import EVENT_TOKEN_INDEX, EventChatLlamaForCausalLM, splice
 from harness.models.quant import random_init_
 
-VERSION = "v1"
+VERSION = "v2"  # v2: the drafter inputs of the original EventGPT (issue 13)
 MARKER = ".complete"
 N_TRAIN, N_EVAL = 320, 48           # scenes (one clip each); data seeds [seed, 0, i] / [seed, 1, i]
 EPOCHS, BATCH, LR = 8, 16, 3e-3
@@ -287,7 +288,13 @@ def _train_and_save(root: Path, seed: int, progress, t_start: float) -> dict:
             ("eventgpt", EventChatLlamaForCausalLM, eventgpt_config, EventGPTRunner, seed),
             ("videollava", VideoLlavaForConditionalGeneration, videollava_config, VideoLlavaRunner, seed + 1)):
         torch.manual_seed(s)
-        runners.append(runner_cls(random_init_(cls(make_cfg("trained", tok)), seed=s), tok, name=f"{name}:trained"))
+        runner = runner_cls(random_init_(cls(make_cfg("trained", tok)), seed=s), tok, name=f"{name}:trained")
+        # what the loader gives a checkpoint whose tower config is inside it: CLIPImageProcessor's
+        # defaults at the tower's size (harness/models/eventgpt_checkpoint.py)
+        vision = runner.model.config.vision_config
+        size = vision["image_size"] if isinstance(vision, dict) else vision.image_size
+        runner.processing = ClipProcessing.square(size, source="the trained pair's tower size")
+        runners.append(runner)
     train_set, eval_set = make_examples(seed, 0, N_TRAIN, runners), make_examples(seed, 1, N_EVAL, runners)
     t_data = time.perf_counter() - t_start
     log = {"version": VERSION, "seed": seed, "n_train": N_TRAIN, "n_eval": N_EVAL, "epochs": EPOCHS,
