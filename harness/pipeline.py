@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import data, shard
+from . import data
 from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, failure_lines
 from .data.default_data import ensure_default_imported
 from .drafter_process import DrafterProcess
@@ -31,7 +31,7 @@ from .metrics import MODELS, dedupe
 from .models.input_info import describe_inputs
 from .models.profiles import configure_decode, load_drafter, load_target
 from .options import DEFAULT_DURATIONS  # noqa: F401  (re-exported: tests parametrize over it)
-from .records import RecordWriter, done_keys, load_records, record_key, repair_torn_tail
+from .records import RecordWriter, done_keys, has_shards, load_records, record_key, repair_torn_tail
 from .report import write_report
 from .runconfig import RunConfig
 from .stages import error_info, run_stage_pipeline, warm_up
@@ -240,7 +240,7 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None) -> int:
     out = Path(cfg.out) if cfg.out else Path("runs") / run_id
     records_path = out / "records.jsonl"
     has_records = records_path.exists() and records_path.stat().st_size > 0
-    if shard.has_shards(out):
+    if has_shards(out):
         if not sharded:
             raise UsageError(f"{out} holds a sharded run ({out / 'shards'}): resume it under torchrun or "
                              f"accelerate launch, or merge what it has with `ppbench merge {out}`")

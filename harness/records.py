@@ -84,3 +84,12 @@ def repair_torn_tail(path: str | os.PathLike) -> None:
         cut = data.rfind(b"\n") + 1
         with open(path, "r+b") as fh:
             fh.truncate(cut)
+
+
+def shard_files(out: str | os.PathLike) -> list[Path]:
+    """The per-rank record files of a sharded run in `out` (harness/shard.py writes them)."""
+    return sorted((Path(out) / "shards").glob("*/rank-*.jsonl"))
+
+
+def has_shards(out: str | os.PathLike) -> bool:
+    return any(p.stat().st_size > 0 for p in shard_files(out))

@@ -46,7 +46,7 @@ from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, quiet
 from .data import DURATION_MS
 from .engine_suite import samples_for_engine
 from .errors import UsageError
-from .records import RecordWriter, done_keys, iter_records, record_key
+from .records import RecordWriter, done_keys, has_shards, iter_records, record_key, shard_files
 
 DEFAULT_COSTS = SAMPLE_COSTS
 SETTINGS_FIELDS = ("run_id", "profile", "dtype", "quant", "decode_impl")   # must agree across shards
@@ -167,12 +167,8 @@ def split(costs: list[float], n: int) -> tuple[list[list[int]], list[float]]:
 
 
 # -- reading and merging shard files ----------------------------------------------------------------
-def shard_files(out: Path) -> list[Path]:
-    return sorted((out / "shards").glob("*/rank-*.jsonl"))
-
-
-def has_shards(out: Path) -> bool:
-    return any(p.stat().st_size > 0 for p in shard_files(out))
+# shard_files / has_shards live in records.py (the on-disk layout of a run's records), so that
+# pipeline can ask without importing this module, which drives pipeline.run_main
 
 
 def _read(path: Path) -> list[dict]:

@@ -43,6 +43,7 @@ from harness.data.video import sample_frame_indices
 from harness.models.image_processing import ClipProcessing
 from harness.models.eventgpt import EVENT_TOKEN_INDEX, EventChatLlamaForCausalLM, splice
 from harness.models.quant import random_init_
+from harness.models.shapes import eventgpt_config, videollava_config
 
 VERSION = "v2"  # v2: the drafter inputs of the original EventGPT (issue 13)
 MARKER = ".complete"
@@ -278,7 +279,6 @@ def _train_and_save(root: Path, seed: int, progress, t_start: float) -> dict:
     from transformers import VideoLlavaForConditionalGeneration
 
     from harness.models.eventgpt import EventGPTRunner
-    from harness.models.profiles import eventgpt_config, videollava_config
     from harness.models.tiny import build_tokenizer
     from harness.models.videollava import VideoLlavaRunner
 
