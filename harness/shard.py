@@ -46,7 +46,7 @@ from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, quiet
 from .data import DURATION_MS
 from .engine_suite import samples_for_engine
 from .errors import UsageError
-from .records import RecordWriter, done_keys, has_shards, iter_records, record_key, shard_files
+from .records import RecordWriter, done_keys, iter_records, record_key, shard_files
 
 DEFAULT_COSTS = SAMPLE_COSTS
 SETTINGS_FIELDS = ("run_id", "profile", "dtype", "quant", "decode_impl")   # must agree across shards
