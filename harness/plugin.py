@@ -30,9 +30,22 @@ def pytest_addoption(parser):
     options.add_pytest_options(group)
 
 
+def active(config) -> bool:
+    """Whether this session is a ppbench one: the plugin is named (`-p harness.plugin` on the
+    command line or in the ini's addopts, as this repository's pytest.ini does), or a --ppbench-*
+    option is given. The entry point loads the plugin into every pytest session of an environment
+    that has ppbench installed; in other projects' sessions it registers its markers and options
+    and changes nothing else (no timer, no forced raw-round saving, no torch import)."""
+    args = [*map(str, config.invocation_params.args), *map(str, config.getini("addopts") or [])]
+    return any(a.startswith("--ppbench") for a in args) or "harness.plugin" in " ".join(args)
+
+
 def pytest_configure(config):
     for line in MARKERS:
         config.addinivalue_line("markers", line)
+    config._ppbench_cfg = None
+    if not active(config):
+        return
     # Measured device times reach pytest-benchmark through its public --benchmark-timer: a clock
     # that is time.perf_counter except while harness.replay.record_rounds replays measured rounds.
     if getattr(config.option, "benchmark_timer", None) == "time.perf_counter":
@@ -40,13 +53,17 @@ def pytest_configure(config):
     # The regression gate needs raw rounds, which pytest-benchmark saves only with --benchmark-save-data.
     if getattr(config.option, "benchmark_autosave", False) or getattr(config.option, "benchmark_save", None):
         config.option.benchmark_save_data = True
+    config._ppbench_cfg = _resolve(config)
+
+
+def _resolve(config):
     from .console import quiet_third_party
     from .errors import UsageError
     from .runconfig import resolve   # imports torch: deferred so that `pytest --help` stays fast
 
     quiet_third_party(progress=True)
     try:
-        config._ppbench_cfg = resolve(options.from_pytest(config), side="pytest")
+        return resolve(options.from_pytest(config), side="pytest")
     except UsageError as e:
         raise pytest.UsageError(f"ppbench: {e}") from None
 
@@ -55,6 +72,10 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
+    if not any("gpu" in item.keywords or "cuda" in item.keywords for item in items):
+        return
+    if config._ppbench_cfg is None:    # gpu/cuda-marked tests in a session that is not ppbench's
+        return
     _deselect_durations(config, items)
     import torch  # deferred: the plugin loads with every pytest run, torch only when tests are collected
 
@@ -118,6 +139,8 @@ def ppbench_session(request):
     """Loads the dataset and both models once per session; measures lazily per duration."""
     from .benchsupport import BenchSession
 
+    if request.config._ppbench_cfg is None:   # ppbench's benchmarks collected outside its own sessions
+        request.config._ppbench_cfg = _resolve(request.config)
     bench = BenchSession(request.config._ppbench_cfg)
     request.config._ppbench_session = bench
     yield bench
