@@ -4,6 +4,7 @@ checkout, and puts no top-level `fixtures` package into site-packages."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import venv
@@ -33,8 +34,16 @@ def _save(path: Path, scale: float) -> Path:
 
 
 def test_the_wheel_in_a_fresh_venv_runs_the_cli(tmp_path):
-    dist = tmp_path / "dist"
-    _sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(ROOT)], timeout=600)
+    """Hermetic: the wheel is built from a copy of the tracked tree (no build/ or egg-info in the
+    checkout), and the fresh environment gets its own HOME and caches, so nothing it writes (a
+    matplotlib font cache naming its own site-packages, ppbench's data) outlives it for other tests."""
+    src, dist = tmp_path / "src", tmp_path / "dist"
+    files = _sh(["git", "-C", str(ROOT), "ls-files"]).stdout.split()
+    for rel in files:
+        if (ROOT / rel).is_file():
+            (src / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / rel, src / rel)
+    _sh([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(dist), str(src)], timeout=600)
     wheel = next(dist.glob("ppbench-*.whl"))
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
@@ -51,7 +60,10 @@ def test_the_wheel_in_a_fresh_venv_runs_the_cli(tmp_path):
     work = tmp_path / "elsewhere"
     work.mkdir()
     ppbench = str(env_dir / "bin" / "ppbench")
-    env = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "HOME": str(Path.home())}
+    home = tmp_path / "home"
+    home.mkdir()
+    env = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "HOME": str(home), "PPBENCH_CACHE": str(home / "ppbench"),
+           "MPLCONFIGDIR": str(home / "matplotlib"), "XDG_CACHE_HOME": str(home / ".cache")}
     assert _sh([ppbench, "--version"], cwd=work, env=env).stdout.startswith("ppbench ")
     run = _sh([ppbench, "run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "6",
                "--assisted", "off", "--no-progress", "--out", "r"], cwd=work, env=env, timeout=900)
