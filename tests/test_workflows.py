@@ -77,7 +77,10 @@ def test_the_nightly_command_line_runs_in_cpu_smoke_mode_out_of_tree(tmp_path):
     env = dict(os.environ, PPBENCH_CACHE=str(cache), MODELS=str(tmp_path / "models"), PROFILE="tiny",
                BENCH_STORAGE=str(tmp_path / "storage"),
                PPBENCH_PYTEST_EXTRA=f"--ppbench-device cpu --ppbench-durations 500ms --ppbench-max-new-tokens 8 "
-                                    f"--ppbench-gate-thresholds {loose}")
+                                    f"--ppbench-gate-thresholds {loose} "
+                                    # its CPU curve moved 50-100x between two sessions (the note of
+                                    # session 5); test_plugin_smoke runs it on CPU on its own
+                                    "--deselect tests/test_benchmarks.py::test_verify_cost")
     env.pop("PYTHONPATH", None)
     previous = _step("nightly-gpu.yml", "Previous save")
     bench = _step("nightly-gpu.yml", "Benchmarks").replace(".venv/bin/python", sys.executable)
@@ -90,7 +93,8 @@ def test_the_nightly_command_line_runs_in_cpu_smoke_mode_out_of_tree(tmp_path):
         script = bench.replace("${{ steps.base.outputs.path }}", base)
         proc = subprocess.run(["bash", "-e", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=900)
-        assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+        gate = [l for l in (proc.stdout + proc.stderr).splitlines() if "gate" in l or "regressed" in l]
+        assert proc.returncode == 0, "\n".join(gate[-40:]) + (proc.stdout + proc.stderr)[-2000:]
         return base, proc.stdout
 
     base1, out1 = night(1)
