@@ -24,8 +24,6 @@ import itertools
 import json
 import os
 import re
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,9 +42,9 @@ from harness.models.image_processing import ClipProcessing
 from harness.models.eventgpt import EVENT_TOKEN_INDEX, EventChatLlamaForCausalLM, splice
 from harness.models.quant import random_init_
 from harness.models.shapes import eventgpt_config, videollava_config
+from harness.models.tiny import MARKER, build_once  # noqa: F401 (MARKER: the cache marker, re-exported)
 
 VERSION = "v2"  # v2: the drafter inputs of the original EventGPT (issue 13)
-MARKER = ".complete"
 N_TRAIN, N_EVAL = 320, 48           # scenes (one clip each); data seeds [seed, 0, i] / [seed, 1, i]
 EPOCHS, BATCH, LR = 8, 16, 3e-3
 MAX_ANSWER_TOKENS = 32
@@ -321,19 +319,5 @@ def ensure_trained_checkpoints(cache_dir: str | os.PathLike | None = None, seed:
     root = cache_root(cache_dir)
     paths = {"drafter": root / "eventgpt", "target": root / "videollava", "tokenizer": root / "tokenizer",
              "log": root / "train_log.json"}
-    if (root / MARKER).exists():
-        return paths
-    root.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{VERSION}-", dir=root.parent))
-    try:
-        _build(tmp, seed, progress)
-        (tmp / MARKER).write_text("ok\n")
-        try:
-            os.replace(tmp, root)
-        except OSError:
-            if not (root / MARKER).exists():
-                shutil.rmtree(root, ignore_errors=True)
-                os.replace(tmp, root)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    build_once(root, lambda tmp: _build(tmp, seed, progress), prefix=f".{VERSION}-")
     return paths
