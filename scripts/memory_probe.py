@@ -1,0 +1,132 @@
+"""Where the GPU memory of a decoder's CUDA graphs goes (issue 19, item 3), on the 7B-shaped target.
+
+Loads the 7B-shaped target (NF4 by default), sets up the `compiled` decode the way a run does
+(profiles.configure_decode) and records torch's allocated / reserved bytes and the whole device's
+use (NVML) after each phase: CUDA context, weights, static cache, every graph capture (decode/verify
+sizes, prefill buckets, the vision graph). Each variant runs in its own process:
+
+  baseline        the code as it is
+  shared-stream   every capture of a process on one warmed side stream (capture() makes a new
+                  stream per capture, and cuBLAS keeps a workspace per stream)
+  no-prefill      no prefill graphs (prefill runs eagerly, its launches are a small share of it)
+
+  python scripts/memory_probe.py --out $OUT            # GPU host; writes memory-probe.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from harness import gpu_memory  # noqa: E402
+from harness.models import base, static_decode  # noqa: E402
+from harness.models.profiles import configure_decode, load_target  # noqa: E402
+
+VARIANTS = ("baseline", "shared-stream", "no-prefill")
+GiB = 2 ** 30
+
+
+def snapshot(label: str, device) -> dict:
+    torch.cuda.synchronize(device)
+    used = gpu_memory.used_bytes(device)
+    return {"phase": label, "allocated_gib": torch.cuda.memory_allocated(device) / GiB,
+            "reserved_gib": torch.cuda.memory_reserved(device) / GiB,
+            "device_used_gib": used["device_used"] / GiB}
+
+
+def run_variant(variant: str, quant: str, max_new_tokens: int) -> dict:
+    device = torch.device("cuda")
+    torch.cuda.init()
+    torch.empty(1, device=device)
+    phases = [snapshot("context", device)]
+    captures = []
+    original = static_decode.capture
+    side_streams: dict = {}
+
+    def shared_capture(fn, dev, pool=None):
+        with torch.cuda.device(dev):
+            side = side_streams.setdefault(str(dev), torch.cuda.Stream(dev))
+            side.wait_stream(torch.cuda.current_stream(dev))
+            with torch.cuda.stream(side):
+                for _ in range(2):
+                    fn()
+            torch.cuda.current_stream(dev).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool, stream=side, capture_error_mode="thread_local"):
+                out = fn()
+            graph.replay()
+            torch.cuda.synchronize(dev)
+        return graph, out
+
+    inner = shared_capture if variant == "shared-stream" else original
+
+    def recording_capture(fn, dev, pool=None):
+        before = snapshot("", dev)
+        graph, out = inner(fn, dev, pool)
+        after = snapshot("", dev)
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else None
+        captures.append({"output_shape": shape, "shared_pool": pool is not None,
+                         "d_allocated_mib": (after["allocated_gib"] - before["allocated_gib"]) * 1024,
+                         "d_reserved_mib": (after["reserved_gib"] - before["reserved_gib"]) * 1024})
+        return graph, out
+
+    static_decode.capture = recording_capture
+    if variant == "no-prefill":
+        base.prefill_buckets = lambda *a, **k: []
+    t0 = time.perf_counter()
+    target = load_target("7b-shaped", device=device, quant=quant, dtype=torch.bfloat16)
+    phases.append(snapshot("weights", device) | {"s": time.perf_counter() - t0})
+    setup = configure_decode([target], "compiled", max_new_tokens=max_new_tokens)["target"]
+    phases.append(snapshot("decode set up (cache + graphs)", device) | {"s": time.perf_counter() - t0})
+    stats = torch.cuda.memory_stats(device)
+    return {"variant": variant, "quant": quant, "phases": phases, "captures": captures,
+            "setup": {k: v for k, v in setup.items() if k != "graph_sizes"},
+            "graph_sizes": setup.get("graph_sizes"),
+            "segments": {k: stats.get(k) for k in ("segment.all.current", "segment.large_pool.current",
+                                                    "allocation.all.current", "num_alloc_retries")}}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--quant", default="nf4")
+    ap.add_argument("--max-new-tokens", type=int, default=50)
+    ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--one", help=argparse.SUPPRESS)        # child: run one variant, print JSON
+    args = ap.parse_args()
+    if args.one:
+        print("RESULT " + json.dumps(run_variant(args.one, args.quant, args.max_new_tokens)))
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
+    results = []
+    for v in args.variants.split(","):
+        t = time.perf_counter()
+        p = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--quant", args.quant,
+                            "--max-new-tokens", str(args.max_new_tokens), "--one", v],
+                           capture_output=True, text=True)
+        lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
+        if p.returncode or not lines:
+            results.append({"variant": v, "error": p.stderr[-3000:]})
+        else:
+            results.append(json.loads(lines[-1][7:]))
+        r = results[-1]
+        last = r.get("phases", [{}])[-1]
+        print(f"{v}: {time.perf_counter() - t:.0f} s; " + (f"reserved {last.get('reserved_gib', 0):.2f} GiB, "
+              f"device {last.get('device_used_gib', 0):.2f} GiB" if "phases" in r else "FAILED " + r["error"][-400:]),
+              flush=True)
+        for c in r.get("captures", []):
+            print(f"   capture {c['output_shape']}: +{c['d_reserved_mib']:.0f} MiB reserved, "
+                  f"+{c['d_allocated_mib']:.0f} MiB allocated", flush=True)
+    (args.out / "memory-probe.json").write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
