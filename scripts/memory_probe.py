@@ -5,10 +5,11 @@ Loads the 7B-shaped target (NF4 by default), sets up the `compiled` decode the w
 use (NVML) after each phase: CUDA context, weights, static cache, every graph capture (decode/verify
 sizes, prefill buckets, the vision graph). Each variant runs in its own process:
 
-  baseline        the code as it is
-  shared-stream   every capture of a process on one warmed side stream (capture() makes a new
-                  stream per capture, and cuBLAS keeps a workspace per stream)
-  no-prefill      no prefill graphs (prefill runs eagerly, its launches are a small share of it)
+  current             the code as it is: every capture on one side stream per device
+  stream-per-capture  a new side stream per capture, as before commit "one capture stream": the
+                      allocator reuses a freed pool block only on the stream it was made on, and
+                      cuBLAS keeps a workspace per stream
+  no-prefill          no prefill graphs (prefill runs eagerly)
 
   python scripts/memory_probe.py --out $OUT            # GPU host; writes memory-probe.json
 """
@@ -29,7 +30,7 @@ from harness import gpu_memory  # noqa: E402
 from harness.models import base, static_decode  # noqa: E402
 from harness.models.profiles import configure_decode, load_target  # noqa: E402
 
-VARIANTS = ("baseline", "shared-stream", "no-prefill")
+VARIANTS = ("current", "stream-per-capture", "no-prefill")
 GiB = 2 ** 30
 
 
@@ -48,11 +49,10 @@ def run_variant(variant: str, quant: str, max_new_tokens: int) -> dict:
     phases = [snapshot("context", device)]
     captures = []
     original = static_decode.capture
-    side_streams: dict = {}
 
-    def shared_capture(fn, dev, pool=None):
+    def per_capture(fn, dev, pool=None):
         with torch.cuda.device(dev):
-            side = side_streams.setdefault(str(dev), torch.cuda.Stream(dev))
+            side = torch.cuda.Stream(dev)
             side.wait_stream(torch.cuda.current_stream(dev))
             with torch.cuda.stream(side):
                 for _ in range(2):
@@ -65,7 +65,7 @@ def run_variant(variant: str, quant: str, max_new_tokens: int) -> dict:
             torch.cuda.synchronize(dev)
         return graph, out
 
-    inner = shared_capture if variant == "shared-stream" else original
+    inner = per_capture if variant == "stream-per-capture" else original
 
     def recording_capture(fn, dev, pool=None):
         before = snapshot("", dev)

@@ -117,14 +117,29 @@ def prefill_buckets(shortest: int, longest: int, max_len: int, step: int = PREFI
     return [b for b in range(first, last + 1, step) if b <= max_len]
 
 
+_CAPTURE_STREAMS: dict[int, torch.cuda.Stream] = {}
+
+
+def capture_stream(device: torch.device) -> torch.cuda.Stream:
+    """The one side stream every capture on `device` uses. One per device, not one per capture:
+    the caching allocator reuses a freed block only on the stream it was allocated on, so graphs
+    that share a pool share its memory only when captured on one stream, and cuBLAS keeps a
+    workspace per stream (scripts/memory_probe.py measures both; docs/results/README.md)."""
+    index = torch.device(device).index
+    index = torch.cuda.current_device() if index is None else index
+    if index not in _CAPTURE_STREAMS:
+        _CAPTURE_STREAMS[index] = torch.cuda.Stream(index)
+    return _CAPTURE_STREAMS[index]
+
+
 def capture(fn, device: torch.device, pool=None):
     """(graph, output) of fn() captured on `device`: two warm-up calls on a side stream first, as
     CUDA requires, and one replay after, so the first launch's one-time upload never lands in a
-    timed step. Capture uses that warmed stream: torch.cuda.graph's default capture stream is one
-    per process, made on whichever device was current at first use, and a stream new to cuBLAS
-    would allocate its workspace mid-capture (not permitted)."""
+    timed step. Capture uses that warmed stream (capture_stream): torch.cuda.graph's default capture
+    stream is one per process, made on whichever device was current at first use, and a stream new
+    to cuBLAS would allocate its workspace mid-capture (not permitted)."""
     with torch.cuda.device(device):
-        side = torch.cuda.Stream(device)
+        side = capture_stream(device)
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
@@ -515,5 +530,6 @@ class StaticDecoder:
                 self.prefill_graphs[b] = _PrefillGraph(graph, embeds[:, :b], last, logits)
             self._prefill_sizes = sorted(self.prefill_graphs)
         torch.cuda.synchronize(self.device)
+        torch.cuda.empty_cache()         # warm-up blocks outside the pool go back to the device
         self.pool_bytes = torch.cuda.memory_reserved(self.device) - reserved
         return time.perf_counter() - t0
