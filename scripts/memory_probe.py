@@ -10,6 +10,7 @@ sizes, prefill buckets, the vision graph). Each variant runs in its own process:
                       allocator reuses a freed pool block only on the stream it was made on, and
                       cuBLAS keeps a workspace per stream
   no-prefill          no prefill graphs (prefill runs eagerly)
+  pair                the NF4 pair in one process (drafter, then target), current code
 
   python scripts/memory_probe.py --out $OUT            # GPU host; writes memory-probe.json
 """
@@ -28,9 +29,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import gpu_memory  # noqa: E402
 from harness.models import base, static_decode  # noqa: E402
-from harness.models.profiles import configure_decode, load_target  # noqa: E402
+from harness.models.profiles import configure_decode, load_drafter, load_target  # noqa: E402
 
-VARIANTS = ("current", "stream-per-capture", "no-prefill")
+VARIANTS = ("current", "stream-per-capture", "no-prefill", "pair")
 GiB = 2 ** 30
 
 
@@ -81,6 +82,11 @@ def run_variant(variant: str, quant: str, max_new_tokens: int) -> dict:
     if variant == "no-prefill":
         base.prefill_buckets = lambda *a, **k: []
     t0 = time.perf_counter()
+    if variant == "pair":
+        drafter = load_drafter("7b-shaped", device=device, quant=quant, dtype=torch.bfloat16)
+        phases.append(snapshot("drafter weights", device) | {"s": time.perf_counter() - t0})
+        configure_decode([drafter], "compiled", max_new_tokens=max_new_tokens)
+        phases.append(snapshot("drafter decode set up", device) | {"s": time.perf_counter() - t0})
     target = load_target("7b-shaped", device=device, quant=quant, dtype=torch.bfloat16)
     phases.append(snapshot("weights", device) | {"s": time.perf_counter() - t0})
     setup = configure_decode([target], "compiled", max_new_tokens=max_new_tokens)["target"]
