@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("out", help="the run's output directory (holding shards/)")
 
     rep = sub.add_parser("report", help="rebuild the report from saved records")
-    rep.add_argument("records", help="records.jsonl of a run")
+    rep.add_argument("records", nargs="+", help="records.jsonl of a run; several (one precision each, e.g. "
+                                                "runs/x/*/records.jsonl): their Precision report")
     rep.add_argument("--out", help="output directory (default: the records' directory)")
 
     ds = sub.add_parser("dataset", help="datasets: generate (DSEC layout), import-dsec, import-seed, build (the older direct build)")
