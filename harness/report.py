@@ -463,6 +463,7 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
 
 
 def _alpha_bracket(lo, hi) -> str:
+    lo, hi = (None if _bad(x) else x for x in (lo, hi))
     if lo is None and hi is None:
         return "no simulated-α sweep"
     if hi is None:
