@@ -303,15 +303,18 @@ def _measure_verify_cost(cfg: RunConfig, drafter, target, writer, records_path: 
                               memory=memory))
 
 
+SHARDED_PRECISIONS = ("--quant with several precisions runs them one after another: launch one sharded run "
+                      "per precision (--quant P --out <dir>/P), then `ppbench report <dir>/*/records.jsonl "
+                      "--out <dir>`")
+
+
 def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None = None) -> int:
     """The run; `sharded` (a shard.ShardRun, under torchrun / accelerate launch) narrows it to
     this process's share and leaves the merge and the report to rank 0. Several precisions go to
     run_precisions, which runs this once per precision (`top`: its folder)."""
     if cfg.multi_precision and top is None:
         if sharded:
-            raise UsageError("--quant with several precisions runs them one after another: launch one "
-                             "sharded run per precision (--quant one --out <dir>/<precision>), then "
-                             "`ppbench report <dir>/*/records.jsonl --out <dir>`")
+            raise UsageError(SHARDED_PRECISIONS)
         return run_precisions(cfg, argv)
     out, run_id = _out_and_id(cfg, sharded)
     records_path = out / "records.jsonl"

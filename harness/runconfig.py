@@ -68,7 +68,8 @@ class RunConfig:
 
     @property
     def multi_precision(self) -> bool:
-        return len(self.quants) > 1
+        """Several precisions asked for (those skipped here count: the report names them absent)."""
+        return len(self.quants) + len(self.skipped_quants) > 1
 
     @property
     def torch_device(self) -> torch.device:

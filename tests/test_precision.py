@@ -179,6 +179,7 @@ def test_quant_list_resolves_with_nf4_skipped_on_cpu():
     cfg = _resolve(quant="nf4,bf16,int4")
     assert cfg.quants == ("none", "int4") and cfg.quant == "none" and cfg.multi_precision and cfg.verify_cost
     assert dict(cfg.skipped_quants)["nf4"].startswith("nf4 needs bitsandbytes' CUDA")
+    assert _resolve(quant="nf4,bf16").multi_precision      # one left on CPU: still a precision run
     assert not _resolve(quant="int4").verify_cost and _resolve(quant="int4", verify_cost="on").verify_cost
     with pytest.raises(UsageError, match="unknown precision 'fp8'"):
         _resolve(quant="nf4,fp8")
@@ -215,3 +216,12 @@ def test_multi_precision_cpu_run_end_to_end(precision_run):
         assert vc[0]["sizes"] == list(range(1, min(max(max(blocks, default=9), 2), 64) + 1))
         assert _row(text, label) == _row(precision_section(records), label)
         assert "## Precision" in (out / label / "report.md").read_text()
+
+
+def test_sharded_run_refuses_several_precisions():
+    """Under torchrun a multi-precision run is refused before the process group starts, with the
+    way to do it (one sharded run per precision, then the combined report)."""
+    from harness import shard
+
+    with pytest.raises(UsageError, match="one sharded run per precision"):
+        shard.main(options.defaults(device="cpu", quant="nf4,int4"), ["run"])
