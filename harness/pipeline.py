@@ -261,18 +261,28 @@ def run_precisions(cfg: RunConfig, argv: list[str]) -> int:
                            f"{precision_label('none', cfg.dtype)} (--dtype bfloat16 measures bf16)")
     for label, why in skipped.items():
         print(f"precision {label}: skipped: {why}", file=sys.stderr)
-    codes = {}
-    for label, sub in subs.items():
-        print(f"== precision {label} ({sub.quant}, {sub.dtype}) -> {sub.out}")
-        codes[label] = run_main(sub, argv, top=out)
-        if codes[label] == EXIT_INTERRUPTED:
-            return EXIT_INTERRUPTED
     meta = {"profile": cfg.profile, "profile_label": PROFILE_LABELS[cfg.profile],
             "device": device_name(cfg.torch_device), "run_id": run_id,
             "command": "ppbench " + " ".join(shlex.quote(a) for a in argv),
             "date": _dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
             "precisions": {k: Path(v.out).name for k, v in subs.items()}, "skipped_precisions": skipped,
-            "exit_codes": codes, **config_meta(cfg)}
+            **config_meta(cfg)}
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)     # meta first: a run cut short still names what it skipped
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    codes = {}
+    for label, sub in subs.items():
+        print(f"== precision {label} ({sub.quant}, {sub.dtype}) -> {sub.out}")
+        try:
+            codes[label] = run_main(sub, argv, top=out)
+        except UsageError:
+            if created and [p.name for p in out.iterdir()] == ["meta.json"]:   # refused at start: no folder
+                (out / "meta.json").unlink()
+                out.rmdir()
+            raise
+        if codes[label] == EXIT_INTERRUPTED:
+            return EXIT_INTERRUPTED
+    meta["exit_codes"] = codes
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     path = write_precision_report({k: Path(v.out) for k, v in subs.items()}, out, meta)
     _link_latest(out)
@@ -479,7 +489,7 @@ def report_main(args) -> int:
     for path in paths:
         if not path.exists():
             raise UsageError(f"no such records file: {path}")
-    if len(paths) > 1:
+    if len(paths) > 1 or getattr(args, "precision", False):
         return precision_report_main(paths, args.out)
     records_path = paths[0]
     out = Path(args.out) if args.out else records_path.parent

@@ -471,11 +471,11 @@ def _alpha_bracket(lo, hi) -> str:
     return f"pays from α={hi:g}" + (f" (≤ 1 at α={lo:g})" if lo is not None else " (every swept α)")
 
 
-def precision_section(records: list[dict], meta: dict | None = None) -> str:
+def precision_section(records: list[dict], meta: dict | None = None, *, always: bool = False) -> str:
     """The precisions side by side (metrics.precision_tables), or "" when no record holds a
-    verify-cost curve: the section needs the curve, which a run measures with several --quant
-    precisions or --verify-cost on."""
-    if not any(r.get("kind") == "verify_cost" for r in records):
+    verify-cost curve (a run measures it with several --quant precisions or --verify-cost on),
+    unless `always` (the report of a multi-precision run, even one cut short before its curves)."""
+    if not always and not any(r.get("kind") == "verify_cost" for r in records):
         return ""
     meta = meta or {}
     pt = M.precision_tables(records)
@@ -744,8 +744,7 @@ def write_precision_report(runs: dict[str, Path], out_dir, meta: dict | None = N
     links = [f"- **{p}:** [{Path(f).name}/report.md]({Path(f).name}/report.md) "
              f"({sum(1 for r in records if M.precision_label(r.get('quant'), r.get('dtype')) == p)} records)"
              for p, f in runs.items()]
-    section = precision_section(records, meta) or ("## Precision\n\nNo precision measured a verify-cost "
-                                                   "curve: see each precision's report.\n")
+    section = precision_section(records, meta, always=True)
     text = "\n".join([header(meta, M.compute_all([]), now), section, "### Each precision's run", "",
                       *links, ""])
     path = out_dir / "report.md"

@@ -125,7 +125,7 @@ for step in "$@"; do
         for d in $P/*/; do
           [ -f $d/records.jsonl ] && [ ! -f $d/report.md ] && python3 -m harness report $d/records.jsonl 2>&1 | tee -a $P/log.txt
         done
-        ls $P/*/records.jsonl >/dev/null 2>&1 && python3 -m harness report $P/*/records.jsonl --out $P 2>&1 | tee -a $P/log.txt
+        ls $P/*/records.jsonl >/dev/null 2>&1 && python3 -m harness report --precision $P/*/records.jsonl --out $P 2>&1 | tee -a $P/log.txt
       fi
       pack precision ;;
     *) echo "unknown step $step"; exit 2 ;;

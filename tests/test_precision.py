@@ -225,3 +225,14 @@ def test_sharded_run_refuses_several_precisions():
 
     with pytest.raises(UsageError, match="one sharded run per precision"):
         shard.main(options.defaults(device="cpu", quant="nf4,int4"), ["run"])
+
+
+def test_precision_report_of_a_run_cut_short(tmp_path, hand_made):
+    """`ppbench report --precision` on one precision's records without a curve (a run cut short
+    before it): the table is still there, that precision measured, its curve cells n/a."""
+    (tmp_path / "nf4").mkdir()
+    (tmp_path / "nf4" / "records.jsonl").write_text(
+        "".join(json.dumps(r) + "\n" for r in hand_made if r["quant"] == "nf4" and r["kind"] != "verify_cost"))
+    assert main(["report", "--precision", str(tmp_path / "nf4" / "records.jsonl"), "--out", str(tmp_path)]) == 0
+    row = _row((tmp_path / "report.md").read_text(), "nf4")
+    assert not row[1].startswith("absent") and row[5] == "n/a / n/a" and row[8] == "n/a"
