@@ -21,6 +21,7 @@ import pandas as pd
 from . import metrics as M
 from .models.input_info import report_lines as input_report_lines
 from .plots import all_plots
+from .records import load_records
 
 OVERLAP_LABELS = {
     "always": "always: the drafter drafts hidden tokens until the target's prefill is done",
@@ -730,8 +731,6 @@ def _part(text: str) -> list[str]:
 def write_precision_report(runs: dict[str, Path], out_dir, meta: dict | None = None) -> Path:
     """The report of a multi-precision run: its Precision section over every precision's records
     (`runs`: precision -> that run's folder), with links to each precision's own report."""
-    from .records import load_records
-
     meta = dict(meta or {})
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,7 @@ from harness import metrics as M
 from harness import options, runconfig
 from harness.cli import main
 from harness.errors import UsageError
+from harness.pipeline import precision_report_main
 from harness.records import load_records
 from harness.report import _alpha_bracket, precision_section
 from harness.verify_cost import CPU_CLOCK, measure_curve
@@ -133,7 +134,6 @@ def test_precision_report_from_several_runs(tmp_path, hand_made):
     (tmp_path / "mixed").mkdir()
     (tmp_path / "mixed" / "records.jsonl").write_text("".join(json.dumps(r) + "\n" for r in hand_made))
     with pytest.raises(UsageError, match="one precision per records file"):
-        from harness.pipeline import precision_report_main
         precision_report_main([tmp_path / "mixed" / "records.jsonl", tmp_path / "nf4" / "records.jsonl"], None)
 
 
@@ -236,3 +236,13 @@ def test_precision_report_of_a_run_cut_short(tmp_path, hand_made):
     assert main(["report", "--precision", str(tmp_path / "nf4" / "records.jsonl"), "--out", str(tmp_path)]) == 0
     row = _row((tmp_path / "report.md").read_text(), "nf4")
     assert not row[1].startswith("absent") and row[5] == "n/a / n/a" and row[8] == "n/a"
+
+
+def test_rerun_into_a_measured_precision_run_is_refused_before_anything_runs(precision_run, capsys):
+    """The same --out again without --resume: exit 2, one line naming the first precision's records,
+    and no precision re-measured (records unchanged)."""
+    out, _ = precision_run
+    before = (out / "int4" / "records.jsonl").read_text()
+    assert main(["run", "--quant", "bf16,int4", "--durations", "500ms", "--out", str(out), "--no-progress"]) == 2
+    assert "fp32/records.jsonl already holds records; pass --resume" in capsys.readouterr().err
+    assert (out / "int4" / "records.jsonl").read_text() == before
