@@ -34,7 +34,7 @@ from .options import DEFAULT_DURATIONS  # noqa: F401  (re-exported: tests parame
 from .records import RecordWriter, done_keys, has_shards, load_records, record_key, repair_torn_tail
 from .report import write_precision_report, write_report
 from .runconfig import RunConfig
-from .stages import error_info, run_stage_pipeline, warm_up
+from .stages import error_info, free_memory, run_stage_pipeline, warm_up
 
 
 # -- settings ---------------------------------------------------------------------------------------
@@ -272,7 +272,11 @@ def run_precisions(cfg: RunConfig, argv: list[str]) -> int:
     (out / "meta.json").write_text(json.dumps(meta, indent=2))
     codes = {}
     for label, sub in subs.items():
-        print(f"== precision {label} ({sub.quant}, {sub.dtype}) -> {sub.out}")
+        before = _release_models(cfg)
+        if before is not None:
+            meta.setdefault("device_used_before_bytes", {})[label] = before
+        print(f"== precision {label} ({sub.quant}, {sub.dtype}) -> {sub.out}"
+              + (f"; GPU memory in use before it: {before / 2**30:.2f} GiB" if before is not None else ""))
         try:
             codes[label] = run_main(sub, argv, top=out)
         except UsageError:
@@ -289,6 +293,20 @@ def run_precisions(cfg: RunConfig, argv: list[str]) -> int:
     print(f"precision report: {path} ({', '.join(subs)}"
           + (f"; absent: {', '.join(skipped)}" if skipped else "") + ")")
     return max(codes.values(), default=EXIT_OK)
+
+
+def _release_models(cfg: RunConfig) -> int | None:
+    """Frees what the previous precision's run left (models, graphs, compiled code) before the next
+    loads, so each precision's whole-GPU memory is its own; -> the target GPU's bytes in use now
+    (NVML, every process) on CUDA, None on CPU."""
+    free_memory(cfg.torch_device)
+    if cfg.torch_device.type != "cuda":
+        return None
+    torch._dynamo.reset()          # compiled steps hold the previous models' modules
+    free_memory(cfg.torch_device)
+    from .gpu_memory import used_bytes
+
+    return used_bytes(cfg.torch_device)["device_used"]
 
 
 def _measure_verify_cost(cfg: RunConfig, drafter, target, writer, records_path: Path, record_meta: dict,

@@ -740,9 +740,11 @@ def write_precision_report(runs: dict[str, Path], out_dir, meta: dict | None = N
     results = {"generated": now, "meta": meta, **{f"precision_{k}": _jsonable(v) for k, v in pt.items()}}
     (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str, allow_nan=False),
                                           encoding="utf-8")
+    before = meta.get("device_used_before_bytes") or {}
     links = [f"- **{p}:** [{Path(f).name}/report.md]({Path(f).name}/report.md) "
-             f"({sum(1 for r in records if M.precision_label(r.get('quant'), r.get('dtype')) == p)} records)"
-             for p, f in runs.items()]
+             f"({sum(1 for r in records if M.precision_label(r.get('quant'), r.get('dtype')) == p)} records"
+             + (f"; GPU memory in use before its models loaded, all processes: {gib(before[p])}" if p in before else "")
+             + ")" for p, f in runs.items()]
     section = precision_section(records, meta, always=True)
     text = "\n".join([header(meta, M.compute_all([]), now), section, "### Each precision's run", "",
                       *links, ""])
