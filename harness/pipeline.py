@@ -27,6 +27,7 @@ from .drafter_process import DrafterProcess
 from .engine import resolve_overlap
 from .engine_suite import run_engine_suite
 from .errors import DataError, UsageError
+from .gpu_memory import used_bytes
 from .metrics import MODELS, dedupe, precision_label
 from .models.input_info import describe_inputs
 from .models.profiles import configure_decode, load_drafter, load_target
@@ -35,6 +36,7 @@ from .records import RecordWriter, done_keys, has_shards, load_records, record_k
 from .report import write_precision_report, write_report
 from .runconfig import RunConfig
 from .stages import error_info, free_memory, run_stage_pipeline, warm_up
+from .verify_cost import curve_record, curve_sizes
 
 
 # -- settings ---------------------------------------------------------------------------------------
@@ -304,8 +306,6 @@ def _release_models(cfg: RunConfig) -> int | None:
         return None
     torch._dynamo.reset()          # compiled steps hold the previous models' modules
     free_memory(cfg.torch_device)
-    from .gpu_memory import used_bytes
-
     return used_bytes(cfg.torch_device)["device_used"]
 
 
@@ -313,8 +313,6 @@ def _measure_verify_cost(cfg: RunConfig, drafter, target, writer, records_path: 
                          done: set, sampler) -> None:
     """The run's verify_cost record (verify_cost.curve_record) for M = 1..its largest hidden block,
     once per run (a resumed run keeps a measured one)."""
-    from .verify_cost import curve_record, curve_sizes
-
     label = precision_label(cfg.quant, cfg.dtype)
     if ("verify_cost", "all", f"verify-cost-{label}", "target") in done:
         return
