@@ -120,7 +120,7 @@ for step in "$@"; do
             --samples-per-duration "${SAMPLES:-2}" --gammas adaptive --alphas "${ALPHAS:-0,0.7,0.9}"
             --assisted off --drafter-process "${DRAFTER_PROCESS:-off}" ${DTYPE:+--dtype $DTYPE})
       echo "== precision: ppbench run ${args[*]}" | tee $P/command.txt
-      timeout "$(cap "${PRECISION_SECS:-225}")" python3 -m harness run "${args[@]}" 2>&1 | grep -v Warning | tee $P/log.txt
+      timeout "$(cap "${PRECISION_SECS:-210}")" python3 -m harness run "${args[@]}" 2>&1 | grep -v Warning | tee $P/log.txt
       if [ ! -f $P/report.md ]; then    # cut short: each precision's report, then the table from what exists
         for d in $P/*/; do
           [ -f $d/records.jsonl ] && [ ! -f $d/report.md ] && python3 -m harness report $d/records.jsonl 2>&1 | tee -a $P/log.txt
