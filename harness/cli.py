@@ -53,8 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     mrg.add_argument("out", help="the run's output directory (holding shards/)")
 
     rep = sub.add_parser("report", help="rebuild the report from saved records")
-    rep.add_argument("records", help="records.jsonl of a run")
+    rep.add_argument("records", nargs="+", help="records.jsonl of a run; several (one precision each, e.g. "
+                                                "runs/x/*/records.jsonl): their Precision report")
     rep.add_argument("--out", help="output directory (default: the records' directory)")
+    rep.add_argument("--precision", action="store_true",
+                     help="the Precision report (one precision per records file), also from one file")
 
     ds = sub.add_parser("dataset", help="datasets: generate (DSEC layout), import-dsec, import-seed, build (the older direct build)")
     ds_sub = ds.add_subparsers(dest="dataset_command", required=True)

@@ -182,13 +182,16 @@ def sort_datasets(labels: Iterable[str]) -> list[str]:
 
 
 # -- record validation and frames ------------------------------------------------------------------
+RECORD_KINDS = ("stages", "engine", "verify_cost")
+
+
 def _check(r: dict, i: int) -> None:
     sample = r.get("sample_id") if isinstance(r, dict) else None
-    if not isinstance(r, dict) or r.get("kind") not in ("stages", "engine"):
-        raise DataError(f"record {i} has no known kind (expected 'stages' or 'engine')",
+    if not isinstance(r, dict) or r.get("kind") not in RECORD_KINDS:
+        raise DataError(f"record {i} has no known kind (expected one of {', '.join(RECORD_KINDS)})",
                         sample=sample)
-    need = ["dataset", "sample_id"] + (["model", "stages_ms"] if r["kind"] == "stages"
-                                       else ["mode", "e2e_ms"])
+    need = ["dataset", "sample_id"] + {"stages": ["model", "stages_ms"], "engine": ["mode", "e2e_ms"],
+                                       "verify_cost": ["model", "quant", "curve_ms"]}[r["kind"]]
     missing = [k for k in need if k not in r]
     if missing:
         raise DataError(f"record {i} ({r['kind']}) lacks {missing}", sample=sample)
@@ -681,6 +684,100 @@ def break_even_alpha(curve: Mapping[int, float], block: int) -> float:
     return (lo + hi) / 2
 
 
+def measured_break_even(speedups: Mapping[float, float]) -> tuple[float | None, float | None]:
+    """Where the measured speedup vs target-only crosses 1 over a sweep of simulated alpha: (the
+    largest swept alpha whose speedup is <= 1, the smallest larger one whose speedup is > 1).
+    (None, a): it pays at every swept alpha from a; (a, None): at none up to a. Swept alphas
+    bracket the break-even; they do not locate it."""
+    points = sorted((float(a), float(v)) for a, v in speedups.items() if not math.isnan(float(v)))
+    if not points:
+        return None, None
+    lo = max((a for a, v in points if v <= 1.0), default=None)
+    hi = min((a for a, v in points if v > 1.0 and (lo is None or a > lo)), default=None)
+    return lo, hi
+
+
+# -- precisions side by side (issue 19) ------------------------------------------------------------
+PRECISIONS = ("nf4", "bf16", "int4")      # the issue's three, always listed (absent when not measured)
+_DTYPE_SHORT = {"bfloat16": "bf16", "float32": "fp32", "float16": "fp16"}
+
+
+def precision_label(quant, dtype) -> str:
+    """nf4 / int4, or for unquantized weights (quant none) the compute dtype: bf16 on CUDA, fp32 on CPU."""
+    if quant and quant != "none":
+        return str(quant)
+    return _DTYPE_SHORT.get(str(dtype), str(dtype or "none"))
+
+
+def curve_medians(record: dict) -> dict[int, float]:
+    """{M: median ms} of a verify_cost record's rounds (JSON keys are strings)."""
+    return {int(m): float(np.median(v)) for m, v in record["curve_ms"].items() if v}
+
+
+def hidden_block_size(records: Iterable[dict]) -> float:
+    """Median hidden block (drafts verified in the first step) of the completed parallel records."""
+    blocks = [r["hidden_block"] for r in records if r.get("kind") == "engine" and r.get("mode") == "parallel"
+              and not r.get("error") and r.get("hidden_block")]
+    return float(np.ceil(np.median(blocks))) if blocks else math.nan
+
+
+def precision_tables(records: Iterable[dict], gamma: str | None = None) -> dict[str, pd.DataFrame]:
+    """Per precision (records grouped by precision_label of their quant and dtype, each group
+    deduplicated on its own: the same sample measured in two precisions is two measurements):
+    "table" one row per precision: target TPOT and prefill (means over the target's successful
+    stage records), the hidden block B (hidden_block_size), the verify cost c(1) and c(B) from the
+    measured curve, break_even_accepted / break_even_alpha at B, the memory the verify_cost record
+    holds, and the measured break-even bracket over the simulated-alpha sweep
+    (measured_break_even, speedups at `gamma`: the first gamma of the records by default); "curve"
+    precision x M: median ms and ms / c(1); "speedups" precision x gamma x alpha: measured speedup
+    vs target-only (engine_summary, all datasets, parallel mode). PRECISIONS are always rows;
+    one that has no records is marked measured=False with every value NaN (absent, not zero)."""
+    groups: dict[str, list[dict]] = {}
+    for r in records:
+        groups.setdefault(precision_label(r.get("quant"), r.get("dtype")), []).append(r)
+    rows, curve_rows, speed_rows = [], [], []
+    for label in [*PRECISIONS, *sorted(set(groups) - set(PRECISIONS))]:
+        mine = dedupe(groups.get(label, []))
+        stages, engine = stage_frame(mine), engine_frame(mine)
+        summary = engine_summary(engine)
+        vc = [r for r in mine if r["kind"] == "verify_cost" and not r.get("error")]
+        curve = curve_medians(vc[-1]) if vc else {}
+        target = stages[stages["ok"] & (stages["model"] == "target")]
+        block = hidden_block_size(mine)
+        par_records = engine[engine["mode"] == "parallel"] if len(engine) else engine
+        g = gamma if gamma is not None else (str(par_records["gamma"].iloc[0]) if len(par_records) else None)
+        speed = {}
+        if not summary.empty:
+            par = summary[(summary["dataset"] == "all") & (summary["mode"] == "parallel")]
+            for _, s in par.iterrows():
+                speed_rows.append({"precision": label, "gamma": s["gamma"], "alpha": s["alpha"],
+                                   "speedup": s["speedup_vs_target_only"], "count": s["count"]})
+            speed = {float(s["alpha"]): s["speedup_vs_target_only"] for _, s in par.iterrows()
+                     if s["gamma"] == g and s["alpha"] != "real"}
+        lo, hi = measured_break_even(speed)
+        c1 = verify_cost(curve, 1) if curve else math.nan
+        b = int(block) if not math.isnan(block) else None
+        for m, v in sorted(curve.items()):
+            curve_rows.append({"precision": label, "m": m, "ms": v, "over_decode": v / c1})
+        mem = (vc[-1].get("memory") or {}) if vc else {}
+        rows.append({
+            "precision": label, "measured": bool(mine),
+            "quant": mine[0].get("quant") if mine else None, "dtype": mine[0].get("dtype") if mine else None,
+            "decode_impl": mine[0].get("decode_impl") if mine else None,
+            "tpot_ms": float(target["tpot_ms"].mean()) if len(target) else math.nan,
+            "prefill_ms": float(target["prefill_ms"].mean()) if len(target) else math.nan,
+            "block": block, "curve_max_m": max(curve) if curve else math.nan,
+            "verify_1_ms": c1, "verify_block_ms": verify_cost(curve, b) if curve and b else math.nan,
+            "break_even_accepted": break_even_accepted(curve, b) if curve and b else math.nan,
+            "break_even_alpha": break_even_alpha(curve, b) if curve and b else math.nan,
+            "memory_bytes": mem.get("bytes"), "memory_what": mem.get("what"),
+            "clock": vc[-1].get("clock") if vc else None,
+            "gamma": g,
+            "measured_break_even_lo": lo, "measured_break_even_hi": hi})
+    return {"table": pd.DataFrame(rows), "curve": pd.DataFrame(curve_rows, columns=["precision", "m", "ms", "over_decode"]),
+            "speedups": pd.DataFrame(speed_rows, columns=["precision", "gamma", "alpha", "speedup", "count"])}
+
+
 # -- everything ------------------------------------------------------------------------------------
 def compute_all(records: Iterable[dict]) -> dict[str, pd.DataFrame]:
     records = dedupe(records)
@@ -755,12 +852,12 @@ def sample_costs_ms(records: Iterable[dict]) -> dict[tuple, dict]:
     without model loading, warm-up or report time."""
     out: dict[tuple, dict] = {}
     for r in dedupe(records):
-        if r.get("error"):
+        if r.get("error") or r.get("kind") == "verify_cost":
             continue
         part = out.setdefault((r["dataset"], r["sample_id"]), {"stages": 0.0, "engine": 0.0})
         if r.get("kind") == "engine":
             part["engine"] += float(r.get("e2e_ms") or 0.0)
-        else:
+        elif r.get("kind") == "stages":
             part["stages"] += total_ms(r["stages_ms"])
     return out
 

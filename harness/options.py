@@ -82,8 +82,10 @@ OPTIONS: tuple[Option, ...] = (
     Option("drafter_device", "put the drafter on another device, e.g. cuda:1 (default: the target's)",
            kwargs={"metavar": "DEVICE"}),
     Option("quant", "LLM linear weights: nf4 (bitsandbytes 4-bit), int4 (torch tinygemm, group 128) or none "
-           "(the compute dtype); default nf4 on CUDA, none on CPU",
-           choices=QUANTS),
+           "(the compute dtype; bf16 is accepted for it); default nf4 on CUDA, none on CPU. Several, comma-"
+           "separated (e.g. nf4,bf16,int4), run one after another on the same samples, each into "
+           "<out>/<precision>/, and <out>/report.md puts them side by side (its Precision section)",
+           kwargs={"metavar": "QUANT[,QUANT...]"}),
     Option("dtype", "compute dtype; default bfloat16 on CUDA, float32 on CPU", choices=DTYPES),
     # decoding
     Option("max_new_tokens", "new tokens per generation", "50", type=int),
@@ -111,6 +113,9 @@ OPTIONS: tuple[Option, ...] = (
            pytest=None),
     Option("alphas", "simulated acceptance rates in [0, 1] to sweep, e.g. 0,0.35,0.7,0.9 (every result "
            "they give is labelled simulated)", "", pytest=None),
+    Option("verify_cost", "measure the target's verify-cost curve (one step of M = 1..the run's largest hidden "
+           "block tokens) after the engine runs, for the report's Precision section; auto: on when --quant "
+           "lists several precisions", "auto", pytest=None, choices=("auto", "on", "off")),
     Option("assisted", "also try transformers' assisted generation as a baseline", "on", pytest=None,
            choices=("on", "off")),
     # output

@@ -27,14 +27,16 @@ from .drafter_process import DrafterProcess
 from .engine import resolve_overlap
 from .engine_suite import run_engine_suite
 from .errors import DataError, UsageError
-from .metrics import MODELS, dedupe
+from .gpu_memory import used_bytes
+from .metrics import MODELS, dedupe, precision_label
 from .models.input_info import describe_inputs
 from .models.profiles import configure_decode, load_drafter, load_target
 from .options import DEFAULT_DURATIONS  # noqa: F401  (re-exported: tests parametrize over it)
 from .records import RecordWriter, done_keys, has_shards, load_records, record_key, repair_torn_tail
-from .report import write_report
+from .report import write_precision_report, write_report
 from .runconfig import RunConfig
-from .stages import error_info, run_stage_pipeline, warm_up
+from .stages import error_info, free_memory, run_stage_pipeline, warm_up
+from .verify_cost import curve_record, curve_sizes
 
 
 # -- settings ---------------------------------------------------------------------------------------
@@ -233,11 +235,114 @@ def resume_command(argv: list[str], out: Path) -> str:
     return "ppbench " + " ".join(shlex.quote(a) for a in args)
 
 
-def run_main(cfg: RunConfig, argv: list[str], sharded=None) -> int:
-    """The run; `sharded` (a shard.ShardRun, under torchrun / accelerate launch) narrows it to
-    this process's share and leaves the merge and the report to rank 0."""
+def _out_and_id(cfg: RunConfig, sharded=None) -> tuple[Path, str]:
     run_id = sharded.run_id if sharded else _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    out = Path(cfg.out) if cfg.out else Path("runs") / run_id
+    return (Path(cfg.out) if cfg.out else Path("runs") / run_id), run_id
+
+
+def _refuse_existing(records_path: Path, cfg: RunConfig) -> None:
+    if records_path.exists() and records_path.stat().st_size > 0 and not cfg.resume:
+        raise UsageError(f"{records_path} already holds records; pass --resume to continue that run, "
+                         "or another --out")
+
+
+def run_precisions(cfg: RunConfig, argv: list[str]) -> int:
+    """`--quant` with several precisions: one run per precision, one after another on the same
+    samples and engine settings, each into <out>/<precision>/ with its records, meta and report
+    (and its verify-cost curve); then <out>/report.md with the Precision section over all of them.
+    A precision this device cannot measure (nf4 on CPU) is named absent, with why."""
+    out, run_id = _out_and_id(cfg)
+    subs = {precision_label(q, cfg.dtype): dataclasses.replace(
+        cfg, quant=q, quants=(q,), skipped_quants=(), out=str(out / precision_label(q, cfg.dtype)))
+        for q in cfg.quants}
+    for sub in subs.values():                 # refuse before any precision runs
+        _refuse_existing(Path(sub.out) / "records.jsonl", sub)
+    skipped = {precision_label(q, cfg.dtype): why for q, why in cfg.skipped_quants}
+    if "none" in cfg.quants and cfg.dtype != "bfloat16":
+        skipped["bf16"] = (f"unquantized weights run in the compute dtype, {cfg.dtype} here: measured as "
+                           f"{precision_label('none', cfg.dtype)} (--dtype bfloat16 measures bf16)")
+    for label, why in skipped.items():
+        print(f"precision {label}: skipped: {why}", file=sys.stderr)
+    meta = {"profile": cfg.profile, "profile_label": PROFILE_LABELS[cfg.profile],
+            "device": device_name(cfg.torch_device), "run_id": run_id,
+            "command": "ppbench " + " ".join(shlex.quote(a) for a in argv),
+            "date": _dt.datetime.now().isoformat(timespec="seconds"), "commit": git_commit(),
+            "precisions": {k: Path(v.out).name for k, v in subs.items()}, "skipped_precisions": skipped,
+            **config_meta(cfg)}
+    created = not out.exists()
+    out.mkdir(parents=True, exist_ok=True)     # meta first: a run cut short still names what it skipped
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    codes = {}
+    for label, sub in subs.items():
+        before = _release_models(cfg)
+        if before is not None:
+            meta.setdefault("device_used_before_bytes", {})[label] = before
+        print(f"== precision {label} ({sub.quant}, {sub.dtype}) -> {sub.out}"
+              + (f"; GPU memory in use before it: {before / 2**30:.2f} GiB" if before is not None else ""))
+        try:
+            codes[label] = run_main(sub, argv, top=out)
+        except UsageError:
+            if created and [p.name for p in out.iterdir()] == ["meta.json"]:   # refused at start: no folder
+                (out / "meta.json").unlink()
+                out.rmdir()
+            raise
+        if codes[label] == EXIT_INTERRUPTED:
+            return EXIT_INTERRUPTED
+    meta["exit_codes"] = codes
+    (out / "meta.json").write_text(json.dumps(meta, indent=2))
+    path = write_precision_report({k: Path(v.out) for k, v in subs.items()}, out, meta)
+    _link_latest(out)
+    print(f"precision report: {path} ({', '.join(subs)}"
+          + (f"; absent: {', '.join(skipped)}" if skipped else "") + ")")
+    return max(codes.values(), default=EXIT_OK)
+
+
+def _release_models(cfg: RunConfig) -> int | None:
+    """Frees what the previous precision's run left (models, graphs, compiled code) before the next
+    loads, so each precision's whole-GPU memory is its own; -> the target GPU's bytes in use now
+    (NVML, every process) on CUDA, None on CPU."""
+    free_memory(cfg.torch_device)
+    if cfg.torch_device.type != "cuda":
+        return None
+    torch._dynamo.reset()          # compiled steps hold the previous models' modules
+    free_memory(cfg.torch_device)
+    return used_bytes(cfg.torch_device)["device_used"]
+
+
+def _measure_verify_cost(cfg: RunConfig, drafter, target, writer, records_path: Path, record_meta: dict,
+                         done: set, sampler) -> None:
+    """The run's verify_cost record (verify_cost.curve_record) for M = 1..its largest hidden block,
+    once per run (a resumed run keeps a measured one)."""
+    label = precision_label(cfg.quant, cfg.dtype)
+    if ("verify_cost", "all", f"verify-cost-{label}", "target") in done:
+        return
+    if sampler.devices:
+        sampler.sample()
+        peaks = sampler.peaks()
+        memory = {"bytes": sum(p["peak_device_used_bytes"] for p in peaks.values()),
+                  "what": f"whole-GPU peak, all processes, {' + '.join(peaks)} "
+                          f"({', '.join(sorted({str(p['source']) for p in peaks.values()}))})"}
+    else:
+        memory = {"bytes": drafter.memory_footprint() + target.memory_footprint(),
+                  "what": "CPU: both models' weights (parameters + buffers), no device-wide measure"}
+    writer.write(curve_record(target, sizes=curve_sizes(load_records(records_path)), meta=record_meta,
+                              memory=memory))
+
+
+SHARDED_PRECISIONS = ("--quant with several precisions runs them one after another: launch one sharded run "
+                      "per precision (--quant P --out <dir>/P), then `ppbench report <dir>/*/records.jsonl "
+                      "--out <dir>`")
+
+
+def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None = None) -> int:
+    """The run; `sharded` (a shard.ShardRun, under torchrun / accelerate launch) narrows it to
+    this process's share and leaves the merge and the report to rank 0. Several precisions go to
+    run_precisions, which runs this once per precision (`top`: its folder)."""
+    if cfg.multi_precision and top is None:
+        if sharded:
+            raise UsageError(SHARDED_PRECISIONS)
+        return run_precisions(cfg, argv)
+    out, run_id = _out_and_id(cfg, sharded)
     records_path = out / "records.jsonl"
     has_records = records_path.exists() and records_path.stat().st_size > 0
     if has_shards(out):
@@ -296,7 +401,8 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None) -> int:
         repair_torn_tail(records_path)
         done = done_keys(load_records(records_path)) if cfg.resume else set()
     if not sharded or sharded.rank == 0:
-        _link_latest(out)
+        if top is None:
+            _link_latest(out)
         (out / "meta.json").write_text(json.dumps(meta, indent=2))
     try:
         if samples and cfg.warmup:
@@ -319,12 +425,14 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None) -> int:
                 finally:
                     if proc is not None:
                         proc.close()
+            if cfg.verify_cost and not sharded:
+                _measure_verify_cost(cfg, drafter, target, writer, records_path, record_meta, done, sampler)
     except KeyboardInterrupt:
         if sharded:
             return EXIT_INTERRUPTED   # shard.ShardRun.run prints what is kept and the resume command
         n = len(load_records(records_path))
         print(f"\ninterrupted: {n} records kept in {records_path}\ncontinue with: "
-              f"{resume_command(argv, out)}", file=sys.stderr)
+              f"{resume_command(argv, top or out)}", file=sys.stderr)
         return EXIT_INTERRUPTED
     if sampler.devices:
         meta["gpu_memory"] = sampler.peaks()
@@ -393,13 +501,38 @@ def _write_report(records_path: Path, out: Path, meta: dict) -> int:
 
 
 def report_main(args) -> int:
-    records_path = Path(args.records)
-    if not records_path.exists():
-        raise UsageError(f"no such records file: {records_path}")
+    paths = [Path(r) for r in (args.records if isinstance(args.records, list) else [args.records])]
+    for path in paths:
+        if not path.exists():
+            raise UsageError(f"no such records file: {path}")
+    if len(paths) > 1 or getattr(args, "precision", False):
+        return precision_report_main(paths, args.out)
+    records_path = paths[0]
     out = Path(args.out) if args.out else records_path.parent
     meta_path = records_path.parent / "meta.json"
     meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
     return _write_report(records_path, out, meta)
+
+
+def precision_report_main(paths: list[Path], out: str | None) -> int:
+    """`ppbench report A/records.jsonl B/records.jsonl ...`: the Precision report over several runs
+    (one precision each), into --out (default: the runs' common parent folder)."""
+    runs = {}
+    for path in paths:
+        records = load_records(path)
+        labels = sorted({precision_label(r.get("quant"), r.get("dtype")) for r in records})
+        if len(labels) != 1:
+            raise UsageError(f"{path}: a precision report needs one precision per records file, found "
+                             f"{', '.join(labels) or 'no records'}")
+        if labels[0] in runs:
+            raise UsageError(f"{path}: precision {labels[0]} is also in {runs[labels[0]] / 'records.jsonl'}")
+        runs[labels[0]] = path.parent
+    folder = Path(out) if out else Path(os.path.commonpath([str(p.parent.resolve()) for p in paths]))
+    meta_path = folder / "meta.json"
+    meta = json.loads(meta_path.read_text()) if meta_path.exists() else {}
+    path = write_precision_report(runs, folder, meta)
+    print(f"precision report: {path} ({', '.join(runs)})")
+    return EXIT_OK
 
 
 def dataset_main(args) -> int:

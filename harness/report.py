@@ -21,6 +21,7 @@ import pandas as pd
 from . import metrics as M
 from .models.input_info import report_lines as input_report_lines
 from .plots import all_plots
+from .records import load_records
 
 OVERLAP_LABELS = {
     "always": "always: the drafter drafts hidden tokens until the target's prefill is done",
@@ -462,6 +463,79 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
     return "\n".join(out) + "\n"
 
 
+def _alpha_bracket(lo, hi) -> str:
+    lo, hi = (None if _bad(x) else x for x in (lo, hi))
+    if lo is None and hi is None:
+        return "no simulated-α sweep"
+    if hi is None:
+        return f"pays at no swept α (speedup ≤ 1 up to α={lo:g})"
+    return f"pays from α={hi:g}" + (f" (≤ 1 at α={lo:g})" if lo is not None else " (every swept α)")
+
+
+def precision_section(records: list[dict], meta: dict | None = None, *, always: bool = False) -> str:
+    """The precisions side by side (metrics.precision_tables), or "" when no record holds a
+    verify-cost curve (a run measures it with several --quant precisions or --verify-cost on),
+    unless `always` (the report of a multi-precision run, even one cut short before its curves)."""
+    if not always and not any(r.get("kind") == "verify_cost" for r in records):
+        return ""
+    meta = meta or {}
+    pt = M.precision_tables(records)
+    table, curve, speeds = pt["table"], pt["curve"], pt["speedups"]
+    skipped = meta.get("skipped_precisions") or {}
+    alphas = sorted({a for a in speeds["alpha"] if a != "real"}, key=float)
+    rows = []
+    for _, r in table.iterrows():
+        if not r["measured"]:
+            why = skipped.get(r["precision"]) or "not measured in this run"
+            rows.append([r["precision"], f"absent: {why}"] + ["—"] * (8 + len(alphas)))
+            continue
+        sp = speeds[(speeds["precision"] == r["precision"]) & (speeds["gamma"] == r["gamma"])].set_index("alpha")
+        b = "n/a" if _bad(r["block"]) else f"{int(r['block'])}"
+        rows.append([r["precision"], r["decode_impl"] or "?", ms(r["tpot_ms"]), ms(r["prefill_ms"]), b,
+                     f"{ms(r['verify_1_ms'])} / {ms(r['verify_block_ms'])}",
+                     ratio(_ratio_or_nan(r["verify_block_ms"], r["verify_1_ms"])),
+                     num(r["break_even_accepted"], 2), num(r["break_even_alpha"], 2),
+                     f"{_size(r['memory_bytes'])} ({r['memory_what']})" if isinstance(r["memory_what"], str) else "n/a",
+                     *[ratio(sp.loc[a, "speedup"]) if a in sp.index else "n/a" for a in alphas],
+                     _alpha_bracket(r["measured_break_even_lo"], r["measured_break_even_hi"])])
+    header = ["Precision", "Decode", "Target TPOT", "Target prefill", "Hidden block B", "Verify c(1) / c(B)",
+              "c(B) ÷ c(1)", "Break-even accepted", "Break-even α (predicted)", "Memory",
+              *[f"Speedup, simulated α={a}" for a in alphas], "Break-even α (measured, simulated α sweep)"]
+    clock = next((c for c in table["clock"] if isinstance(c, str)), "")
+    out = ["## Precision", "",
+           "Each precision on the same samples, engine and decode implementation, one run after another "
+           "(each its own records and report). Target TPOT and prefill: means over the target's "
+           "successful stage records. The hidden block B: the median number of drafts the engine "
+           "verified in its first step (parallel records). Verify c(M): the median device time of one "
+           f"target step of M tokens after the prompt ({clock}), from the measured verify-cost curve "
+           "below. Break-even: the hidden block pays once more than c(B) ÷ c(1) − 1 drafts after the "
+           "first are accepted (`metrics.break_even_accepted`), i.e. from the i.i.d. acceptance "
+           "`metrics.break_even_alpha` — a prediction from the curve. The speedups are MEASURED "
+           "(engine vs target-only, paired by sample, all durations, γ of the row's first parallel "
+           "records) at **simulated α** (not real drafter outputs); their last column is where they "
+           "cross 1 over the swept α. A precision the run did not measure is *absent*, never 0.", "",
+           md_table(header, rows), ""]
+    if not curve.empty:
+        labels = [p for p in table["precision"] if p in set(curve["precision"])]
+        by = {p: curve[curve["precision"] == p].set_index("m") for p in labels}
+        ms_rows = []
+        for m in sorted(set(curve["m"])):
+            ms_rows.append([m] + [f"{num(by[p].loc[m, 'ms'], 3)} ({ratio(by[p].loc[m, 'over_decode'])})"
+                                  if m in by[p].index else "not measured" for p in labels])
+        out += [f"Verify-cost curve: ms of one target step of M tokens ({clock}; median over its rounds), "
+                "and in decode steps c(M) ÷ c(1):", "",
+                md_table(["M", *labels], ms_rows), ""]
+    return "\n".join(out)
+
+
+def _size(x) -> str:
+    return gib(x) if _bad(x) or x >= 2**30 else f"{x / 2**20:.1f} MiB"
+
+
+def _ratio_or_nan(a, b) -> float:
+    return math.nan if _bad(a) or _bad(b) or not b else a / b
+
+
 def findings(tables: dict, names: dict) -> list[str]:
     """Templated statements, each emitted only when the values it cites exist."""
     out = []
@@ -650,6 +724,35 @@ def _clean(x):
     return x
 
 
+def _part(text: str) -> list[str]:
+    return [text, "---"] if text else []
+
+
+def write_precision_report(runs: dict[str, Path], out_dir, meta: dict | None = None) -> Path:
+    """The report of a multi-precision run: its Precision section over every precision's records
+    (`runs`: precision -> that run's folder), with links to each precision's own report."""
+    meta = dict(meta or {})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    records = [r for folder in runs.values() for r in load_records(Path(folder) / "records.jsonl")]
+    now = _dt.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    pt = M.precision_tables(records)
+    results = {"generated": now, "meta": meta, **{f"precision_{k}": _jsonable(v) for k, v in pt.items()}}
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1, default=str, allow_nan=False),
+                                          encoding="utf-8")
+    before = meta.get("device_used_before_bytes") or {}
+    links = [f"- **{p}:** [{Path(f).name}/report.md]({Path(f).name}/report.md) "
+             f"({sum(1 for r in records if M.precision_label(r.get('quant'), r.get('dtype')) == p)} records"
+             + (f"; GPU memory in use before its models loaded, all processes: {gib(before[p])}" if p in before else "")
+             + ")" for p, f in runs.items()]
+    section = precision_section(records, meta, always=True)
+    text = "\n".join([header(meta, M.compute_all([]), now), section, "### Each precision's run", "",
+                      *links, ""])
+    path = out_dir / "report.md"
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
 def write_report(records: list[dict], out_dir, meta: dict | None = None) -> Path:
     """Writes report.md, results.json, samples.csv and PNG plots into out_dir; returns report.md."""
     meta = dict(meta or {})
@@ -671,7 +774,8 @@ def write_report(records: list[dict], out_dir, meta: dict | None = None) -> Path
 
     parts = [header(meta, tables, now), executive_summary(tables, names), "---",
              results_table(tables, names), "---", stage_breakdown(tables, names), "---",
-             parallel_prefill(tables, names), "---", scaling(tables, names, plots), "---",
+             parallel_prefill(tables, names), "---", *_part(precision_section(records, meta)),
+             scaling(tables, names, plots), "---",
              configuration(meta, tables, names), "---",
              "## Key findings\n\n" + ("\n".join(f"{i}. {s}" for i, s in enumerate(find, 1))
                                       or "No findings: no successful records.") + "\n",

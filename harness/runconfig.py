@@ -17,7 +17,7 @@ from .data.dataset import DURATIONS
 from .engine import resolve_overlap
 from .errors import UsageError
 from .models.static_decode import resolve_decode_impl
-from .options import BY_NAME, DRAFTER_PROCESS_CHOICES
+from .options import BY_NAME, DRAFTER_PROCESS_CHOICES, QUANTS
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 INJECT_STAGES = ("load", "preprocess", "vision", "prefill", "decode")
@@ -36,7 +36,7 @@ class RunConfig:
     samples_per_duration: int
     device: str                  # resolved: "cpu", "cuda", "cuda:N"
     drafter_device: str          # resolved: the target's device unless given
-    quant: str                   # "nf4" | "none"
+    quant: str                   # this run's precision: "nf4" | "int4" | "none"
     dtype: str                   # "float32" | "bfloat16" | "float16"
     max_new_tokens: int
     stop_at_eos: bool
@@ -62,6 +62,14 @@ class RunConfig:
     inject_delay: str | None = None
     event_images: int = 5              # drafter event images per sample (1 or 5)
     videollava_prompt: str = "model-card"   # target prompt template (models/videollava.py TEMPLATES)
+    quants: tuple[str, ...] = ()       # every precision of a multi-precision run (() : just `quant`)
+    skipped_quants: tuple = ()         # ((quant, why), ...): asked for, not measurable here
+    verify_cost: bool = False          # resolved: measure the target's verify-cost curve
+
+    @property
+    def multi_precision(self) -> bool:
+        """Several precisions asked for (those skipped here count: the report names them absent)."""
+        return len(self.quants) + len(self.skipped_quants) > 1
 
     @property
     def torch_device(self) -> torch.device:
@@ -159,6 +167,28 @@ def resolve_device(name: str, flag: str = "--device") -> str:
     return name
 
 
+QUANT_ALIASES = {"bf16": "none"}
+NF4_NEEDS_CUDA = ("nf4 needs bitsandbytes' CUDA kernels: its CPU fallback is not the kernel a GPU runs "
+                  "(measured on CUDA only, like the verify-cost benchmark)")
+
+
+def parse_quants(text, flag: str = "--quant") -> tuple[str, ...]:
+    """'nf4,bf16,int4' -> ('nf4', 'none', 'int4'): known precisions, each once, in the order given."""
+    out = []
+    for q in (x.strip() for x in str(text).split(",")):
+        if not q:
+            continue
+        q = QUANT_ALIASES.get(q, q)
+        if q not in QUANTS:
+            raise UsageError(f"{flag} {text!r}: unknown precision {q!r}; use nf4, int4, none or bf16 "
+                             "(comma-separated for several)")
+        if q not in out:
+            out.append(q)
+    if not out:
+        raise UsageError(f"{flag} {text!r}: needs at least one precision, e.g. nf4 or nf4,bf16,int4")
+    return tuple(out)
+
+
 def resolve_drafter_process(choice: str, drafter_device: str, *, inject_delay: str | None = None) -> bool:
     """Whether the engine's drafter runs in its own process. auto: yes when the drafter runs on
     CUDA (its own GPU or the target's) and no delay is injected into the in-process runners; on
@@ -205,7 +235,16 @@ def resolve(raw: dict, *, side: str = "cli") -> RunConfig:
     drafter_device = resolve_device(raw["drafter_device"], flag("drafter_device")) if raw.get("drafter_device") \
         else device
     on_cuda = torch.device(device).type == "cuda"
-    quant = raw.get("quant") or ("nf4" if on_cuda else "none")
+    quants = parse_quants(raw.get("quant") or ("nf4" if on_cuda else "none"), flag("quant"))
+    if side == "pytest" and len(quants) > 1:
+        raise UsageError(f"{flag('quant')} {raw.get('quant')}: a pytest session measures one precision "
+                         "(tests/test_benchmarks.py::test_verify_cost times every precision's curve)")
+    skipped = ()
+    if len(quants) > 1 and not on_cuda and "nf4" in quants:
+        skipped = (("nf4", NF4_NEEDS_CUDA),)
+        quants = tuple(q for q in quants if q != "nf4")
+    quant = quants[0]
+    verify = raw.get("verify_cost") or "auto"
     dtype = raw.get("dtype") or ("bfloat16" if on_cuda else "float32")
     try:
         decode = resolve_decode_impl(raw["decode"], device)
@@ -252,4 +291,6 @@ def resolve(raw: dict, *, side: str = "cli") -> RunConfig:
         shard_costs=_path(raw, "shard_costs", what="costs file", flag=flag),
         bounds=_path(raw, "bounds", what="bounds file", flag=flag),
         gate=raw.get("gate"), gate_thresholds=raw.get("gate_thresholds"), inject_delay=inject or None,
-        event_images=int(raw.get("event_images") or 5), videollava_prompt=raw.get("videollava_prompt") or "model-card")
+        event_images=int(raw.get("event_images") or 5), videollava_prompt=raw.get("videollava_prompt") or "model-card",
+        quants=quants, skipped_quants=skipped,
+        verify_cost=verify == "on" or (verify == "auto" and (len(quants) > 1 or bool(skipped))))

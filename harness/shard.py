@@ -526,6 +526,8 @@ def main(raw: dict, argv: list) -> int:
 
     from . import pipeline, runconfig
 
+    if len(runconfig.parse_quants(raw.get("quant") or "nf4")) > 1:   # refused before the process group starts
+        raise UsageError(pipeline.SHARDED_PRECISIONS)
     run = ShardRun.start(raw, argv, _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
     run.cfg = runconfig.resolve(raw, side="cli")
     quiet_third_party(progress=not run.cfg.no_progress)

@@ -6,19 +6,49 @@ catches a kernel regression in bitsandbytes or torch at any M.
 A step of M tokens is timed through the runner's own decode implementation (`runner.verify`), so
 under cuda-graph / compiled it replays the smallest captured size >= M, as the engine does. Each
 round crops the cache back to the prompt first, so every step sees the same cache length. CUDA
-events on the model's device stream; warm-up rounds are not kept. On CPU, perf_counter.
+events on the model's device stream; warm-up rounds are not kept.
+
+On CPU the curve is the step's own cost: one intra-op thread, read by the thread's CPU clock
+(`time.thread_time`). With torch's default thread team a ~1 ms step of the tiny model measured
+50-130 ms whenever the cores were shared (2 cores, a load of 6): every op ends in a barrier of the
+team, a descheduled team thread makes the others spin-wait for a scheduler slice, and wall clock
+(perf_counter) and even the spinning threads' CPU time count it. One thread has no barrier, and its
+CPU clock does not run while it waits for a core.
 """
 from __future__ import annotations
 
+import contextlib
 import gc
 import time
 
 import torch
 
+from .metrics import precision_label
+from .stages import error_info
+
 # precision -> (quant, compute dtype on CUDA)
 PRECISIONS = {"nf4": "nf4", "bf16": "none", "int4": "int4"}
 SIZES = tuple(range(1, 65))
 TEXT_TOKENS = 16        # the prompt: the target's visual tokens plus this many text positions
+
+
+CPU_CLOCK = "thread CPU time, 1 intra-op thread"
+CUDA_CLOCK = "CUDA events"
+
+
+def clock_label(device) -> str:
+    return CUDA_CLOCK if torch.device(device).type == "cuda" else CPU_CLOCK
+
+
+@contextlib.contextmanager
+def one_thread():
+    """torch's intra-op threads set to 1 for the block, then restored."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def check_precision(precision: str, device) -> str:
@@ -39,6 +69,13 @@ def measure_curve(runner, sizes=SIZES, *, prompt: int, reps: int = 10, warmup: i
     embeds = runner.model.get_input_embeddings()(ids[:, :prompt])
     cache, _ = runner.prefill(embeds)
     cuda = runner.device.type == "cuda"
+    with contextlib.nullcontext() if cuda else one_thread():
+        out = _rounds(runner, cache, ids, sizes, prompt=prompt, reps=reps, warmup=warmup, cuda=cuda)
+    runner.crop(cache, prompt)
+    return out
+
+
+def _rounds(runner, cache, ids, sizes, *, prompt, reps, warmup, cuda) -> dict[int, list[float]]:
     out = {}
     for m in sizes:
         block = ids[0, prompt:prompt + m]
@@ -54,13 +91,12 @@ def measure_curve(runner, sizes=SIZES, *, prompt: int, reps: int = 10, warmup: i
                 end.synchronize()
                 ms = start.elapsed_time(end)
             else:
-                t0 = time.perf_counter()
+                t0 = time.thread_time()
                 runner.verify(block, cache)
-                ms = (time.perf_counter() - t0) * 1e3
+                ms = (time.thread_time() - t0) * 1e3
             if i >= warmup:
                 times.append(ms)
         out[m] = times
-    runner.crop(cache, prompt)
     return out
 
 
@@ -79,9 +115,34 @@ def curve_for_precision(profile: str, precision: str, *, device, decode_impl: st
     prompt = int(getattr(runner, "n_visual_tokens", 0) or 0) + TEXT_TOKENS
     curve = measure_curve(runner, sizes, prompt=prompt, reps=reps)
     out = {"precision": precision, "curve_ms": curve, "prompt_positions": prompt, "decode_setup": setup,
+           "clock": clock_label(device),
            "weights_bytes": runner.memory_footprint()}
     del runner
     gc.collect()
     if device.type == "cuda":
         torch.cuda.empty_cache()
     return out
+
+
+def curve_sizes(records) -> tuple[int, ...]:
+    """M = 1..B for the run's largest hidden block B (completed parallel records; 2 <= B <= 64),
+    1..9 without engine records."""
+    blocks = [int(r["hidden_block"]) for r in records if r.get("kind") == "engine" and r.get("mode") == "parallel"
+              and not r.get("error") and r.get("hidden_block")]
+    top = min(max(max(blocks), 2), max(SIZES)) if blocks else 9
+    return tuple(range(1, top + 1))
+
+
+def curve_record(target, *, sizes, meta: dict, memory: dict, reps: int = 10) -> dict:
+    """The run's verify_cost record: the curve of the run's own target (its decode implementation,
+    set up at load), `memory` ({"bytes", "what"}) and the run's record fields (`meta`: quant, dtype,
+    ...). A failure is recorded (stage verify_cost), not raised."""
+    label = precision_label(meta.get("quant"), meta.get("dtype"))
+    rec = {"kind": "verify_cost", **meta, "dataset": "all", "sample_id": f"verify-cost-{label}", "model": "target",
+           "sizes": list(sizes), "clock": clock_label(target.device), "memory": memory, "t_wall": time.time()}
+    prompt = int(getattr(target, "n_visual_tokens", 0) or 0) + TEXT_TOKENS
+    try:
+        curve = measure_curve(target, sizes, prompt=prompt, reps=reps)
+    except Exception as exc:  # noqa: BLE001 - recorded; the run's other records stand
+        return {**rec, "curve_ms": {}, "prompt_positions": prompt, "error": error_info("verify_cost", exc)}
+    return {**rec, "curve_ms": {str(m): v for m, v in curve.items()}, "prompt_positions": prompt, "error": None}

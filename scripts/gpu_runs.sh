@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: gputests | probe | overlap | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench
+# Steps: gputests | probe | overlap | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench | precision
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
 # DRAFTER_PROCESS=on|off sets where the engine's drafter runs: ppbench run's default (unset) is auto,
 # its own process on CUDA (harness/pipeline.py: resolve_drafter_process); the alpha0 probe's
@@ -109,6 +109,25 @@ for step in "$@"; do
         python3 -m harness compare "${saves[0]}" "${saves[2]}" > $B/gate-run1-vs-injected.txt 2>&1; echo "injected gate exit: $?" | tee -a $B/log.txt
       fi
       pack bench ;;
+    precision)   # issue 19 item 2: nf4, bf16, int4 side by side (one run each on the same samples and engine
+                 # settings, <precision>/ each); report.md's Precision table: target TPOT and prefill, the
+                 # verify-cost curve M = 1..hidden block, whole-GPU memory (NVML), break-even alpha predicted
+                 # from the curve vs the measured speedups at simulated alpha. The drafter runs in a thread
+                 # (DRAFTER_PROCESS=on: its own process, +1 drafter load per precision) to fit ~240 s.
+      P=$R/precision; mkdir -p $P
+      args=(--profile "$PROFILE" --device "$DEVICE" --no-progress --decode "${DECODE:-auto}" --out $P
+            --quant "${PRECISIONS:-nf4,bf16,int4}" --durations "${PRECISION_DURATIONS:-1s,4s}"
+            --samples-per-duration "${SAMPLES:-2}" --gammas adaptive --alphas "${ALPHAS:-0,0.7,0.9}"
+            --assisted off --drafter-process "${DRAFTER_PROCESS:-off}" ${DTYPE:+--dtype $DTYPE})
+      echo "== precision: ppbench run ${args[*]}" | tee $P/command.txt
+      timeout "$(cap "${PRECISION_SECS:-210}")" python3 -m harness run "${args[@]}" 2>&1 | grep -v Warning | tee $P/log.txt
+      if [ ! -f $P/report.md ]; then    # cut short: each precision's report, then the table from what exists
+        for d in $P/*/; do
+          [ -f $d/records.jsonl ] && [ ! -f $d/report.md ] && python3 -m harness report $d/records.jsonl 2>&1 | tee -a $P/log.txt
+        done
+        ls $P/*/records.jsonl >/dev/null 2>&1 && python3 -m harness report --precision $P/*/records.jsonl --out $P 2>&1 | tee -a $P/log.txt
+      fi
+      pack precision ;;
     *) echo "unknown step $step"; exit 2 ;;
   esac
 done

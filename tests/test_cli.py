@@ -22,7 +22,8 @@ def test_subcommands_parse():
     p = build_parser()
     args = p.parse_args(["run", "--profile", "7b-shaped", "--durations", "4s", "--alphas", "0,0.7"])
     assert args.profile == "7b-shaped" and args.durations == "4s" and args.alphas == "0,0.7"
-    assert p.parse_args(["report", "r.jsonl"]).records == "r.jsonl"
+    assert p.parse_args(["report", "r.jsonl"]).records == ["r.jsonl"]
+    assert p.parse_args(["report", "a/records.jsonl", "b/records.jsonl"]).records == ["a/records.jsonl", "b/records.jsonl"]
     assert p.parse_args(["dataset", "build", "--root", "x", "--force"]).force
 
 

@@ -77,10 +77,7 @@ def test_the_nightly_command_line_runs_in_cpu_smoke_mode_out_of_tree(tmp_path):
     env = dict(os.environ, PPBENCH_CACHE=str(cache), MODELS=str(tmp_path / "models"), PROFILE="tiny",
                BENCH_STORAGE=str(tmp_path / "storage"),
                PPBENCH_PYTEST_EXTRA=f"--ppbench-device cpu --ppbench-durations 500ms --ppbench-max-new-tokens 8 "
-                                    f"--ppbench-gate-thresholds {loose} "
-                                    # its CPU curve moved 50-100x between two sessions (the note of
-                                    # session 5); test_plugin_smoke runs it on CPU on its own
-                                    "--deselect tests/test_benchmarks.py::test_verify_cost")
+                                    f"--ppbench-gate-thresholds {loose}")
     env.pop("PYTHONPATH", None)
     previous = _step("nightly-gpu.yml", "Previous save")
     bench = _step("nightly-gpu.yml", "Benchmarks").replace(".venv/bin/python", sys.executable)
