@@ -32,7 +32,8 @@ from typing import Any, Callable
 
 import torch
 
-from .engine import Costs, Drafting, Emitter, realign_point
+from .costmodel import Costs
+from .engine import Drafting, Emitter, realign_point
 
 
 class DrafterProcessError(RuntimeError):

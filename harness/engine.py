@@ -33,20 +33,20 @@ Times are ms from the sample's common start.
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
-import statistics
 import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
 
 import torch
 
-from harness.models.base import CausalLMRunner, TextRunner, greedy
-from harness.options import OVERLAP_CHOICES
+from .costmodel import MAX_GAMMA, Costs, choose_gamma, ideal_e2e_ms
+from .models.base import CausalLMRunner, greedy
+from .options import OVERLAP_CHOICES
+from .results import EngineResult, finish_result
 
 STAGES = ("load", "preprocess", "vision", "prefill")
 _PINNED_TOKENS = 64                      # pinned host slots for queued hidden tokens (the default cap)
@@ -54,7 +54,6 @@ _PINNED_TOKENS = 64                      # pinned host slots for queued hidden t
 # copy of the pixels to the GPU, which waits behind drafter work still in flight (for a drafter in
 # another process, whose work time-slices with the target's instead of yielding to its priority).
 YIELD_AFTER = "load"
-MAX_GAMMA = 8
 OVERLAP_POLICIES = OVERLAP_CHOICES   # harness/options.py: auto, always, yield-gpu
 
 
@@ -143,52 +142,10 @@ class Acceptance:
         return (self.accepted + a) / (self.accepted + self.rejections + a + b)
 
 
-@dataclass
-class Costs:
-    draft_ms: list = field(default_factory=list)     # one drafter forward of 1-2 tokens
-    hidden_ms: list = field(default_factory=list)    # one queued hidden step (CUDA: GPU time)
-    verify_ms: dict = field(default_factory=dict)    # k tokens -> [ms]; k == 1 is a plain decode
-
-    def add_verify(self, k: int, ms: float) -> None:
-        self.verify_ms.setdefault(int(k), []).append(ms)
-
-    def draft(self) -> float | None:
-        return statistics.fmean(self.draft_ms) if self.draft_ms else None
-
-    def hidden(self) -> float | None:
-        """Cost of a hidden draft step: queued steps where measured, else a synchronous draft step."""
-        return statistics.fmean(self.hidden_ms) if self.hidden_ms else self.draft()
-
-    def verify(self, k: int) -> float | None:
-        """Mean measured cost of a k-token target forward; unmeasured k from a least-squares line."""
-        if k in self.verify_ms:
-            return statistics.fmean(self.verify_ms[k])
-        points = [(kk, statistics.fmean(v)) for kk, v in self.verify_ms.items()]
-        if not points:
-            return None
-        if len(points) == 1:
-            return points[0][1]          # optimistic (memory-bound): a bigger block costs the same
-        slope, intercept = statistics.linear_regression(*zip(*points))
-        return max(intercept + slope * k, min(p[1] for p in points))
 
 
-def expected_tokens(alpha: float, gamma: int) -> float:
-    """E[tokens per verify] for i.i.d. per-token acceptance alpha and draft length gamma."""
-    if alpha >= 1.0:
-        return gamma + 1.0
-    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
 
 
-def choose_gamma(alpha: float, draft_ms: float, verify_ms: Callable[[int], float], decode_ms: float,
-                 *, max_gamma: int = MAX_GAMMA, min_gain: float = 0.02) -> int:
-    """Draft length maximizing tokens per ms; 0 (plain decoding) unless speculation beats plain
-    decoding's 1/decode_ms by more than `min_gain`, so a bad drafter costs at most a few probes."""
-    best, best_rate = 0, 1.0 / decode_ms
-    for g in range(1, max_gamma + 1):
-        rate = expected_tokens(alpha, g) / (g * draft_ms + verify_ms(g + 1))
-        if rate > best_rate * (1.0 + min_gain) and rate > best_rate:
-            best, best_rate = g, rate
-    return best
 
 
 def _next_gamma(gamma: int | str, acc: Acceptance, costs: Costs, remaining: int) -> int:
@@ -234,67 +191,10 @@ class Emitter:
 
 
 # -- result ---------------------------------------------------------------------------------------
-@dataclass
-class EngineResult:
-    mode: str
-    gamma: int | str = 0
-    alpha_simulated: float | None = None
-    output_tokens: list = field(default_factory=list)
-    e2e_ms: float | None = None
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    window_ms: float | None = None
-    overlap: str | None = None  # the overlap policy that ran: "always" | "yield-gpu"
-    hidden_block: int = 0      # tokens drafted before verification started (the hidden block)
-    hidden_drafted: int = 0    # of those, finished inside the window (by target prefill end)
-    hidden_accepted: int = 0   # of those, accepted
-    drafted: int = 0
-    accepted: int = 0
-    verify_steps: int = 0
-    accept_per_position: list = field(default_factory=list)
-    accept_blocks: list = field(default_factory=list)   # [[drafted, accepted], ...]; [0] = hidden block
-    token_match_rate: float | None = None
-    ideal_e2e_ms: float | None = None
-    timeline: dict = field(default_factory=lambda: {
-        "drafter_stage_end_ms": {}, "target_stage_end_ms": {}, "draft_token_ms": [], "verify_ms": []})
-    error: dict | None = None
-    note: str | None = None
-    # not in the record, kept for analysis and tests
-    decode_steps: int = 0
-    produced: int = 0                      # tokens produced before EOS / max_new_tokens truncation
-    gamma_trace: list = field(default_factory=list)   # draft length used at each step after the window
-    n_prompt_tokens: dict = field(default_factory=dict)
-    costs: Costs = field(default_factory=Costs)
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        return self.accepted / self.drafted if self.drafted else None
-
-    @property
-    def mean_acceptance_length(self) -> float | None:
-        return 1.0 + self.accepted / self.verify_steps if self.verify_steps else None
 
 
-def _finish(result: EngineResult, out: list[int], eos: set[int], max_new_tokens: int,
-            reference: Sequence[int] | None) -> None:
-    result.produced = len(out)
-    out = out[:max_new_tokens]
-    for i, tok in enumerate(out):
-        if tok in eos:
-            out = out[:i + 1]
-            break
-    result.output_tokens = out
-    if result.e2e_ms is not None and result.ttft_ms is not None and len(out) > 1:
-        result.tpot_ms = (result.e2e_ms - result.ttft_ms) / (len(out) - 1)
-    else:
-        result.tpot_ms = None  # one token: no time per output token after the first
-    if reference is not None:
-        result.token_match_rate = token_match_rate(out, reference)
 
 
-def token_match_rate(out: Sequence[int], reference: Sequence[int]) -> float:
-    n = max(len(out), len(reference))
-    return sum(a == b for a, b in zip(out, reference)) / n if n else 1.0
 
 
 def _eos_set(runner: CausalLMRunner, stop_at_eos: bool) -> set[int]:
@@ -320,49 +220,8 @@ def greedy_decode(runner: CausalLMRunner, cache, logits: torch.Tensor, n: int, *
     return tokens, times
 
 
-@torch.inference_mode()
-def target_only(target: CausalLMRunner, sample: Any, *, max_new_tokens: int = 50,
-                stop_at_eos: bool = False, select=greedy) -> EngineResult:
-    """Target stages 1-4 + plain greedy decode."""
-    _sync_all(target)
-    t0 = now_ms(target.device)
-    cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0)
-    res = EngineResult(mode="target_only", gamma=0, n_prompt_tokens={"target": target.cache_len(cache)})
-    tokens, times = greedy_decode(target, cache, logits, max_new_tokens,
-                                  eos=_eos_set(target, stop_at_eos), select=select, t0=t0,
-                                  costs=res.costs)
-    ends["decode"] = times[-1]
-    res.timeline["target_stage_end_ms"] = ends
-    res.ttft_ms, res.e2e_ms = times[0], times[-1]
-    res.decode_steps = len(tokens) - 1
-    _finish(res, tokens, set(), max_new_tokens, None)
-    return res
 
 
-@torch.inference_mode()
-def sequential(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
-               max_new_tokens: int = 50, stop_at_eos: bool = False, select=greedy) -> EngineResult:
-    """The naive cascade: the drafter runs stages 1-5 to completion, then the target runs 1-5.
-    The output is the target's; the drafter's answer is only timed (it is not used as a draft)."""
-    _sync_all(drafter, target)
-    t0 = now_ms(drafter.device)
-    dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
-    _, d_times = greedy_decode(drafter, dcache, dlogits, max_new_tokens,
-                               eos=_eos_set(drafter, stop_at_eos), select=select, t0=t0)
-    d_ends["decode"] = d_times[-1]
-    del dcache
-    tcache, tlogits, t_ends = run_stages_1_to_4(target, sample, t0=t0)
-    res = EngineResult(mode="sequential", gamma=0, note="drafter stages 1-5, then target stages 1-5",
-                       n_prompt_tokens={"target": target.cache_len(tcache)})
-    tokens, times = greedy_decode(target, tcache, tlogits, max_new_tokens,
-                                  eos=_eos_set(target, stop_at_eos), select=select, t0=t0,
-                                  costs=res.costs)
-    t_ends["decode"] = times[-1]
-    res.timeline.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends)
-    res.ttft_ms, res.e2e_ms = times[0], times[-1]
-    res.decode_steps = len(tokens) - 1
-    _finish(res, tokens, set(), max_new_tokens, None)
-    return res
 
 
 # -- parallel prefill -------------------------------------------------------------------------------
@@ -563,6 +422,14 @@ def _realign_drafter(drafter, dcache, pd, out) -> list[int]:
 
 
 @torch.inference_mode()
+def reference_output(target, sample, max_new_tokens: int, *, stop_at_eos: bool = False, select=greedy) -> list[int]:
+    """The target's plain greedy output for `sample` (target_only's tokens, untimed)."""
+    cache, logits, _ = run_stages_1_to_4(target, sample)
+    tokens, _ = greedy_decode(target, cache, logits, max_new_tokens, eos=_eos_set(target, stop_at_eos), select=select)
+    return tokens[:max_new_tokens]
+
+
+@torch.inference_mode()
 def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
                             max_new_tokens: int = 50, gamma: int | str = "adaptive",
                             hidden_cap: int = 64, stop_at_eos: bool = False,
@@ -589,8 +456,8 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
         raise ValueError(f"switch_interval must be > 0 seconds, got {switch_interval}")
     overlap = resolve_overlap(overlap, drafter, target)
     if alpha is not None and reference_tokens is None:
-        reference_tokens = target_only(target, sample, max_new_tokens=max_new_tokens,
-                                       stop_at_eos=stop_at_eos, select=select).output_tokens
+        reference_tokens = reference_output(target, sample, max_new_tokens, stop_at_eos=stop_at_eos,
+                                            select=select)
     eos = _eos_set(target, stop_at_eos)
     res = EngineResult(mode="parallel", gamma=gamma, alpha_simulated=alpha, overlap=overlap)
     acc, costs, tl = Acceptance(), res.costs, res.timeline
@@ -693,105 +560,19 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     res.drafted, res.accepted, res.verify_steps = acc.drafted, acc.accepted, acc.verify_steps
     res.accept_per_position = [list(p) for p in acc.per_position]
     res.accept_blocks = [list(b) for b in acc.blocks]
-    _finish(res, out, eos, max_new_tokens, reference_tokens)
+    finish_result(res, out, eos, max_new_tokens, reference_tokens)
     res.ideal_e2e_ms = _ideal_for(res, hidden_cap, len(res.output_tokens))
     return res
 
 
 # -- HF assisted generation baseline ------------------------------------------------------------------
-@torch.inference_mode()
-def assisted_generation(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
-                        max_new_tokens: int = 50, gamma: int | str = "adaptive",
-                        stop_at_eos: bool = False) -> EngineResult:
-    """transformers generate(assistant_model=...) on the same sample, where it can run at all."""
-    res = EngineResult(mode="assisted", gamma=gamma)
-    why = _assisted_unsupported(drafter, target)
-    if why:
-        res.error = {"stage": "assisted", "type": "Unsupported", "message": why}
-        res.note = why
-        return res
-    ids = target.preprocess(target.load_inputs(sample), _question(sample))["input_ids"]
-    if not torch.equal(ids.cpu(), drafter.preprocess(drafter.load_inputs(sample), _question(sample))["input_ids"].cpu()):
-        why = ("transformers assisted generation feeds the target's input_ids to the assistant, but "
-               "the two tokenizers give different prompts for this sample")
-        res.error, res.note = {"stage": "assisted", "type": "Unsupported", "message": why}, why
-        return res
-    gen_cfg = _plain_greedy_config(target, max_new_tokens, stop_at_eos)
-    assistant_cfg = drafter.model.generation_config
-    saved = assistant_cfg.to_dict()
-    if gamma != "adaptive":
-        assistant_cfg.num_assistant_tokens = int(gamma)
-        assistant_cfg.num_assistant_tokens_schedule = "constant"
-        assistant_cfg.assistant_confidence_threshold = 0.0
-    try:
-        _sync_all(drafter, target)
-        t0 = now_ms(target.device)
-        seq = target.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                    assistant_model=drafter.model, generation_config=gen_cfg)
-        res.e2e_ms = now_ms(target.device) - t0
-    finally:
-        for key, value in saved.items():
-            setattr(assistant_cfg, key, value)
-    res.note = "transformers assisted generation; only e2e is observable"
-    res.n_prompt_tokens = {"target": ids.shape[1], "drafter": ids.shape[1]}
-    _finish(res, [int(t) for t in seq[0, ids.shape[1]:]], _eos_set(target, stop_at_eos),
-            max_new_tokens, None)
-    return res
 
 
-def _assisted_unsupported(drafter: CausalLMRunner, target: CausalLMRunner) -> str | None:
-    if isinstance(drafter, TextRunner) and isinstance(target, TextRunner):
-        return None
-    return (f"transformers assisted generation runs the assistant on the target's own inputs "
-            f"(one input_ids / pixel_values_videos, one prompt length), but the drafter "
-            f"{drafter.name} takes {drafter.modality} inputs and the target {target.name} takes "
-            f"{target.modality} inputs with different prompts and prompt lengths (different visual "
-            f"token counts), which assisted generation does not support")
 
 
-def _plain_greedy_config(target: CausalLMRunner, max_new_tokens: int, stop_at_eos: bool):
-    cfg = copy.deepcopy(target.model.generation_config)
-    cfg.do_sample, cfg.num_beams = False, 1
-    cfg.max_new_tokens, cfg.min_new_tokens = max_new_tokens, None
-    cfg.eos_token_id = target.eos_token_id if stop_at_eos else None
-    cfg.pad_token_id = target.eos_token_id if target.eos_token_id is not None else 0
-    return cfg
 
 
 # -- ideal speedup model ------------------------------------------------------------------------------
-def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: float,
-                 verify_ms: Callable[[int], float], decode_ms: float,
-                 accept_per_position: Sequence[Sequence[int]], n_tokens: int, gamma: int,
-                 hidden_cap: int = 64, draft_until_ms: float | None = None,
-                 hidden_step_ms: float | None = None) -> float:
-    """E2E of a perfect parallel-prefill engine with these measured costs (no overhead, no contention).
-
-    r_j = accepted_j / drafted_j, the measured probability that draft position j is accepted
-    (0 beyond the measured positions). D = drafter ready, T = target ready, c_d = draft step,
-    c_v(k) = k-token verify, c_1 = plain decode, N = tokens, U = when hidden drafting must stop
-    (draft_until_ms: T, or the end of the target's loading under the yield-gpu policy):
-      hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, U - D) / c_h)), c_h = a hidden step
-                     (queued back to back on CUDA: hidden_step_ms; default c_d)
-      hidden block   yields  E_h = 1 + sum_{j<n_h} r_j  tokens, costing  r_0 * c_v(n_h)  after T
-      rest           R = max(0, N - E_h) tokens: gamma = 0 -> R * c_1;
-                     else R / (1 + sum_{j<gamma} r_j) blocks of  gamma * c_d + c_v(gamma + 1)
-      ideal = T + r_0 * c_v(n_h) + rest."""
-    r = [a / d if d else 0.0 for a, d in accept_per_position]
-    rate = lambda j: r[j] if j < len(r) else 0.0
-    until = target_ready_ms if draft_until_ms is None else min(draft_until_ms, target_ready_ms)
-    window = max(0.0, until - drafter_ready_ms)
-    # No measured draft step means only d1 (from the drafter's prefill logits) was drafted.
-    step = draft_ms if hidden_step_ms is None else hidden_step_ms
-    n_h = int(min(hidden_cap, n_tokens, 1 + window // step)) if step > 0 else 1
-    tokens_h = 1 + sum(rate(j) for j in range(n_h))
-    hidden_cost = rate(0) * verify_ms(n_h)
-    rest = max(0.0, n_tokens - tokens_h)
-    if gamma == 0:
-        rest_cost = rest * decode_ms
-    else:
-        per_block = 1 + sum(rate(j) for j in range(gamma))
-        rest_cost = rest / per_block * (gamma * draft_ms + verify_ms(gamma + 1))
-    return target_ready_ms + hidden_cost + rest_cost
 
 
 def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | None:
@@ -813,29 +594,7 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
 
 
 # -- records ---------------------------------------------------------------------------------------
-RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "window_ms",
-               "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
-               "accept_per_position", "accept_blocks", "token_match_rate", "ideal_e2e_ms", "timeline", "error",
-               "note")
-META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl")
-SHARD_KEYS = ("rank", "host", "devices", "shard_attempt")   # sharded runs only (harness/shard.py)
 
 
-def to_record(result: EngineResult, **meta: Any) -> dict:
-    """The engine record of docs/DESIGN.md; meta supplies run_id, dataset, sample_id, profile, ..."""
-    unknown = set(meta) - set(META_KEYS) - set(SHARD_KEYS)
-    if unknown:
-        raise ValueError(f"unknown engine record fields: {sorted(unknown)}")
-    rec = {"kind": "engine", **{k: meta.get(k) for k in META_KEYS},
-           **{k: meta[k] for k in SHARD_KEYS if k in meta}}
-    data = asdict(result)
-    rec.update({k: data[k] for k in RECORD_KEYS})
-    rec["n_output_tokens"] = len(result.output_tokens)
-    rec["output_tokens"] = [int(t) for t in result.output_tokens]
-    return rec
 
 
-def error_result(mode: str, stage: str, exc: BaseException, **fields: Any) -> EngineResult:
-    """An EngineResult for a run that failed, so a long benchmark records it and carries on."""
-    return EngineResult(mode=mode, error={"stage": stage, "type": type(exc).__name__, "message": str(exc),
-                                          "path": getattr(exc, "path", None)}, **fields)

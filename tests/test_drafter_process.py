@@ -7,6 +7,7 @@ import functools
 import pytest
 
 from harness import engine as E
+from harness import baselines as B
 from harness.drafter_process import DrafterProcess, DrafterProcessError
 from harness.errors import DataError, ModelLoadError
 
@@ -25,7 +26,7 @@ def procs():
 
 
 def _greedy(target, n):
-    return E.target_only(target, PROMPT, max_new_tokens=n).output_tokens
+    return B.target_only(target, PROMPT, max_new_tokens=n).output_tokens
 
 
 @pytest.mark.parametrize("gamma", [0, 2, "adaptive"])

@@ -9,6 +9,9 @@ import pytest
 import torch
 
 from harness import engine as E
+from harness import baselines as B
+from harness import costmodel as C
+from harness import results as R
 from harness.errors import DataError
 from harness.models.base import CausalLMRunner
 
@@ -30,7 +33,7 @@ def rand():
 
 
 def _greedy(target, n, prompt=PROMPT):
-    return E.target_only(target, prompt, max_new_tokens=n).output_tokens
+    return B.target_only(target, prompt, max_new_tokens=n).output_tokens
 
 
 # -- end-to-end behaviour -------------------------------------------------------------------------
@@ -178,35 +181,35 @@ def flat(ms):
 
 
 def test_choose_gamma_never_speculates_without_acceptance():
-    assert E.choose_gamma(0.0, 0.1, flat(10.0), 10.0) == 0
-    assert E.choose_gamma(0.0, 0.0, flat(10.0), 10.0) == 0
+    assert C.choose_gamma(0.0, 0.1, flat(10.0), 10.0) == 0
+    assert C.choose_gamma(0.0, 0.0, flat(10.0), 10.0) == 0
 
 
 def test_choose_gamma_speculates_when_drafts_are_cheap_and_good():
-    g = E.choose_gamma(0.9, 0.5, flat(10.0), 10.0)
-    assert 1 <= g <= E.MAX_GAMMA
-    assert E.choose_gamma(0.9, 0.5, flat(10.0), 10.0, max_gamma=3) == 3
+    g = C.choose_gamma(0.9, 0.5, flat(10.0), 10.0)
+    assert 1 <= g <= C.MAX_GAMMA
+    assert C.choose_gamma(0.9, 0.5, flat(10.0), 10.0, max_gamma=3) == 3
 
 
 def test_choose_gamma_equal_size_drafter_does_not_pay():
     # EventGPT and Video-LLaVA share a 7B LM: a draft step costs a decode step; only alpha = 1 ties.
     for alpha in (0.5, 0.9, 0.99):
-        assert E.choose_gamma(alpha, 10.0, flat(10.0), 10.0) == 0
+        assert C.choose_gamma(alpha, 10.0, flat(10.0), 10.0) == 0
 
 
 def test_choose_gamma_accounts_for_verify_cost_growth():
     linear = lambda k: 10.0 * k          # compute-bound verify: a k-token verify costs k decodes
-    assert E.choose_gamma(0.95, 1.0, linear, 10.0) == 0
+    assert C.choose_gamma(0.95, 1.0, linear, 10.0) == 0
 
 
 def test_expected_tokens():
-    assert E.expected_tokens(0.0, 5) == 1.0
-    assert E.expected_tokens(1.0, 5) == 6.0
-    assert E.expected_tokens(0.5, 2) == pytest.approx(1.75)
+    assert C.expected_tokens(0.0, 5) == 1.0
+    assert C.expected_tokens(1.0, 5) == 6.0
+    assert C.expected_tokens(0.5, 2) == pytest.approx(1.75)
 
 
 def test_costs_interpolate_verify():
-    c = E.Costs()
+    c = C.Costs()
     assert c.verify(3) is None and c.draft() is None
     c.add_verify(1, 10.0)
     assert c.verify(5) == 10.0
@@ -227,7 +230,7 @@ def test_acceptance_bookkeeping():
 # -- baselines ------------------------------------------------------------------------------------
 def test_sequential_runs_drafter_fully_then_target(rand):
     drafter, target = rand
-    res = E.sequential(drafter, target, PROMPT, max_new_tokens=10)
+    res = B.sequential(drafter, target, PROMPT, max_new_tokens=10)
     assert res.output_tokens == _greedy(target, 10)
     d, t = res.timeline["drafter_stage_end_ms"], res.timeline["target_stage_end_ms"]
     assert d["decode"] <= t["load"] <= t["prefill"] <= t["decode"] == res.e2e_ms
@@ -236,7 +239,7 @@ def test_sequential_runs_drafter_fully_then_target(rand):
 def test_assisted_generation_runs_on_a_text_pair(same):
     drafter, target = same
     for gamma in (3, "adaptive"):
-        res = E.assisted_generation(drafter, target, PROMPT, max_new_tokens=20, gamma=gamma)
+        res = B.assisted_generation(drafter, target, PROMPT, max_new_tokens=20, gamma=gamma)
         assert res.error is None, res.error
         assert res.output_tokens == _greedy(target, 20)
         assert res.e2e_ms > 0
@@ -245,26 +248,26 @@ def test_assisted_generation_runs_on_a_text_pair(same):
 
 def test_assisted_generation_explains_why_it_cannot_run(rand):
     drafter, target = rand
-    res = E.assisted_generation(drafter, target, PROMPT, max_new_tokens=5)
+    res = B.assisted_generation(drafter, target, PROMPT, max_new_tokens=5)
     assert res.error["type"] == "Unsupported" and "input_ids" in res.error["message"]
 
     class VideoRunner(CausalLMRunner):
         modality = "video"
 
-    res = E.assisted_generation(drafter, VideoRunner(target.model, target.tokenizer), PROMPT)
+    res = B.assisted_generation(drafter, VideoRunner(target.model, target.tokenizer), PROMPT)
     assert res.output_tokens == [] and "video" in res.error["message"] and res.note
 
 
 # -- ideal model and records ----------------------------------------------------------------------
 def test_ideal_e2e_plain_decoding():
-    ideal = E.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
+    ideal = C.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
                            decode_ms=20, accept_per_position=[[0, 4]], n_tokens=11, gamma=0)
     assert ideal == pytest.approx(100 + 10 * 20)
 
 
 def test_ideal_e2e_perfect_drafter():
     # window 50 ms / 5 ms per draft -> 11 hidden tokens, all accepted: 12 tokens from one verify.
-    ideal = E.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
+    ideal = C.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
                            decode_ms=20, accept_per_position=[[1, 1]] * 16, n_tokens=20, gamma=3,
                            hidden_cap=64)
     rest_blocks = (20 - 12) / 4
@@ -276,18 +279,18 @@ def test_ideal_e2e_drafts_only_where_the_policy_lets_it():
     queued hidden steps have their own cost (hidden_step_ms), not the synchronous draft step's."""
     kw = dict(drafter_ready_ms=50, target_ready_ms=100, verify_ms=flat(20), decode_ms=20,
               accept_per_position=[[1, 1]] * 16, n_tokens=30, gamma=0, hidden_cap=64)
-    full = E.ideal_e2e_ms(draft_ms=5, **kw)                              # 1 + 50 // 5 = 11 hidden
-    until = E.ideal_e2e_ms(draft_ms=5, draft_until_ms=70, **kw)          # 1 + 20 // 5 = 5 hidden
-    queued = E.ideal_e2e_ms(draft_ms=10, hidden_step_ms=5, **kw)         # hidden at 5 ms: 11 again
+    full = C.ideal_e2e_ms(draft_ms=5, **kw)                              # 1 + 50 // 5 = 11 hidden
+    until = C.ideal_e2e_ms(draft_ms=5, draft_until_ms=70, **kw)          # 1 + 20 // 5 = 5 hidden
+    queued = C.ideal_e2e_ms(draft_ms=10, hidden_step_ms=5, **kw)         # hidden at 5 ms: 11 again
     assert full == pytest.approx(100 + 20 + (30 - 12) * 20)
     assert until == pytest.approx(100 + 20 + (30 - 6) * 20)
     assert queued == pytest.approx(full)
     # past the target's readiness the window is the target's: a later host-stage end changes nothing
-    assert E.ideal_e2e_ms(draft_ms=5, draft_until_ms=500, **kw) == pytest.approx(full)
+    assert C.ideal_e2e_ms(draft_ms=5, draft_until_ms=500, **kw) == pytest.approx(full)
 
 
 def test_costs_hidden_falls_back_to_synchronous_draft_steps():
-    c = E.Costs(draft_ms=[6.0, 8.0])
+    c = C.Costs(draft_ms=[6.0, 8.0])
     assert c.hidden() == 7.0
     c.hidden_ms.extend([5.0, 5.5])
     assert c.hidden() == pytest.approx(5.25) and c.draft() == 7.0
@@ -320,7 +323,7 @@ def test_to_record_matches_the_contract(rand):
     drafter, target = rand
     res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=6, gamma=2,
                                     reference_tokens=_greedy(target, 6))
-    rec = E.to_record(res, run_id="r1", dataset="4s", sample_id="s1", profile="tiny", device="cpu",
+    rec = R.to_record(res, run_id="r1", dataset="4s", sample_id="s1", profile="tiny", device="cpu",
                       dtype="float32", quant="none")
     assert set(rec) == {
         "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl", "mode",
@@ -333,12 +336,12 @@ def test_to_record_matches_the_contract(rand):
     assert set(rec["timeline"]) == {"drafter_stage_end_ms", "target_stage_end_ms", "draft_token_ms", "verify_ms"}
     json.loads(json.dumps(rec))
     with pytest.raises(ValueError):
-        E.to_record(res, sample="typo")
+        R.to_record(res, sample="typo")
 
 
 def test_error_result_record():
     """A failed engine run's record keeps the stage, the type, the message and the file it names."""
-    rec = E.to_record(E.error_result("parallel", "load", DataError("bad", path="x.h5", sample="s")))
+    rec = R.to_record(R.error_result("parallel", "load", DataError("bad", path="x.h5", sample="s")))
     assert rec["error"] == {"stage": "load", "type": "DataError", "message": "bad (sample s, file x.h5)",
                             "path": "x.h5"}
     assert rec["n_output_tokens"] == 0
@@ -430,7 +433,7 @@ def test_yield_gpu_drafts_only_while_the_target_loads(rand, overlap):
                                     PROMPT, max_new_tokens=30, gamma=0, overlap=overlap)
     ends = res.timeline["target_stage_end_ms"]
     hidden = res.timeline["draft_token_ms"][:res.hidden_block]
-    assert res.overlap == overlap and E.to_record(res)["overlap"] == overlap
+    assert res.overlap == overlap and R.to_record(res)["overlap"] == overlap
     assert res.output_tokens == _greedy(target, 30)
     if overlap == "yield-gpu":
         assert all(t <= ends["load"] + 40 * 3 for t in hidden)    # one step in flight, slack for CI

@@ -7,6 +7,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from harness import engine as E
+from harness import baselines as B
+from harness import costmodel as C
 
 from fixtures.engine_testers import one_thread, random_pair, runner, same_pair
 
@@ -45,11 +47,11 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
     drafter, target = PAIRS[pair]
     eos = None
     if eos_at is not None:   # an EOS id that really occurs in the greedy output
-        full = E.target_only(target, prompt, max_new_tokens=max_new_tokens).output_tokens
+        full = B.target_only(target, prompt, max_new_tokens=max_new_tokens).output_tokens
         eos = full[min(eos_at, len(full) - 1)]
         drafter, target = _with_eos(drafter, eos), _with_eos(target, eos)
     stop = eos is not None
-    ref = E.target_only(target, prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop).output_tokens
+    ref = B.target_only(target, prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop).output_tokens
     steps = []
 
     def hook(state):
@@ -71,7 +73,7 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
     assert 0 <= res.hidden_accepted <= res.hidden_drafted <= res.hidden_block <= min(hidden_cap, max_new_tokens)
     assert res.produced == res.verify_steps + res.accepted + res.decode_steps
     assert res.produced >= len(res.output_tokens)
-    assert res.produced < max_new_tokens + (gamma if gamma != "adaptive" else E.MAX_GAMMA) + hidden_cap + 1
+    assert res.produced < max_new_tokens + (gamma if gamma != "adaptive" else C.MAX_GAMMA) + hidden_cap + 1
     assert sum(d for _, d in res.accept_per_position) == res.drafted
     assert sum(a for a, _ in res.accept_per_position) == res.accepted
     accepted_by_pos = [a for a, _ in res.accept_per_position]

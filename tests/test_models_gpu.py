@@ -128,6 +128,7 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
     from harness.data.synthetic import ensure_default_dataset
     from harness import data
     from harness import engine as E
+    from harness import baselines as B
     from harness.models.profiles import configure_decode, load_pair
 
     from fixtures.engine_testers import Slow
@@ -148,7 +149,7 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
             torch.cuda._sleep(20_000_000)          # ~10 ms of GPU time before each draft step
             return self._inner.decode(token, cache)
 
-    ref = E.target_only(target, sample, max_new_tokens=24).output_tokens
+    ref = B.target_only(target, sample, max_new_tokens=24).output_tokens
     for alpha in (None, 1.0, 0.5):
         res = E.parallel_prefill_decode(GpuSlowDecode(drafter), Slow(target, load_inputs=80), sample,
                                         max_new_tokens=24, alpha=alpha, reference_tokens=ref,
