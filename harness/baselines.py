@@ -4,11 +4,12 @@ target's) and transformers' assisted generation where it can run at all."""
 from __future__ import annotations
 
 import copy
+import functools
 from typing import Any
 
 import torch
 
-from .engine import _eos_set, _question, _sync_all, greedy_decode, now_ms, run_stages_1_to_4
+from .engine import _eos_set, _question, _sync_all, now_ms, prefix_and_decode
 from .models.base import CausalLMRunner, TextRunner, greedy
 from .results import EngineResult, finish_result
 
@@ -18,13 +19,10 @@ def target_only(target: CausalLMRunner, sample: Any, *, max_new_tokens: int = 50
                 stop_at_eos: bool = False, select=greedy) -> EngineResult:
     """Target stages 1-4 + plain greedy decode."""
     _sync_all(target)
-    t0 = now_ms(target.device)
-    cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0)
-    res = EngineResult(mode="target_only", gamma=0, n_prompt_tokens={"target": target.cache_len(cache)})
-    tokens, times = greedy_decode(target, cache, logits, max_new_tokens,
-                                  eos=_eos_set(target, stop_at_eos), select=select, t0=t0,
-                                  costs=res.costs)
-    ends["decode"] = times[-1]
+    res = EngineResult(mode="target_only", gamma=0)
+    tokens, times, ends, prompt_len = prefix_and_decode(target, sample, max_new_tokens, stop_at_eos=stop_at_eos,
+                                                        select=select, costs=res.costs)
+    res.n_prompt_tokens = {"target": prompt_len}
     res.timeline["target_stage_end_ms"] = ends
     res.ttft_ms, res.e2e_ms = times[0], times[-1]
     res.decode_steps = len(tokens) - 1
@@ -33,24 +31,19 @@ def target_only(target: CausalLMRunner, sample: Any, *, max_new_tokens: int = 50
 
 
 @torch.inference_mode()
-def sequential(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
+def sequential(drafter, target: CausalLMRunner, sample: Any, *,
                max_new_tokens: int = 50, stop_at_eos: bool = False, select=greedy) -> EngineResult:
     """The naive cascade: the drafter runs stages 1-5 to completion, then the target runs 1-5.
-    The output is the target's; the drafter's answer is only timed (it is not used as a draft)."""
+    The output is the target's; the drafter's answer is only timed (it is not used as a draft).
+    A drafter in its own process (DrafterProcess) runs its part there, on the same clock."""
+    run_drafter = getattr(drafter, "prefix_and_decode", None) or functools.partial(prefix_and_decode, drafter)
     _sync_all(drafter, target)
-    t0 = now_ms(drafter.device)
-    dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
-    _, d_times = greedy_decode(drafter, dcache, dlogits, max_new_tokens,
-                               eos=_eos_set(drafter, stop_at_eos), select=select, t0=t0)
-    d_ends["decode"] = d_times[-1]
-    del dcache
-    tcache, tlogits, t_ends = run_stages_1_to_4(target, sample, t0=t0)
-    res = EngineResult(mode="sequential", gamma=0, note="drafter stages 1-5, then target stages 1-5",
-                       n_prompt_tokens={"target": target.cache_len(tcache)})
-    tokens, times = greedy_decode(target, tcache, tlogits, max_new_tokens,
-                                  eos=_eos_set(target, stop_at_eos), select=select, t0=t0,
-                                  costs=res.costs)
-    t_ends["decode"] = times[-1]
+    t0 = now_ms(target.device)
+    _, _, d_ends, _ = run_drafter(sample, max_new_tokens, stop_at_eos=stop_at_eos, select=select, t0=t0)
+    res = EngineResult(mode="sequential", gamma=0, note="drafter stages 1-5, then target stages 1-5")
+    tokens, times, t_ends, prompt_len = prefix_and_decode(target, sample, max_new_tokens, stop_at_eos=stop_at_eos,
+                                                          select=select, t0=t0, costs=res.costs)
+    res.n_prompt_tokens = {"target": prompt_len}
     res.timeline.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends)
     res.ttft_ms, res.e2e_ms = times[0], times[-1]
     res.decode_steps = len(tokens) - 1
@@ -62,7 +55,9 @@ def sequential(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
 def assisted_generation(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
                         max_new_tokens: int = 50, gamma: int | str = "adaptive",
                         stop_at_eos: bool = False) -> EngineResult:
-    """transformers generate(assistant_model=...) on the same sample, where it can run at all."""
+    """transformers generate(assistant_model=...) on the same sample, where it can run at all: an
+    Unsupported record saying why where it cannot (the two models' inputs differ, or the drafter
+    runs in its own process, so this one has no assistant model to give generate)."""
     res = EngineResult(mode="assisted", gamma=gamma)
     why = _assisted_unsupported(drafter, target)
     if why:
@@ -98,9 +93,14 @@ def assisted_generation(drafter: CausalLMRunner, target: CausalLMRunner, sample:
     return res
 
 
-def _assisted_unsupported(drafter: CausalLMRunner, target: CausalLMRunner) -> str | None:
-    if isinstance(drafter, TextRunner) and isinstance(target, TextRunner):
-        return None
+def _assisted_unsupported(drafter, target: CausalLMRunner) -> str | None:
+    in_process = not getattr(drafter, "is_process", False)
+    text_drafter = isinstance(drafter, TextRunner) if in_process else drafter.modality == "text"
+    if text_drafter and isinstance(target, TextRunner):
+        return None if in_process else (
+            "the drafter runs in its own process (--drafter-process on), and transformers assisted "
+            "generation needs the assistant model in the target's process; run with --drafter-process "
+            "off to measure it")
     return (f"transformers assisted generation runs the assistant on the target's own inputs "
             f"(one input_ids / pixel_values_videos, one prompt length), but the drafter "
             f"{drafter.name} takes {drafter.modality} inputs and the target {target.name} takes "

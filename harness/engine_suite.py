@@ -41,10 +41,10 @@ def simulation_seed(sample) -> int:
 
 def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=("adaptive",),
                    alphas=(), assisted: bool = True, sequential: bool = True,
-                   stop_at_eos: bool = False, overlap: str = "auto", parallel_drafter=None,
+                   stop_at_eos: bool = False, overlap: str = "auto",
                    skip=lambda mode, gamma, alpha: False) -> Iterator[EngineResult]:
-    """target-only, sequential, parallel (per alpha and gamma; with `parallel_drafter`, e.g. a
-    DrafterProcess, in place of `drafter`) and assisted generation on one sample."""
+    """target-only, sequential, parallel (per alpha and gamma) and assisted generation on one
+    sample. `drafter` is a runner or a DrafterProcess, which serves every mode but assisted."""
     kw = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
     ref = _safe("target_only", lambda: baselines.target_only(target, sample, **kw))
     if not skip("target_only", 0, None):
@@ -67,7 +67,7 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
             if skip("parallel", gamma, alpha):
                 continue
             yield finish(_safe("parallel", lambda: engine.parallel_prefill_decode(
-                parallel_drafter or drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
+                drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
                 seed=simulation_seed(sample), overlap=overlap, **kw),
                 gamma=gamma, alpha_simulated=alpha))
     if assisted and not skip("assisted", gammas[0], None):
@@ -78,7 +78,7 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
 def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: int = 50,
                        gammas=("adaptive",), alphas=(), assisted: bool = False,
                        sequential: bool = True, stop_at_eos: bool = False, overlap: str = "auto",
-                       parallel_drafter=None, meta: dict, done: set | None = None) -> Iterator[dict]:
+                       meta: dict, done: set | None = None) -> Iterator[dict]:
     for sample in samples:
         base = dict(meta, dataset=sample.dataset, sample_id=sample.id)
 
@@ -89,7 +89,7 @@ def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: in
         for res in engine_results(drafter, target, sample, max_new_tokens=max_new_tokens,
                                   gammas=gammas, alphas=alphas, assisted=assisted,
                                   sequential=sequential, stop_at_eos=stop_at_eos, overlap=overlap,
-                                  parallel_drafter=parallel_drafter, skip=skip):
+                                  skip=skip):
             rec = to_record(res, **base)
             assert record_key(rec)[0] == "engine"
             yield rec
@@ -116,20 +116,18 @@ def samples_for_engine(samples, per_duration: int | None) -> list:
     return out
 
 
-def run_engine_suite(drafter, target, samples, writer, *, done, cfg, meta, progress=True,
-                     parallel_drafter=None) -> int:
+def run_engine_suite(drafter, target, samples, writer, *, done, cfg, meta, progress=True) -> int:
     """Every engine configuration of `cfg` (a runconfig.RunConfig) on each sample, written as it ends."""
     samples = samples_for_engine(samples, cfg.engine_samples)
     if samples and cfg.warmup:
-        warm_up_engine(parallel_drafter or drafter, target, samples[0], overlap=cfg.overlap)
+        warm_up_engine(drafter, target, samples[0], overlap=cfg.overlap)
     n = 0
     bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
     for sample in samples:
         for rec in engine_records_for(drafter, target, [sample], max_new_tokens=cfg.max_new_tokens,
                                       gammas=cfg.gammas, alphas=cfg.alphas,
                                       assisted=cfg.assisted, stop_at_eos=cfg.stop_at_eos,
-                                      overlap=cfg.overlap, parallel_drafter=parallel_drafter,
-                                      meta=meta, done=done):
+                                      overlap=cfg.overlap, meta=meta, done=done):
             writer.write(rec)
             n += 1
         bar.update(1)

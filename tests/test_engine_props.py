@@ -10,7 +10,7 @@ from harness import engine as E
 from harness import baselines as B
 from harness import costmodel as C
 
-from fixtures.engine_testers import one_thread, random_pair, runner, same_pair
+from fixtures.engine_testers import Checked, one_thread, random_pair, runner, same_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -21,16 +21,6 @@ SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
 
 def _with_eos(r, eos):
     return runner(r.model, prefix=r.tokenizer.prefix, eos_token_id=eos, name=r.name)
-
-
-def _check_step(state: dict) -> None:
-    out, pending = state["out"], state["pending"]
-    assert state["target_cache"] == state["target_prompt"] + len(out) - 1, state
-    if state["plain"]:     # fell back to plain decoding: the drafter is left where it was
-        assert state["drafter_cache"] <= state["drafter_prompt"] + len(out) - 1, state
-        return
-    assert 1 <= len(pending) <= len(out) and out[len(out) - len(pending):] == pending, state
-    assert state["drafter_cache"] == state["drafter_prompt"] + len(out) - len(pending), state
 
 
 @SETTINGS
@@ -52,17 +42,14 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
         drafter, target = _with_eos(drafter, eos), _with_eos(target, eos)
     stop = eos is not None
     ref = B.target_only(target, prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop).output_tokens
-    steps = []
-
-    def hook(state):
-        _check_step(state)
-        steps.append(state["step"])
-
-    res = E.parallel_prefill_decode(drafter, target, prompt, max_new_tokens=max_new_tokens, gamma=gamma,
+    checked = Checked(drafter, target)     # checks the bookkeeping after every step that realigns
+    res = E.parallel_prefill_decode(checked, checked.target, prompt, max_new_tokens=max_new_tokens, gamma=gamma,
                                     hidden_cap=hidden_cap, stop_at_eos=stop, alpha=alpha,
-                                    reference_tokens=ref if alpha is not None else None, seed=seed,
-                                    debug_hook=hook)
+                                    reference_tokens=ref if alpha is not None else None, seed=seed)
+    checked.after(res)
     assert res.output_tokens == ref
+    # every intermediate output is the target's own, up to that point
+    assert all(s["out"][:len(ref)] == ref[:len(s["out"])] for s in checked.states)
     if stop:
         assert eos in ref and ref.index(eos) == len(ref) - 1
     else:
@@ -86,8 +73,7 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
         [d for _, d in res.accept_per_position]
     assert len(res.timeline["draft_token_ms"]) == res.drafted
     assert len(res.timeline["verify_ms"]) <= res.verify_steps
-    assert steps[0] == "hidden" and len(steps) == 1 + len(res.gamma_trace)
-    assert steps.count("decode") == res.decode_steps
+    assert res.decode_steps == res.gamma_trace.count(0)
     if gamma != "adaptive":
         assert all(g <= gamma for g in res.gamma_trace)
     if alpha == 1.0 or pair == "same" and alpha is None:
