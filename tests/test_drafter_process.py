@@ -7,8 +7,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from harness import engine as E
 from harness import baselines as B
+from harness import engine as E
 from harness import stages
 from harness.drafter_process import DrafterProcess, DrafterProcessError
 from harness.errors import DataError, ModelLoadError

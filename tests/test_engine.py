@@ -8,9 +8,9 @@ import time
 import pytest
 import torch
 
-from harness import engine as E
 from harness import baselines as B
 from harness import costmodel as C
+from harness import engine as E
 from harness import results as R
 from harness.errors import DataError
 from harness.models.base import CausalLMRunner, TextRunner

@@ -6,9 +6,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import engine as E
 from harness import baselines as B
 from harness import costmodel as C
+from harness import engine as E
 
 from fixtures.engine_testers import Checked, one_thread, random_pair, runner, same_pair
 

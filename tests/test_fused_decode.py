@@ -8,8 +8,8 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
-from harness import engine as E
 from harness import baselines as B
+from harness import engine as E
 from harness.models.base import TextRunner
 from harness.models.quant import Int4Linear, int4_linear, quantize_int4, quantize_int4_
 from harness.models.static_decode import StaticDecoder

@@ -126,8 +126,8 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
     accepted. Under yield-gpu no hidden step may start after the target's loading ended."""
     from harness.data.synthetic import ensure_default_dataset
     from harness import data
-    from harness import engine as E
     from harness import baselines as B
+    from harness import engine as E
     from harness.models.profiles import configure_decode, load_pair
 
     from fixtures.engine_testers import Checked, Slow

@@ -8,8 +8,8 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from harness import engine as E
 from harness import baselines as B
+from harness import engine as E
 from harness.models.profiles import configure_decode, load_pair, static_cache_len
 from harness.models.static_decode import (PREFILL_BUCKET, CacheFullError, StaticDecoder, prefill_buckets,
                                           resolve_decode_impl)

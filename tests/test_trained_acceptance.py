@@ -10,8 +10,8 @@ import json
 import pytest
 import torch
 
-from harness import engine as E
 from harness import baselines as B
+from harness import engine as E
 from harness import metrics as M
 from harness.bounds import bounds_path, check_bound, load_bounds_file
 from harness.data import load_samples
