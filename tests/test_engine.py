@@ -100,7 +100,7 @@ def test_hidden_cap_bounds_the_window_drafting():
     assert res.output_tokens == _greedy(target, 20, PROMPT * 2)
 
 
-def test_target_error_in_worker_thread_reaches_the_caller(rand):
+def test_a_target_error_reaches_the_caller_after_the_drafter_stops(rand):
     drafter, target = rand
 
     class Broken(type(target)):
