@@ -102,14 +102,13 @@ class BenchSession:
         self.root = run_data.root
         self.durations = list(cfg.durations)
         self.samples = {d: [s for s in run_data.samples if s.dataset == d] for d in self.durations}
-        self.drafter, self.target = pipeline.open_models(cfg)
+        self.drafter, self.target = pipeline.open_models(cfg)   # the drafter: a runner or a DrafterProcess
         injected = _inject_delay([self.drafter, self.target], cfg.inject_delay)
         self.meta = pipeline.run_meta(
             cfg.profile, cfg.torch_device, self.drafter, self.target, cfg.torch_dtype, cfg.quant,
             run_data.source, self.root, run_id=time.strftime("pytest-%Y%m%d-%H%M%S"),
             command="pytest (ppbench plugin)", injected_delay=injected,
             missing_datasets=run_data.missing, **pipeline.config_meta(cfg))
-        self.parallel_drafter = None          # started by the first engine benchmark (engine())
         self.record_meta = pipeline.record_fields(self.meta)
         self.out = Path(cfg.out or DEFAULT_REPORT_DIR)
         self.out.mkdir(parents=True, exist_ok=True)
@@ -157,10 +156,8 @@ class BenchSession:
     def engine(self, duration: str) -> list[dict]:
         if duration not in self._engine:
             self._warm_up()
-            if self.cfg.drafter_process and self.parallel_drafter is None:
-                self.parallel_drafter = pipeline.drafter_process_for(self.cfg, self.drafter)
             if not self._engine:
-                warm_up_engine(self.parallel_drafter or self.drafter, self.target, self.samples[duration][0],
+                warm_up_engine(self.drafter, self.target, self.samples[duration][0],
                                overlap=self.cfg.overlap)
             before = len(self.records)
             # Nightly: the overlapped run and its target-only baseline (sequential and assisted
@@ -168,7 +165,6 @@ class BenchSession:
             for record in engine_records_for(self.drafter, self.target, self.samples[duration],
                                              max_new_tokens=self.cfg.max_new_tokens,
                                              sequential=False, overlap=self.cfg.overlap,
-                                             parallel_drafter=self.parallel_drafter,
                                              meta=self.record_meta):
                 self._append(record)
             self._engine[duration] = self.records[before:]
@@ -176,8 +172,7 @@ class BenchSession:
 
     def close(self) -> None:
         self._writer.close()
-        if self.parallel_drafter is not None:
-            self.parallel_drafter.close()
+        pipeline.close_models(self.drafter)
 
 
 def stage_seconds(records: list[dict], model: str, stage: str) -> tuple[list[float], list[str]]:

@@ -1,27 +1,32 @@
-"""The drafter in its own process, so its Python never competes with the target's for one GIL.
+"""The drafter in its own process: it builds the drafter's weights there, once per run, and serves
+every mode that needs the drafter, so its Python never competes with the target's for one GIL.
 
 Why: in one process the two pipelines share the GIL. The target's data loading decodes video
 frames in a Python loop that takes the GIL back after every frame, so every millisecond the
 drafter's thread spends in Python (its own loading, preprocessing, launching draft steps) delays
 it; in another process the same work competes for cores only. The measurements (GPU runs, and a
-CPU loader-contention probe) are in docs/results/README.md at commit 080f728 (*Previous* section).
+CPU loader-contention probe) are in docs/results/README.md at commit 080f728 (*Previous* section);
+thread vs process at alpha ~ 0: docs/results/README.md (*Current figures*).
 
 `DrafterProcess(factory)` spawns a process that builds the drafter with `factory()` (it must be
-picklable: a module-level function or a functools.partial of one) and serves the methods of
-`engine.Drafting` over a pipe. `engine.parallel_prefill_decode` accepts it as its drafter: the
-child runs stages 1-4 and hidden drafting while the parent runs the target; the two share
-`ready` / `on_gpu` events. Times are `time.perf_counter` ms, which is the system-wide monotonic
-clock on Linux and macOS, so parent and child timestamps share one origin. A draft block of the
-speculative phase costs one pipe round trip: the parent knows the child's cache length, so it
-realigns without asking and the crop travels with the next block.
+picklable: a module-level function or a functools.partial of one). The parent never holds the
+drafter's weights: the child serves
+  * the drafter's five-stage records (run_sample: stages.run_sample on the child's runner),
+  * its part of the sequential baseline (prefix_and_decode, on the parent's clock),
+  * the parallel engine's drafter side (drafting -> RemoteDrafting, an engine.DrafterSide): the
+    child runs stages 1-4 and hidden drafting while the parent runs the target; the two share
+    `ready` / `on_gpu` events. A draft block of the speculative phase costs one pipe round trip:
+    the parent knows the child's cache length, so it realigns without asking and the crop travels
+    with the next block.
+Assisted generation (transformers generate with assistant_model) needs both models in one process,
+so with a drafter process it is recorded as Unsupported, saying why (baselines.assisted_generation).
+Times are `time.perf_counter` ms, which is the system-wide monotonic clock on Linux and macOS, so
+parent and child timestamps share one origin.
 
-Only the parallel engine uses it: stage timing, target-only, sequential and the other baselines
-run the in-process drafter, so with `--drafter-process` the drafter's weights are loaded twice.
-It is the default whenever the drafter runs on CUDA (pipeline.resolve_drafter_process). On one
+It is the default whenever the drafter runs on CUDA (runconfig.resolve_drafter_process). On one
 shared GPU the two processes' CUDA contexts time-slice (without MPS), so the target's
 high-priority stream no longer pre-empts the drafter; that is why yield-gpu stops the drafter
-when the target's loading ends, with one step in flight. Thread vs process at alpha ~ 0:
-docs/results/README.md (*Current figures*).
+when the target's loading ends, with one step in flight.
 """
 from __future__ import annotations
 
@@ -32,7 +37,10 @@ from typing import Any, Callable
 
 import torch
 
-from .engine import Costs, Drafting, Emitter, realign_point
+from . import stages
+from .costmodel import Costs
+from .engine import Drafting, Emitter, prefix_and_decode, realign_point
+from .models.input_info import drafter_inputs
 
 
 class DrafterProcessError(RuntimeError):
@@ -40,7 +48,8 @@ class DrafterProcessError(RuntimeError):
 
 
 class DrafterProcess:
-    """A drafter served by a child process; use as `drafter` in engine.parallel_prefill_decode."""
+    """A drafter served by a child process: pass it as the drafter to stages.run_sample,
+    baselines.sequential and engine.parallel_prefill_decode."""
 
     is_process = True
     role = "drafter"
@@ -64,6 +73,13 @@ class DrafterProcess:
         self.device = torch.device(self.info["device"])
         self.eos_token_id = self.info["eos_token_id"]
         self.decode_impl = self.info["decode_impl"]
+        self.decode_setup = self.info["decode_setup"]
+        self.modality, self.role = self.info["modality"], self.info["role"]
+        self.input_info = self.info["input_info"]
+
+    def memory_footprint(self) -> int:
+        """The child's drafter's weights, in bytes (CausalLMRunner.memory_footprint, measured there)."""
+        return self.info["memory_footprint"]
 
     # -- pipe ---------------------------------------------------------------------------------------
     def call(self, method: str, *args):
@@ -95,6 +111,15 @@ class DrafterProcess:
         self.call("drafting", select, alpha, None if reference is None else list(reference), seed)
         return RemoteDrafting(self, costs)
 
+    def run_sample(self, sample, *, max_new_tokens: int = 50, stop_at_eos: bool = False,
+                   meta: dict | None = None) -> dict:
+        """The drafter's five-stage record of `sample` (stages.run_sample, run in the child)."""
+        return self.call("run_sample", sample, max_new_tokens, stop_at_eos, meta)
+
+    def prefix_and_decode(self, sample, n: int, *, stop_at_eos: bool = False, select=None, t0: float | None = None):
+        """engine.prefix_and_decode run in the child, on the parent's clock (t0)."""
+        return self.call("prefix_and_decode", sample, n, stop_at_eos, select, t0)
+
     def close(self) -> None:
         if self._proc.is_alive():
             try:
@@ -115,17 +140,15 @@ class DrafterProcess:
 
 
 class RemoteDrafting:
-    """engine.Drafting's methods for a drafter in a child process. The hidden phase is split:
-    start() returns at once (the child drafts), finish() collects what it drafted. realign() is
-    computed here from the child's cache length, which every reply carries; the crop it implies
-    is sent with the next draft_block() (or cache_len()), so a block costs one round trip."""
+    """engine.DrafterSide for a drafter in a child process. start() returns at once (the child
+    drafts), finish() collects what it drafted. realign() is computed here from the child's cache
+    length, which every reply carries; the crop it implies is sent with the next draft_block() (or
+    cache_len()), so a block costs one round trip."""
 
     def __init__(self, proc: DrafterProcess, costs: Costs):
         self.proc, self.costs, self.prompt_len = proc, costs, 0
+        self.ready, self.on_gpu = proc.ready, proc.on_gpu
         self._cache_len, self._crop_to = 0, None
-
-    def events(self):
-        return self.proc.ready, self.proc.on_gpu
 
     def start(self, sample, t0: float, n_max: int, *, yield_gpu: bool) -> None:
         self.proc.ready.clear()
@@ -165,7 +188,9 @@ def _serve(factory, conn, ready, on_gpu) -> None:
     try:
         runner = factory()
         conn.send(("ok", {"name": runner.name, "device": str(runner.device),
-                          "eos_token_id": runner.eos_token_id, "decode_impl": runner.decode_impl}))
+                          "eos_token_id": runner.eos_token_id, "decode_impl": runner.decode_impl,
+                          "decode_setup": runner.decode_setup, "modality": runner.modality, "role": runner.role,
+                          "memory_footprint": runner.memory_footprint(), "input_info": _input_info(runner)}))
     except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
         _send_error(conn, exc)
         return
@@ -181,8 +206,7 @@ def _serve(factory, conn, ready, on_gpu) -> None:
             with torch.inference_mode():
                 if method == "drafting":
                     select, alpha, reference, seed = args
-                    if runner.device.type == "cuda":   # steps abandoned by the previous run finish first
-                        torch.cuda.synchronize(runner.device)
+                    _sync(runner)     # steps abandoned by the previous run finish first
                     side = Drafting(runner, Emitter(select, alpha, reference, seed), Costs())
                     value = None
                 elif method == "start":
@@ -194,6 +218,15 @@ def _serve(factory, conn, ready, on_gpu) -> None:
                     _crop(side, args[0])
                     tokens, times = side.draft_block(*args[1:])
                     value = (tokens, times, _take_costs(side), side.cache_len())
+                elif method == "run_sample":
+                    sample, max_new_tokens, stop_at_eos, meta = args
+                    value = stages.run_sample(runner, sample, max_new_tokens=max_new_tokens,
+                                              stop_at_eos=stop_at_eos, meta=meta)
+                elif method == "prefix_and_decode":
+                    sample, n, stop_at_eos, select, t0 = args
+                    _sync(runner)
+                    value = prefix_and_decode(runner, sample, n, stop_at_eos=stop_at_eos, t0=t0,
+                                              **({"select": select} if select is not None else {}))
                 elif method == "cache_len":
                     _crop(side, args[0])
                     value = side.cache_len()
@@ -202,6 +235,20 @@ def _serve(factory, conn, ready, on_gpu) -> None:
             conn.send(("ok", value))
         except BaseException as exc:  # noqa: BLE001 - reported to the parent, which raises it
             _send_error(conn, exc)
+
+
+def _sync(runner) -> None:
+    if runner.device.type == "cuda":
+        torch.cuda.synchronize(runner.device)
+
+
+def _input_info(runner) -> dict | None:
+    """What the drafter reads (models/input_info.py), for the parent's meta; None for runners
+    that are not EventGPT's (the test suite's text runners)."""
+    try:
+        return drafter_inputs(runner)
+    except AttributeError:
+        return None
 
 
 def _crop(side: Drafting, length: int | None) -> None:

@@ -1,8 +1,10 @@
 """Parallel-prefill speculative decoding, gpt-fast style: one file, readable top to bottom.
 
-Both pipelines start at the same instant. The target (Video-LLaVA) runs stages 1-4 in a worker
-thread (its own CUDA stream, or its own device); meanwhile the drafter (EventGPT) runs its stages
-1-4, then keeps drafting greedy tokens until the target's prefill is done. Those "hidden" tokens
+Both pipelines start at the same instant. The target (Video-LLaVA) runs stages 1-4 in the calling
+thread (its own high-priority CUDA stream, or its own device); meanwhile the drafter's side
+(`DrafterSide`: a thread of this process, `Drafting`, or the drafter's own process,
+harness/drafter_process.py) runs the drafter's (EventGPT's) stages 1-4, then keeps drafting greedy
+tokens until the target's prefill is done. Those "hidden" tokens
 cost nothing on the critical path; the target checks the first against its own first token and
 verifies the rest in ONE forward. Decoding then continues as ordinary speculative decoding with a
 fixed or adaptive draft length. Output is always the target's own greedy output (lossless).
@@ -27,26 +29,33 @@ Bookkeeping conventions (the two models have different prompt lengths Pd and Pt)
     hidden block first: the run-length structure metrics.acceptance_structure reads). The hidden block counts as one verify step (position 0 is checked by the
     prefill logits, positions 1.. by one verify forward), so every block yields 1 + accepted tokens
     and  tokens produced == verify_steps + accepted + decode_steps  (before EOS/max truncation).
+  * The two vocabularies may differ (EventGPT 32001 rows, Video-LLaVA 32064): a target id the
+    drafter has no row for is fed to the drafter as its unk id (`drafter_ids`). Only what the
+    drafter reads changes; such a token can never be drafted, so a draft at its position is rejected.
+
+Timing: one clock everywhere (`now_ms`: host perf_counter after the calling thread's stream has
+finished), one stages-1-4 prefix (`run_stages_1_to_4`) and one greedy decode (`greedy_decode`, one
+`decode_step` at a time), used by the five-stage records (stages.run_sample), the baselines
+(harness/baselines.py) and this engine alike.
 
 Times are ms from the sample's common start.
 """
 from __future__ import annotations
 
 import contextlib
-import copy
 import random
-import statistics
-import sys
 import threading
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol, Sequence
 
 import torch
 
-from harness.models.base import CausalLMRunner, TextRunner, greedy
-from harness.options import OVERLAP_CHOICES
+from .costmodel import MAX_GAMMA, Costs, choose_gamma, ideal_e2e_ms
+from .models.base import CausalLMRunner, greedy
+from .options import OVERLAP_CHOICES
+from .results import EngineResult, finish_result
 
 STAGES = ("load", "preprocess", "vision", "prefill")
 _PINNED_TOKENS = 64                      # pinned host slots for queued hidden tokens (the default cap)
@@ -54,7 +63,6 @@ _PINNED_TOKENS = 64                      # pinned host slots for queued hidden t
 # copy of the pixels to the GPU, which waits behind drafter work still in flight (for a drafter in
 # another process, whose work time-slices with the target's instead of yielding to its priority).
 YIELD_AFTER = "load"
-MAX_GAMMA = 8
 OVERLAP_POLICIES = OVERLAP_CHOICES   # harness/options.py: auto, always, yield-gpu
 
 
@@ -70,8 +78,9 @@ def now_ms(device: torch.device | str | None = None) -> float:
 
 
 def _sync_all(*runners: CausalLMRunner) -> None:
+    """Synchronizes the devices of the runners in this process (a drafter process syncs its own)."""
     for r in runners:
-        if r.device.type == "cuda":
+        if r.device.type == "cuda" and not getattr(r, "is_process", False):
             torch.cuda.synchronize(r.device)
 
 
@@ -95,12 +104,14 @@ def _question(sample: Any) -> str:
 
 # -- stages 1-4 -----------------------------------------------------------------------------------
 def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None = None, *,
-                      t0: float | None = None, on_loaded: Callable[[], None] | None = None):
+                      t0: float | None = None, on_loaded: Callable[[], None] | None = None,
+                      ends: dict | None = None):
     """Stages 1-4 -> (cache, first_logits, {stage: end_ms}); end times are relative to `t0`.
-    on_loaded() is called when stage 1 (data loading, host only) is over."""
+    on_loaded() is called when stage 1 (data loading, host only) is over. `ends`, when given, is
+    filled as each stage ends, so after a failure it says which stages finished."""
     question = _question(sample) if question is None else question
     t0 = now_ms(runner.device) if t0 is None else t0
-    ends = {}
+    ends = {} if ends is None else ends
     raw = runner.load_inputs(sample)
     ends["load"] = now_ms(runner.device) - t0
     if on_loaded is not None:
@@ -114,7 +125,7 @@ def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None 
     return cache, logits, ends
 
 
-# -- measured acceptance and costs ------------------------------------------------------------------
+# -- measured acceptance ------------------------------------------------------------------
 @dataclass
 class Acceptance:
     drafted: int = 0
@@ -143,52 +154,10 @@ class Acceptance:
         return (self.accepted + a) / (self.accepted + self.rejections + a + b)
 
 
-@dataclass
-class Costs:
-    draft_ms: list = field(default_factory=list)     # one drafter forward of 1-2 tokens
-    hidden_ms: list = field(default_factory=list)    # one queued hidden step (CUDA: GPU time)
-    verify_ms: dict = field(default_factory=dict)    # k tokens -> [ms]; k == 1 is a plain decode
-
-    def add_verify(self, k: int, ms: float) -> None:
-        self.verify_ms.setdefault(int(k), []).append(ms)
-
-    def draft(self) -> float | None:
-        return statistics.fmean(self.draft_ms) if self.draft_ms else None
-
-    def hidden(self) -> float | None:
-        """Cost of a hidden draft step: queued steps where measured, else a synchronous draft step."""
-        return statistics.fmean(self.hidden_ms) if self.hidden_ms else self.draft()
-
-    def verify(self, k: int) -> float | None:
-        """Mean measured cost of a k-token target forward; unmeasured k from a least-squares line."""
-        if k in self.verify_ms:
-            return statistics.fmean(self.verify_ms[k])
-        points = [(kk, statistics.fmean(v)) for kk, v in self.verify_ms.items()]
-        if not points:
-            return None
-        if len(points) == 1:
-            return points[0][1]          # optimistic (memory-bound): a bigger block costs the same
-        slope, intercept = statistics.linear_regression(*zip(*points))
-        return max(intercept + slope * k, min(p[1] for p in points))
 
 
-def expected_tokens(alpha: float, gamma: int) -> float:
-    """E[tokens per verify] for i.i.d. per-token acceptance alpha and draft length gamma."""
-    if alpha >= 1.0:
-        return gamma + 1.0
-    return (1.0 - alpha ** (gamma + 1)) / (1.0 - alpha)
 
 
-def choose_gamma(alpha: float, draft_ms: float, verify_ms: Callable[[int], float], decode_ms: float,
-                 *, max_gamma: int = MAX_GAMMA, min_gain: float = 0.02) -> int:
-    """Draft length maximizing tokens per ms; 0 (plain decoding) unless speculation beats plain
-    decoding's 1/decode_ms by more than `min_gain`, so a bad drafter costs at most a few probes."""
-    best, best_rate = 0, 1.0 / decode_ms
-    for g in range(1, max_gamma + 1):
-        rate = expected_tokens(alpha, g) / (g * draft_ms + verify_ms(g + 1))
-        if rate > best_rate * (1.0 + min_gain) and rate > best_rate:
-            best, best_rate = g, rate
-    return best
 
 
 def _next_gamma(gamma: int | str, acc: Acceptance, costs: Costs, remaining: int) -> int:
@@ -233,70 +202,7 @@ class Emitter:
         return (ref + 1 + self.rng.randrange(vocab - 1)) % vocab
 
 
-# -- result ---------------------------------------------------------------------------------------
-@dataclass
-class EngineResult:
-    mode: str
-    gamma: int | str = 0
-    alpha_simulated: float | None = None
-    output_tokens: list = field(default_factory=list)
-    e2e_ms: float | None = None
-    ttft_ms: float | None = None
-    tpot_ms: float | None = None
-    window_ms: float | None = None
-    overlap: str | None = None  # the overlap policy that ran: "always" | "yield-gpu"
-    hidden_block: int = 0      # tokens drafted before verification started (the hidden block)
-    hidden_drafted: int = 0    # of those, finished inside the window (by target prefill end)
-    hidden_accepted: int = 0   # of those, accepted
-    drafted: int = 0
-    accepted: int = 0
-    verify_steps: int = 0
-    accept_per_position: list = field(default_factory=list)
-    accept_blocks: list = field(default_factory=list)   # [[drafted, accepted], ...]; [0] = hidden block
-    token_match_rate: float | None = None
-    ideal_e2e_ms: float | None = None
-    timeline: dict = field(default_factory=lambda: {
-        "drafter_stage_end_ms": {}, "target_stage_end_ms": {}, "draft_token_ms": [], "verify_ms": []})
-    error: dict | None = None
-    note: str | None = None
-    # not in the record, kept for analysis and tests
-    decode_steps: int = 0
-    produced: int = 0                      # tokens produced before EOS / max_new_tokens truncation
-    gamma_trace: list = field(default_factory=list)   # draft length used at each step after the window
-    n_prompt_tokens: dict = field(default_factory=dict)
-    costs: Costs = field(default_factory=Costs)
-
-    @property
-    def acceptance_rate(self) -> float | None:
-        return self.accepted / self.drafted if self.drafted else None
-
-    @property
-    def mean_acceptance_length(self) -> float | None:
-        return 1.0 + self.accepted / self.verify_steps if self.verify_steps else None
-
-
-def _finish(result: EngineResult, out: list[int], eos: set[int], max_new_tokens: int,
-            reference: Sequence[int] | None) -> None:
-    result.produced = len(out)
-    out = out[:max_new_tokens]
-    for i, tok in enumerate(out):
-        if tok in eos:
-            out = out[:i + 1]
-            break
-    result.output_tokens = out
-    if result.e2e_ms is not None and result.ttft_ms is not None and len(out) > 1:
-        result.tpot_ms = (result.e2e_ms - result.ttft_ms) / (len(out) - 1)
-    else:
-        result.tpot_ms = None  # one token: no time per output token after the first
-    if reference is not None:
-        result.token_match_rate = token_match_rate(out, reference)
-
-
-def token_match_rate(out: Sequence[int], reference: Sequence[int]) -> float:
-    n = max(len(out), len(reference))
-    return sum(a == b for a, b in zip(out, reference)) / n if n else 1.0
-
-
+# -- end of sequence ------------------------------------------------------------------------------
 def _eos_set(runner: CausalLMRunner, stop_at_eos: bool) -> set[int]:
     eos = runner.eos_token_id if stop_at_eos else None
     if eos is None:
@@ -304,65 +210,41 @@ def _eos_set(runner: CausalLMRunner, stop_at_eos: bool) -> set[int]:
     return {int(e) for e in eos} if isinstance(eos, (list, tuple)) else {int(eos)}
 
 
-# -- plain greedy decoding (baselines) -------------------------------------------------------------
+# -- plain greedy decoding ---------------------------------------------------------------------------
+def decode_step(runner: CausalLMRunner, cache, token: int, select=greedy) -> tuple[int, float, float]:
+    """One plain decode forward -> (next token, start ms, end ms); the end is read after the
+    runner's stream has finished the step and the token is on the host."""
+    start = now_ms(runner.device)
+    token = int(select(runner.decode(token, cache)))
+    return token, start, now_ms(runner.device)
+
+
 def greedy_decode(runner: CausalLMRunner, cache, logits: torch.Tensor, n: int, *, eos: set[int],
                   select=greedy, t0: float = 0.0, costs: Costs | None = None):
-    """Plain decode up to n tokens (token 1 from the prefill logits) -> (tokens, times_ms)."""
+    """Plain decode up to n tokens (token 1 from the prefill logits) -> (tokens, times_ms from t0)."""
     tokens, times = [int(select(logits))], [now_ms(runner.device) - t0]
     while len(tokens) < n and tokens[-1] not in eos:
-        start = now_ms(runner.device)
-        logits = runner.decode(tokens[-1], cache)
-        tokens.append(int(select(logits)))
-        end = now_ms(runner.device)
+        token, start, end = decode_step(runner, cache, tokens[-1], select)
+        tokens.append(token)
         times.append(end - t0)
         if costs is not None:
             costs.add_verify(1, end - start)
     return tokens, times
 
 
-@torch.inference_mode()
-def target_only(target: CausalLMRunner, sample: Any, *, max_new_tokens: int = 50,
-                stop_at_eos: bool = False, select=greedy) -> EngineResult:
-    """Target stages 1-4 + plain greedy decode."""
-    _sync_all(target)
-    t0 = now_ms(target.device)
-    cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0)
-    res = EngineResult(mode="target_only", gamma=0, n_prompt_tokens={"target": target.cache_len(cache)})
-    tokens, times = greedy_decode(target, cache, logits, max_new_tokens,
-                                  eos=_eos_set(target, stop_at_eos), select=select, t0=t0,
-                                  costs=res.costs)
+def prefix_and_decode(runner: CausalLMRunner, sample: Any, n: int, *, stop_at_eos: bool = False, select=greedy,
+                      t0: float | None = None, costs: Costs | None = None, ends: dict | None = None):
+    """One model on its own: stages 1-4, then plain greedy decoding of up to n tokens
+    -> (tokens, token times, stage ends with "decode", prompt length); ms from t0 (default: now).
+    The five-stage records, target-only, sequential and the simulated-alpha reference all run it."""
+    t0 = now_ms(runner.device) if t0 is None else t0
+    ends = {} if ends is None else ends
+    cache, logits, _ = run_stages_1_to_4(runner, sample, t0=t0, ends=ends)
+    prompt_len = runner.cache_len(cache)
+    tokens, times = greedy_decode(runner, cache, logits, n, eos=_eos_set(runner, stop_at_eos), select=select,
+                                  t0=t0, costs=costs)
     ends["decode"] = times[-1]
-    res.timeline["target_stage_end_ms"] = ends
-    res.ttft_ms, res.e2e_ms = times[0], times[-1]
-    res.decode_steps = len(tokens) - 1
-    _finish(res, tokens, set(), max_new_tokens, None)
-    return res
-
-
-@torch.inference_mode()
-def sequential(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
-               max_new_tokens: int = 50, stop_at_eos: bool = False, select=greedy) -> EngineResult:
-    """The naive cascade: the drafter runs stages 1-5 to completion, then the target runs 1-5.
-    The output is the target's; the drafter's answer is only timed (it is not used as a draft)."""
-    _sync_all(drafter, target)
-    t0 = now_ms(drafter.device)
-    dcache, dlogits, d_ends = run_stages_1_to_4(drafter, sample, t0=t0)
-    _, d_times = greedy_decode(drafter, dcache, dlogits, max_new_tokens,
-                               eos=_eos_set(drafter, stop_at_eos), select=select, t0=t0)
-    d_ends["decode"] = d_times[-1]
-    del dcache
-    tcache, tlogits, t_ends = run_stages_1_to_4(target, sample, t0=t0)
-    res = EngineResult(mode="sequential", gamma=0, note="drafter stages 1-5, then target stages 1-5",
-                       n_prompt_tokens={"target": target.cache_len(tcache)})
-    tokens, times = greedy_decode(target, tcache, tlogits, max_new_tokens,
-                                  eos=_eos_set(target, stop_at_eos), select=select, t0=t0,
-                                  costs=res.costs)
-    t_ends["decode"] = times[-1]
-    res.timeline.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends)
-    res.ttft_ms, res.e2e_ms = times[0], times[-1]
-    res.decode_steps = len(tokens) - 1
-    _finish(res, tokens, set(), max_new_tokens, None)
-    return res
+    return tokens, times, ends, prompt_len
 
 
 # -- parallel prefill -------------------------------------------------------------------------------
@@ -383,40 +265,112 @@ def resolve_overlap(policy: str, drafter, target) -> str:
     return "yield-gpu" if d.type == "cuda" and d == t else "always"
 
 
-def _target_pipeline(target, sample, t0, select, box, ready: threading.Event,
-                     on_gpu: threading.Event) -> None:
-    """Worker thread: target stages 1-4 on its own stream; `on_gpu` is set when its data loading
-    ends (what follows uses the GPU), `ready` when its prefill is done."""
+def _target_stages(target, sample, t0: float, select, side: "DrafterSide"):
+    """Target stages 1-4 on its own high-priority stream, in the calling thread; `side.on_gpu` is
+    set when its data loading ends (what follows uses the GPU), `side.ready` when its prefill is
+    done (or failed). -> (cache, first token, stage ends, first token's time)."""
     try:
-        with torch.inference_mode(), _on(_new_stream(target, high_priority=True)):
-            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_loaded=on_gpu.set)
+        with _on(_new_stream(target, high_priority=True)):
+            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_loaded=side.on_gpu.set)
             t1 = int(select(logits))
-            box.update(cache=cache, t1=t1, ends=ends, t1_ms=now_ms(target.device) - t0)
-    except BaseException as exc:  # re-raised on the main thread after join
-        box["error"] = exc
+            return cache, t1, ends, now_ms(target.device) - t0
     finally:
-        ready.set()
+        side.ready.set()
+
+
+class DrafterSide(Protocol):
+    """The drafter's half of one parallel run (its KV cache, stream and emitter), wherever it runs:
+    `Drafting` (a thread of this process) or drafter_process.RemoteDrafting (the drafter's own
+    process). The target's pipeline sets `on_gpu` when its loading ends and `ready` when its
+    prefill is done; prompt_len is the drafter's prompt length once finish() has returned."""
+    ready: Any
+    on_gpu: Any
+    prompt_len: int
+
+    def start(self, sample, t0: float, n_max: int, *, yield_gpu: bool) -> None:
+        """Starts the drafter's stages 1-4 and hidden drafting (at most n_max tokens); returns at once."""
+
+    def finish(self) -> tuple[list[int], list[float], dict]:
+        """Stops hidden drafting -> (hidden tokens, their finish times, the drafter's stage ends)."""
+
+    def realign(self, out: list[int]) -> list[int]:
+        """Drops drafter cache entries past the output -> the output suffix it has not processed."""
+
+    def draft_block(self, pending: list[int], gamma: int, pos: int, t0: float) -> tuple[list[int], list[float]]:
+        """Feeds `pending`, drafts gamma tokens for output positions pos... -> (tokens, finish times)."""
+
+    def cache_len(self) -> int:
+        """The drafter's cache length."""
+
+
+def drafter_side(drafter, costs: Costs, select, alpha, reference, seed: int) -> DrafterSide:
+    """The drafter's half of a run: its own `drafting` where it provides one (a DrafterProcess),
+    else a Drafting in this process."""
+    own = getattr(drafter, "drafting", None)
+    if own is not None:
+        return own(costs, select, alpha, reference, seed)
+    return Drafting(drafter, Emitter(select, alpha, reference, seed), costs)
+
+
+def drafter_ids(tokens: Sequence[int], vocab: int | None, unk: int) -> list[int]:
+    """Token ids as the drafter can read them: an id past its vocabulary (a target id it has no
+    row for) becomes its unk id."""
+    return [int(t) if vocab is None or int(t) < vocab else unk for t in tokens]
+
+
+def _unk_id(runner, vocab: int) -> int:
+    unk = getattr(getattr(runner, "tokenizer", None), "unk_token_id", None)
+    return unk if isinstance(unk, int) and 0 <= unk < vocab else 0
 
 
 class Drafting:
-    """The drafter's half of one parallel run: its KV cache, CUDA stream and emitter. Stages 1-4
-    and hidden drafting, then draft blocks and cache realignment for the speculative phase. This
-    one runs in the engine's process; harness/drafter_process.py has the same methods served by
-    a drafter in its own process."""
+    """DrafterSide in this process: stages 1-4 and hidden drafting run in a thread
+    ("ppbench-drafter", start/finish) while the caller runs the target; the speculative phase's
+    calls run in the caller's thread. A drafter process runs one in its main thread
+    (stages_and_hidden, harness/drafter_process.py)."""
 
     def __init__(self, drafter: CausalLMRunner, emit: "Emitter", costs: "Costs"):
         self.runner, self.emit, self.costs = drafter, emit, costs
         self.stream = _new_stream(drafter)
         self.cache, self.prompt_len = None, 0
+        self.vocab, self.unk = None, 0
+        self.ready, self.on_gpu = threading.Event(), threading.Event()
+        self._thread, self._box = None, {}
+        _sync_all(drafter)
+
+    def start(self, sample, t0: float, n_max: int, *, yield_gpu: bool) -> None:
+        def run():
+            try:
+                with torch.inference_mode():
+                    self._box["value"] = self.stages_and_hidden(sample, t0, n_max, self.ready,
+                                                                self.on_gpu if yield_gpu else None)
+            except BaseException as exc:  # re-raised by finish()
+                self._box["error"] = exc
+
+        self._box = {}
+        self._thread = threading.Thread(target=run, name="ppbench-drafter", daemon=True)
+        self._thread.start()
+
+    def finish(self):
+        self.ready.set()        # the target is ready (or failed): stop drafting in any case
+        self._thread.join()
+        if "error" in self._box:
+            raise self._box["error"]
+        return self._box["value"]
 
     def stages_and_hidden(self, sample, t0: float, n_max: int, ready, pause=None):
         """-> (hidden tokens, their finish times, drafter stage end times); see _draft_hidden."""
         with _on(self.stream):
             self.cache, logits, ends = run_stages_1_to_4(self.runner, sample, t0=t0)
+            self.vocab = logits.shape[-1]
+            self.unk = _unk_id(self.runner, self.vocab)
             hidden, times = _draft_hidden(self.runner, self.cache, logits, n_max, ready, self.emit, t0,
-                                          self.costs, pause)
+                                          self.costs, pause, feed=self.feed)
         self.prompt_len = self.runner.cache_len(self.cache) - (len(hidden) - 1)
         return hidden, times, ends
+
+    def feed(self, token: int) -> int:
+        return drafter_ids([token], self.vocab, self.unk)[0]
 
     def realign(self, out: list[int]) -> list[int]:
         with _on(self.stream):
@@ -424,34 +378,36 @@ class Drafting:
 
     def draft_block(self, pending: list[int], gamma: int, pos: int, t0: float):
         with _on(self.stream):
-            return _draft_block(self.runner, self.cache, pending, gamma, pos, self.emit, t0, self.costs)
+            return _draft_block(self.runner, self.cache, drafter_ids(pending, self.vocab, self.unk), gamma, pos,
+                                self.emit, t0, self.costs, feed=self.feed)
 
     def cache_len(self) -> int:
         return self.runner.cache_len(self.cache)
 
 
 def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t0, costs,
-                  pause: threading.Event | None = None):
+                  pause: threading.Event | None = None, feed: Callable[[int], int] = int):
     """Draft greedily from the drafter's prefill until the target is ready or n_max tokens; once
     `pause` is set, wait for the target instead of drafting (the yield-gpu policy).
     -> (tokens, finish times in ms from t0). On CPU each step is synchronous; a step still running
-    when the target becomes ready joins the block."""
+    when the target becomes ready joins the block. feed() maps a token to the id the drafter
+    reads (drafter_ids)."""
     if drafter.device.type == "cuda":
-        return _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, pause)
+        return _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, pause, feed)
     tokens, times = [emit(logits, 0)], [now_ms(drafter.device) - t0]
     while len(tokens) < n_max and not ready.is_set():
         if pause is not None and pause.is_set():
             ready.wait()
             break
         start = now_ms(drafter.device)
-        logits = drafter.decode(tokens[-1], cache)
+        logits = drafter.decode(feed(tokens[-1]), cache)
         tokens.append(emit(logits, len(tokens)))
         times.append(now_ms(drafter.device) - t0)
         costs.draft_ms.append(times[-1] + t0 - start)
     return tokens, times
 
 
-def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, pause):
+def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, pause, feed=int):
     """The CUDA version: steps are queued back to back with each token kept on the GPU (the next
     step reads it there), two steps in flight, so the drafter drafts at its GPU speed with no
     host round trip per token. Under yield-gpu (`pause`) one step only: whatever is in flight when
@@ -467,7 +423,7 @@ def _draft_hidden_queued(drafter, cache, logits, n_max, ready, emit, t0, costs, 
     origin_ms = now_ms(dev) - t0                         # origin has completed: host time of it
     # Simulated tokens are drawn up front (they do not depend on the drafter's output).
     forced = [emit.forced(pos, logits.shape[-1]) for pos in range(1, n_max)]
-    forced_dev = torch.tensor([first] + [-1 if f is None else f for f in forced], device=dev)
+    forced_dev = torch.tensor([feed(first)] + [-1 if f is None else feed(f) for f in forced], device=dev)
     # One size for every sample (the hidden cap's), so the pinned block is reused, not reallocated.
     host = torch.zeros(max(n_max - 1, _PINNED_TOKENS), dtype=torch.long, pin_memory=True)
     token = forced_dev[0]
@@ -512,15 +468,16 @@ def _done_unless(event: torch.cuda.Event, ready: threading.Event, *others: threa
     return True
 
 
-def _draft_block(drafter, cache, pending, gamma, pos, emit, t0, costs):
-    """Feed the drafter's pending tokens, then draft `gamma` tokens for output positions pos..."""
+def _draft_block(drafter, cache, pending, gamma, pos, emit, t0, costs, feed: Callable[[int], int] = int):
+    """Feed the drafter's pending tokens (ids it can read), then draft `gamma` tokens for output
+    positions pos..."""
     tokens, times = [], []
     for i in range(gamma):
         start = now_ms(drafter.device)
         if i == 0:
             logits = drafter.verify(pending, cache)[-1] if len(pending) > 1 else drafter.decode(pending[0], cache)
         else:
-            logits = drafter.decode(tokens[-1], cache)
+            logits = drafter.decode(feed(tokens[-1]), cache)
         tokens.append(emit(logits, pos + i))
         times.append(now_ms(drafter.device) - t0)
         if i > 0 or len(pending) <= 2:       # a long catch-up forward is not a typical draft step
@@ -563,91 +520,57 @@ def _realign_drafter(drafter, dcache, pd, out) -> list[int]:
 
 
 @torch.inference_mode()
-def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
-                            max_new_tokens: int = 50, gamma: int | str = "adaptive",
-                            hidden_cap: int = 64, stop_at_eos: bool = False,
-                            alpha: float | None = None, reference_tokens: Sequence[int] | None = None,
-                            seed: int = 0, select=greedy, overlap: str = "auto",
-                            switch_interval: float | None = None,
-                            debug_hook: Callable[[dict], None] | None = None) -> EngineResult:
-    """Parallel prefill + hidden drafting + speculative decoding; see the module docstring.
+def reference_output(target, sample, max_new_tokens: int, *, stop_at_eos: bool = False, select=greedy) -> list[int]:
+    """The target's plain greedy output for `sample` (target-only's tokens, untimed)."""
+    return prefix_and_decode(target, sample, max_new_tokens, stop_at_eos=stop_at_eos, select=select)[0]
 
-    overlap: 'always', 'yield-gpu' or 'auto' (yield-gpu when both models share a CUDA device).
-    alpha: simulated acceptance (the drafter emits the reference token with this probability).
-    reference_tokens: the target's plain greedy output for this sample; computed with
-    `target_only` when alpha is given without it. debug_hook(state) is called after every step.
-    switch_interval: Python's GIL switch interval (s) while both pipelines run (None: unchanged);
-    an experiment knob for scripts/overlap_probe.py (its results: docs/results/README.md at commit
-    080f728, h100-overlap-probe)."""
+
+def _check_arguments(max_new_tokens: int, hidden_cap: int, gamma, alpha) -> None:
     if max_new_tokens < 1 or hidden_cap < 1:
         raise ValueError(f"max_new_tokens ({max_new_tokens}) and hidden_cap ({hidden_cap}) must be >= 1")
     if gamma != "adaptive" and not 0 <= int(gamma) <= 64:
         raise ValueError(f"gamma must be 'adaptive' or an int in 0..64, got {gamma!r}")
     if alpha is not None and not 0.0 <= alpha <= 1.0:
         raise ValueError(f"alpha must be in [0, 1], got {alpha}")
-    if switch_interval is not None and not switch_interval > 0:
-        raise ValueError(f"switch_interval must be > 0 seconds, got {switch_interval}")
+
+
+@torch.inference_mode()
+def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max_new_tokens: int = 50,
+                            gamma: int | str = "adaptive", hidden_cap: int = 64, stop_at_eos: bool = False,
+                            alpha: float | None = None, reference_tokens: Sequence[int] | None = None,
+                            seed: int = 0, select=greedy, overlap: str = "auto") -> EngineResult:
+    """Parallel prefill + hidden drafting + speculative decoding; see the module docstring.
+
+    drafter: a runner (drafted in a thread here) or a drafter_process.DrafterProcess.
+    overlap: 'always', 'yield-gpu' or 'auto' (yield-gpu when both models share a CUDA device).
+    alpha: simulated acceptance (the drafter emits the reference token with this probability).
+    reference_tokens: the target's plain greedy output for this sample; computed when alpha is
+    given without it."""
+    _check_arguments(max_new_tokens, hidden_cap, gamma, alpha)
     overlap = resolve_overlap(overlap, drafter, target)
     if alpha is not None and reference_tokens is None:
-        reference_tokens = target_only(target, sample, max_new_tokens=max_new_tokens,
-                                       stop_at_eos=stop_at_eos, select=select).output_tokens
+        reference_tokens = reference_output(target, sample, max_new_tokens, stop_at_eos=stop_at_eos, select=select)
     eos = _eos_set(target, stop_at_eos)
     res = EngineResult(mode="parallel", gamma=gamma, alpha_simulated=alpha, overlap=overlap)
     acc, costs, tl = Acceptance(), res.costs, res.timeline
-    n_hidden = min(hidden_cap, max_new_tokens)
 
     # Stages 1-4 of both models from one common start; the drafter drafts while it waits.
-    # In-process, the target runs in a worker thread and the drafter here; a drafter in its own
-    # process (harness/drafter_process.py) starts there and the target runs here.
-    remote = getattr(drafter, "is_process", False)
-    if remote and switch_interval:
-        raise ValueError("switch_interval applies to threads of one process; the drafter runs in its own")
-    side = (drafter.drafting(costs, select, alpha, reference_tokens, seed) if remote
-            else Drafting(drafter, Emitter(select, alpha, reference_tokens, seed), costs))
-    _sync_all(*([target] if remote else [drafter, target]))
-    ready, on_gpu = side.events() if remote else (threading.Event(), threading.Event())
-    pause = on_gpu if overlap == "yield-gpu" else None
-    box = {}
-    saved_interval = sys.getswitchinterval()
+    side = drafter_side(drafter, costs, select, alpha, reference_tokens, seed)
+    _sync_all(target)
     t0 = now_ms()
-    if remote:
-        side.start(sample, t0, n_hidden, yield_gpu=pause is not None)
-        try:
-            _target_pipeline(target, sample, t0, select, box, ready, on_gpu)   # sets `ready` at the end
-        finally:
-            hidden, hidden_ms, d_ends = side.finish()
-    else:
-        worker = threading.Thread(target=_target_pipeline, args=(target, sample, t0, select, box, ready, on_gpu),
-                                  name="ppbench-target", daemon=True)
-        try:
-            if switch_interval:
-                sys.setswitchinterval(switch_interval)
-            worker.start()
-            hidden, hidden_ms, d_ends = side.stages_and_hidden(sample, t0, n_hidden, ready, pause)
-        finally:
-            if worker.is_alive():
-                worker.join()
-            sys.setswitchinterval(saved_interval)
-    if "error" in box:
-        raise box["error"]
-    # The target's stream is done (its thread synchronized it after prefill). Abandoned draft
-    # steps may still run on the drafter's stream: all later drafter work stays on that stream
-    # (ordered after them on the GPU), and the target's work never waits for it, on a shared
-    # GPU either (a device-wide synchronize, or the default stream waiting on it, would).
-    tcache, t1 = box["cache"], box["t1"]
-    pt = target.cache_len(tcache)
-    pd = side.prompt_len
+    side.start(sample, t0, min(hidden_cap, max_new_tokens), yield_gpu=overlap == "yield-gpu")
+    try:
+        tcache, t1, t_ends, res.ttft_ms = _target_stages(target, sample, t0, select, side)
+    finally:
+        hidden, hidden_ms, d_ends = side.finish()
+    # The target's stream is done (synchronized after prefill). Abandoned draft steps may still
+    # run on the drafter's stream: all later drafter work stays on that stream (ordered after them
+    # on the GPU), and the target's work never waits for it, on a shared GPU either (a
+    # device-wide synchronize, or the default stream waiting on it, would).
+    pt, pd = target.cache_len(tcache), side.prompt_len
     res.n_prompt_tokens = {"drafter": pd, "target": pt}
-    tl.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=box["ends"], draft_token_ms=list(hidden_ms))
-    res.window_ms = box["ends"]["prefill"] - d_ends["prefill"]
-    res.ttft_ms = box["t1_ms"]
-
-    plain = False           # set once the engine has fallen back to plain decoding for good
-
-    def state(step: str) -> dict:
-        return {"step": step, "out": list(out), "pending": list(pending), "plain": plain, "target_prompt": pt,
-                "drafter_prompt": pd, "target_cache": target.cache_len(tcache),
-                "drafter_cache": side.cache_len()}
+    tl.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends, draft_token_ms=list(hidden_ms))
+    res.window_ms = t_ends["prefill"] - d_ends["prefill"]
 
     # The hidden block: d1 is checked against t1 by the prefill logits, the rest by one forward.
     out = [t1]
@@ -655,145 +578,53 @@ def parallel_prefill_decode(drafter: CausalLMRunner, target: CausalLMRunner, sam
     acc.add_block(len(hidden), m + 1)
     # A draft step that was running when the target became ready (CPU only; CUDA abandons it)
     # joins the block, but only tokens finished inside the window are "hidden".
-    in_window = sum(1 for t in hidden_ms if t <= box["ends"]["prefill"])
+    in_window = sum(1 for t in hidden_ms if t <= t_ends["prefill"])
     res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
     pending = side.realign(out)
-    if debug_hook:
-        debug_hook(state("hidden"))
 
     # Speculative decoding with a fixed or adaptive draft length; gamma 0 = plain target decode.
-    # A gamma of 0 chosen from measured costs is kept to the end: no block is verified while
-    # decoding plainly, so the acceptance estimate and the draft and verify costs it rests on stay
-    # as they were; only the decode-cost mean moves, by noise. The rest is then the same loop as
-    # target_only's, with no per-step drafter bookkeeping.
-    ended = bool(eos.intersection(out))
+    # A gamma of 0 chosen from measured costs is kept to the end (`plain`): no block is verified
+    # while decoding plainly, so the acceptance estimate and the draft and verify costs it rests on
+    # stay as they were; the rest is then target-only's loop, with no drafter bookkeeping.
+    plain, ended = False, bool(eos.intersection(out))
     while len(out) < max_new_tokens and not ended:
         g = 0 if plain else _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
         res.gamma_trace.append(g)
         n_before = len(out)
         if g == 0:
             plain = plain or gamma != "adaptive" or 1 in costs.verify_ms
-            start = now_ms(target.device)
-            logits = target.decode(out[-1], tcache)
-            out.append(int(select(logits)))
-            costs.add_verify(1, now_ms(target.device) - start)
+            token, start, end = decode_step(target, tcache, out[-1], select)
+            out.append(token)
+            costs.add_verify(1, end - start)
             res.decode_steps += 1
         else:
             block, times = side.draft_block(pending, g, len(out), t0)
             tl["draft_token_ms"].extend(times)
-            m = _verify(target, tcache, pt, out, block, select, t0, res)
-            acc.add_block(g, m)
+            acc.add_block(g, _verify(target, tcache, pt, out, block, select, t0, res))
         ended = bool(eos.intersection(out[n_before:]))
         if not plain:
             pending = side.realign(out)
-        if debug_hook:
-            debug_hook(state("decode" if g == 0 else "verify"))
 
     res.e2e_ms = now_ms(target.device) - t0
-    res.drafted, res.accepted, res.verify_steps = acc.drafted, acc.accepted, acc.verify_steps
-    res.accept_per_position = [list(p) for p in acc.per_position]
-    res.accept_blocks = [list(b) for b in acc.blocks]
-    _finish(res, out, eos, max_new_tokens, reference_tokens)
+    _record_acceptance(res, acc)
+    finish_result(res, out, eos, max_new_tokens, reference_tokens)
     res.ideal_e2e_ms = _ideal_for(res, hidden_cap, len(res.output_tokens))
     return res
 
 
-# -- HF assisted generation baseline ------------------------------------------------------------------
-@torch.inference_mode()
-def assisted_generation(drafter: CausalLMRunner, target: CausalLMRunner, sample: Any, *,
-                        max_new_tokens: int = 50, gamma: int | str = "adaptive",
-                        stop_at_eos: bool = False) -> EngineResult:
-    """transformers generate(assistant_model=...) on the same sample, where it can run at all."""
-    res = EngineResult(mode="assisted", gamma=gamma)
-    why = _assisted_unsupported(drafter, target)
-    if why:
-        res.error = {"stage": "assisted", "type": "Unsupported", "message": why}
-        res.note = why
-        return res
-    ids = target.preprocess(target.load_inputs(sample), _question(sample))["input_ids"]
-    if not torch.equal(ids.cpu(), drafter.preprocess(drafter.load_inputs(sample), _question(sample))["input_ids"].cpu()):
-        why = ("transformers assisted generation feeds the target's input_ids to the assistant, but "
-               "the two tokenizers give different prompts for this sample")
-        res.error, res.note = {"stage": "assisted", "type": "Unsupported", "message": why}, why
-        return res
-    gen_cfg = _plain_greedy_config(target, max_new_tokens, stop_at_eos)
-    assistant_cfg = drafter.model.generation_config
-    saved = assistant_cfg.to_dict()
-    if gamma != "adaptive":
-        assistant_cfg.num_assistant_tokens = int(gamma)
-        assistant_cfg.num_assistant_tokens_schedule = "constant"
-        assistant_cfg.assistant_confidence_threshold = 0.0
-    try:
-        _sync_all(drafter, target)
-        t0 = now_ms(target.device)
-        seq = target.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids),
-                                    assistant_model=drafter.model, generation_config=gen_cfg)
-        res.e2e_ms = now_ms(target.device) - t0
-    finally:
-        for key, value in saved.items():
-            setattr(assistant_cfg, key, value)
-    res.note = "transformers assisted generation; only e2e is observable"
-    res.n_prompt_tokens = {"target": ids.shape[1], "drafter": ids.shape[1]}
-    _finish(res, [int(t) for t in seq[0, ids.shape[1]:]], _eos_set(target, stop_at_eos),
-            max_new_tokens, None)
-    return res
+def _record_acceptance(res: EngineResult, acc: Acceptance) -> None:
+    res.drafted, res.accepted, res.verify_steps = acc.drafted, acc.accepted, acc.verify_steps
+    res.accept_per_position = [list(p) for p in acc.per_position]
+    res.accept_blocks = [list(b) for b in acc.blocks]
 
 
-def _assisted_unsupported(drafter: CausalLMRunner, target: CausalLMRunner) -> str | None:
-    if isinstance(drafter, TextRunner) and isinstance(target, TextRunner):
-        return None
-    return (f"transformers assisted generation runs the assistant on the target's own inputs "
-            f"(one input_ids / pixel_values_videos, one prompt length), but the drafter "
-            f"{drafter.name} takes {drafter.modality} inputs and the target {target.name} takes "
-            f"{target.modality} inputs with different prompts and prompt lengths (different visual "
-            f"token counts), which assisted generation does not support")
 
 
-def _plain_greedy_config(target: CausalLMRunner, max_new_tokens: int, stop_at_eos: bool):
-    cfg = copy.deepcopy(target.model.generation_config)
-    cfg.do_sample, cfg.num_beams = False, 1
-    cfg.max_new_tokens, cfg.min_new_tokens = max_new_tokens, None
-    cfg.eos_token_id = target.eos_token_id if stop_at_eos else None
-    cfg.pad_token_id = target.eos_token_id if target.eos_token_id is not None else 0
-    return cfg
 
 
-# -- ideal speedup model ------------------------------------------------------------------------------
-def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: float,
-                 verify_ms: Callable[[int], float], decode_ms: float,
-                 accept_per_position: Sequence[Sequence[int]], n_tokens: int, gamma: int,
-                 hidden_cap: int = 64, draft_until_ms: float | None = None,
-                 hidden_step_ms: float | None = None) -> float:
-    """E2E of a perfect parallel-prefill engine with these measured costs (no overhead, no contention).
-
-    r_j = accepted_j / drafted_j, the measured probability that draft position j is accepted
-    (0 beyond the measured positions). D = drafter ready, T = target ready, c_d = draft step,
-    c_v(k) = k-token verify, c_1 = plain decode, N = tokens, U = when hidden drafting must stop
-    (draft_until_ms: T, or the end of the target's loading under the yield-gpu policy):
-      hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, U - D) / c_h)), c_h = a hidden step
-                     (queued back to back on CUDA: hidden_step_ms; default c_d)
-      hidden block   yields  E_h = 1 + sum_{j<n_h} r_j  tokens, costing  r_0 * c_v(n_h)  after T
-      rest           R = max(0, N - E_h) tokens: gamma = 0 -> R * c_1;
-                     else R / (1 + sum_{j<gamma} r_j) blocks of  gamma * c_d + c_v(gamma + 1)
-      ideal = T + r_0 * c_v(n_h) + rest."""
-    r = [a / d if d else 0.0 for a, d in accept_per_position]
-    rate = lambda j: r[j] if j < len(r) else 0.0
-    until = target_ready_ms if draft_until_ms is None else min(draft_until_ms, target_ready_ms)
-    window = max(0.0, until - drafter_ready_ms)
-    # No measured draft step means only d1 (from the drafter's prefill logits) was drafted.
-    step = draft_ms if hidden_step_ms is None else hidden_step_ms
-    n_h = int(min(hidden_cap, n_tokens, 1 + window // step)) if step > 0 else 1
-    tokens_h = 1 + sum(rate(j) for j in range(n_h))
-    hidden_cost = rate(0) * verify_ms(n_h)
-    rest = max(0.0, n_tokens - tokens_h)
-    if gamma == 0:
-        rest_cost = rest * decode_ms
-    else:
-        per_block = 1 + sum(rate(j) for j in range(gamma))
-        rest_cost = rest / per_block * (gamma * draft_ms + verify_ms(gamma + 1))
-    return target_ready_ms + hidden_cost + rest_cost
 
 
+# -- the cost model applied to a run (harness/costmodel.py) ---------------------------------------
 def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | None:
     c = res.costs
     decode = c.verify(1)
@@ -811,31 +642,3 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
                         accept_per_position=res.accept_per_position, n_tokens=n_tokens,
                         gamma=gamma, hidden_cap=hidden_cap)
 
-
-# -- records ---------------------------------------------------------------------------------------
-RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "window_ms",
-               "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
-               "accept_per_position", "accept_blocks", "token_match_rate", "ideal_e2e_ms", "timeline", "error",
-               "note")
-META_KEYS = ("run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl")
-SHARD_KEYS = ("rank", "host", "devices", "shard_attempt")   # sharded runs only (harness/shard.py)
-
-
-def to_record(result: EngineResult, **meta: Any) -> dict:
-    """The engine record of docs/DESIGN.md; meta supplies run_id, dataset, sample_id, profile, ..."""
-    unknown = set(meta) - set(META_KEYS) - set(SHARD_KEYS)
-    if unknown:
-        raise ValueError(f"unknown engine record fields: {sorted(unknown)}")
-    rec = {"kind": "engine", **{k: meta.get(k) for k in META_KEYS},
-           **{k: meta[k] for k in SHARD_KEYS if k in meta}}
-    data = asdict(result)
-    rec.update({k: data[k] for k in RECORD_KEYS})
-    rec["n_output_tokens"] = len(result.output_tokens)
-    rec["output_tokens"] = [int(t) for t in result.output_tokens]
-    return rec
-
-
-def error_result(mode: str, stage: str, exc: BaseException, **fields: Any) -> EngineResult:
-    """An EngineResult for a run that failed, so a long benchmark records it and carries on."""
-    return EngineResult(mode=mode, error={"stage": stage, "type": type(exc).__name__, "message": str(exc),
-                                          "path": getattr(exc, "path", None)}, **fields)

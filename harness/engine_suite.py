@@ -15,16 +15,17 @@ from typing import Iterable, Iterator
 
 from tqdm import tqdm
 
-from . import engine
+from . import baselines, engine
+from .results import EngineResult, error_result, to_record, token_match_rate
 from .records import record_key
 from .stages import free_memory
 
 
-def _safe(mode: str, fn, **fields) -> engine.EngineResult:
+def _safe(mode: str, fn, **fields) -> EngineResult:
     try:
         return fn()
     except Exception as exc:  # recorded; the run goes on with the next configuration
-        return engine.error_result(mode, mode, exc, **fields)
+        return error_result(mode, mode, exc, **fields)
 
 
 def simulation_seed(sample) -> int:
@@ -40,12 +41,12 @@ def simulation_seed(sample) -> int:
 
 def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=("adaptive",),
                    alphas=(), assisted: bool = True, sequential: bool = True,
-                   stop_at_eos: bool = False, overlap: str = "auto", parallel_drafter=None,
-                   skip=lambda mode, gamma, alpha: False) -> Iterator[engine.EngineResult]:
-    """target-only, sequential, parallel (per alpha and gamma; with `parallel_drafter`, e.g. a
-    DrafterProcess, in place of `drafter`) and assisted generation on one sample."""
+                   stop_at_eos: bool = False, overlap: str = "auto",
+                   skip=lambda mode, gamma, alpha: False) -> Iterator[EngineResult]:
+    """target-only, sequential, parallel (per alpha and gamma) and assisted generation on one
+    sample. `drafter` is a runner or a DrafterProcess, which serves every mode but assisted."""
     kw = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
-    ref = _safe("target_only", lambda: engine.target_only(target, sample, **kw))
+    ref = _safe("target_only", lambda: baselines.target_only(target, sample, **kw))
     if not skip("target_only", 0, None):
         yield ref
     reference = ref.output_tokens if not ref.error else None
@@ -54,11 +55,11 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
         if res.error:
             free_memory(target.device)
         elif reference is not None and res.token_match_rate is None:
-            res.token_match_rate = engine.token_match_rate(res.output_tokens, reference)
+            res.token_match_rate = token_match_rate(res.output_tokens, reference)
         return res
 
     if sequential and not skip("sequential", 0, None):
-        yield finish(_safe("sequential", lambda: engine.sequential(drafter, target, sample, **kw)))
+        yield finish(_safe("sequential", lambda: baselines.sequential(drafter, target, sample, **kw)))
     for alpha in (None, *alphas):
         if alpha is not None and reference is None:
             continue  # simulated acceptance needs the target's reference output
@@ -66,18 +67,18 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
             if skip("parallel", gamma, alpha):
                 continue
             yield finish(_safe("parallel", lambda: engine.parallel_prefill_decode(
-                parallel_drafter or drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
+                drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
                 seed=simulation_seed(sample), overlap=overlap, **kw),
                 gamma=gamma, alpha_simulated=alpha))
     if assisted and not skip("assisted", gammas[0], None):
-        yield finish(_safe("assisted", lambda: engine.assisted_generation(
+        yield finish(_safe("assisted", lambda: baselines.assisted_generation(
             drafter, target, sample, gamma=gammas[0], **kw), gamma=gammas[0]))
 
 
 def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: int = 50,
                        gammas=("adaptive",), alphas=(), assisted: bool = False,
                        sequential: bool = True, stop_at_eos: bool = False, overlap: str = "auto",
-                       parallel_drafter=None, meta: dict, done: set | None = None) -> Iterator[dict]:
+                       meta: dict, done: set | None = None) -> Iterator[dict]:
     for sample in samples:
         base = dict(meta, dataset=sample.dataset, sample_id=sample.id)
 
@@ -88,8 +89,8 @@ def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: in
         for res in engine_results(drafter, target, sample, max_new_tokens=max_new_tokens,
                                   gammas=gammas, alphas=alphas, assisted=assisted,
                                   sequential=sequential, stop_at_eos=stop_at_eos, overlap=overlap,
-                                  parallel_drafter=parallel_drafter, skip=skip):
-            rec = engine.to_record(res, **base)
+                                  skip=skip):
+            rec = to_record(res, **base)
             assert record_key(rec)[0] == "engine"
             yield rec
 
@@ -115,20 +116,18 @@ def samples_for_engine(samples, per_duration: int | None) -> list:
     return out
 
 
-def run_engine_suite(drafter, target, samples, writer, *, done, cfg, meta, progress=True,
-                     parallel_drafter=None) -> int:
+def run_engine_suite(drafter, target, samples, writer, *, done, cfg, meta, progress=True) -> int:
     """Every engine configuration of `cfg` (a runconfig.RunConfig) on each sample, written as it ends."""
     samples = samples_for_engine(samples, cfg.engine_samples)
     if samples and cfg.warmup:
-        warm_up_engine(parallel_drafter or drafter, target, samples[0], overlap=cfg.overlap)
+        warm_up_engine(drafter, target, samples[0], overlap=cfg.overlap)
     n = 0
     bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
     for sample in samples:
         for rec in engine_records_for(drafter, target, [sample], max_new_tokens=cfg.max_new_tokens,
                                       gammas=cfg.gammas, alphas=cfg.alphas,
                                       assisted=cfg.assisted, stop_at_eos=cfg.stop_at_eos,
-                                      overlap=cfg.overlap, parallel_drafter=parallel_drafter,
-                                      meta=meta, done=done):
+                                      overlap=cfg.overlap, meta=meta, done=done):
             writer.write(rec)
             n += 1
         bar.update(1)

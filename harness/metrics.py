@@ -14,7 +14,7 @@ Definitions (the report's methodology section restates them):
   samples of a group that have a capacity (hidden_fill); records older than the hidden_block field
   counted the in-flight token as hidden, so their fill is not comparable (NaN, flagged).
 - TTFT (vLLM: request start to first output token). Token 1 is selected from the prefill logits
-  and decode_token_ms[0] is that selection's time (stages.greedy_decode), so
+  and decode_token_ms[0] is that selection's time (engine.greedy_decode), so
   TTFT = stages 1-4 + decode_token_ms[0].
 - TPOT (vLLM: mean time per output token after the first) = mean(decode_token_ms[1:]).
 - speedup = mean target total / mean drafter total over paired samples (ratio of means). Engine

@@ -83,12 +83,14 @@ PROFILE_LABELS = {
 
 def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path=None,
                 drafter_device=None, decode_impl="auto", max_new_tokens=50, cache_len=None,
-                allow_pickle=False, event_images=5, videollava_prompt="model-card"):
+                allow_pickle=False, event_images=5, videollava_prompt="model-card", drafter_process=False):
     """(drafter, target) runners; the drafter may live on its own device (two-GPU overlap).
-    Each runner's `decode_setup` says which decode implementation it runs (and its cache)."""
-    drafter = build_drafter(profile, device=drafter_device or device, quant=quant, dtype=dtype,
-                            path=drafter_path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
-                            cache_len=cache_len, allow_pickle=allow_pickle, event_images=event_images)
+    Each runner's `decode_setup` says which decode implementation it runs (and its cache). With
+    drafter_process the drafter is a DrafterProcess: its weights are built there, never here."""
+    build = start_drafter_process if drafter_process else build_drafter
+    drafter = build(profile, device=drafter_device or device, quant=quant, dtype=dtype,
+                    path=drafter_path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
+                    cache_len=cache_len, allow_pickle=allow_pickle, event_images=event_images)
     target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path,
                          allow_pickle=allow_pickle, prompt_template=videollava_prompt)
     configure_decode([target], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
@@ -199,21 +201,22 @@ def bad_entry_records(run_data: RunData, meta: dict) -> list[dict]:
 
 
 def open_models(cfg: RunConfig):
+    """(drafter, target) for a run; with cfg.drafter_process the drafter is a DrafterProcess, which
+    serves every mode that needs the drafter (close it at the end of the run)."""
     drafter, target = load_models(cfg.profile, device=cfg.torch_device, quant=cfg.quant, dtype=cfg.torch_dtype,
                        drafter_path=cfg.drafter_path, target_path=cfg.target_path,
                        drafter_device=cfg.drafter_device, decode_impl=cfg.decode,
                        max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len, allow_pickle=cfg.allow_pickle,
-                       event_images=cfg.event_images, videollava_prompt=cfg.videollava_prompt)
+                       event_images=cfg.event_images, videollava_prompt=cfg.videollava_prompt,
+                       drafter_process=cfg.drafter_process)
     target.video_reader = cfg.video_reader
     return drafter, target
 
 
-def drafter_process_for(cfg: RunConfig, drafter):
-    """The engine's drafter in its own process (cfg.drafter_process), building the same drafter."""
-    return start_drafter_process(cfg.profile, device=drafter.device, quant=cfg.quant, dtype=cfg.torch_dtype,
-                                 path=cfg.drafter_path, decode_impl=cfg.decode,
-                                 max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len,
-                                 allow_pickle=cfg.allow_pickle, event_images=cfg.event_images)
+def close_models(drafter) -> None:
+    """Ends a drafter process (open_models); nothing to do for an in-process drafter."""
+    if getattr(drafter, "is_process", False):
+        drafter.close()
 
 
 def config_meta(cfg: RunConfig) -> dict:
@@ -384,7 +387,7 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None 
     # Whole devices, every process (NVML), from before the models load to the end of the engine runs.
     sampler = PeakSampler({cfg.torch_device, torch.device(cfg.drafter_device)}).__enter__()
     t = time.perf_counter()
-    drafter, target = open_models(cfg)
+    drafter, target = open_models(cfg)   # a drafter process is daemonic: it ends with this one at worst
     print(f"models: {drafter.name} + {target.name} ({cfg.profile}, {cfg.quant}, {cfg.dtype}, decode "
           f"{cfg.decode}) loaded in {time.perf_counter() - t:.1f} s")
     meta = run_meta(cfg.profile, cfg.torch_device, drafter, target, cfg.torch_dtype, cfg.quant,
@@ -418,13 +421,8 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None 
                                meta=record_meta, progress=lambda s: bar.update(1))
             bar.close()
             if cfg.engine and engine_samples:
-                proc = drafter_process_for(cfg, drafter) if cfg.drafter_process else None
-                try:
-                    run_engine_suite(drafter, target, engine_samples, writer, done=done, cfg=engine_cfg,
-                                     meta=record_meta, progress=not cfg.no_progress, parallel_drafter=proc)
-                finally:
-                    if proc is not None:
-                        proc.close()
+                run_engine_suite(drafter, target, engine_samples, writer, done=done, cfg=engine_cfg,
+                                 meta=record_meta, progress=not cfg.no_progress)
             if cfg.verify_cost and not sharded:
                 _measure_verify_cost(cfg, drafter, target, writer, records_path, record_meta, done, sampler)
     except KeyboardInterrupt:
@@ -434,6 +432,8 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None 
         print(f"\ninterrupted: {n} records kept in {records_path}\ncontinue with: "
               f"{resume_command(argv, top or out)}", file=sys.stderr)
         return EXIT_INTERRUPTED
+    finally:
+        close_models(drafter)
     if sampler.devices:
         meta["gpu_memory"] = sampler.peaks()
         if not sharded or sharded.rank == 0:

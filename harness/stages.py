@@ -3,42 +3,25 @@
     load -> preprocess -> vision -> prefill -> decode
 
 Each model runs its stages on its own (no overlap here: these are isolated stage costs; the engine
-measures the overlapped run). A sample that fails at any stage is recorded with its error and
-stage, and the loop goes on; an out-of-memory frees the cache first.
+measures the overlapped run), through the engine's own stages-1-4 prefix and greedy decode
+(engine.prefix_and_decode), so a stage's time and target-only's are read by one clock: on CUDA
+after the runner's stream has finished, with each decoded token on the host. A sample that fails
+at any stage is recorded with its error and stage, and the loop goes on; the failed sample's
+memory is freed before the next.
 """
 from __future__ import annotations
 
 import gc
 import time
-from typing import Callable, Iterable
+from typing import Iterable
 
 import torch
 
-from .models.base import greedy
+from .engine import prefix_and_decode
 from .records import record_key
-from .timing import StageClock, TokenTimer, peak_memory_bytes, peak_memory_reset
+from .timing import peak_memory_bytes, peak_memory_reset
 
 STAGES = ("load", "preprocess", "vision", "prefill", "decode")
-
-
-def greedy_decode(runner, cache, logits, *, max_new_tokens: int, stop_at_eos: bool = False,
-                  select: Callable = greedy) -> tuple[list[int], list[float]]:
-    """Plain autoregressive decode. Token 1 is selected from the prefill logits (its time is only
-    the selection); tokens 2..n each cost one decode forward. Without EOS stopping the loop never
-    synchronizes with the device."""
-    timer = TokenTimer(runner.device)
-    timer.tick()
-    token = select(logits)
-    out = [token]
-    timer.tick()
-    eos = runner.eos_token_id
-    for _ in range(max_new_tokens - 1):
-        if stop_at_eos and eos is not None and int(token) == eos:
-            break
-        token = select(runner.decode(token, cache))
-        out.append(token)
-        timer.tick()
-    return [int(t) for t in torch.stack(out).tolist()], timer.intervals_ms()
 
 
 def visual_token_count(runner) -> int | None:
@@ -62,7 +45,10 @@ def error_info(stage: str, exc: BaseException) -> dict:
 
 def run_sample(runner, sample, *, max_new_tokens: int = 50, stop_at_eos: bool = False,
                meta: dict | None = None) -> dict:
-    """Runs the five stages for one model on one sample; always returns a record."""
+    """Runs the five stages for one model on one sample; always returns a record. A drafter in its
+    own process (drafter_process.DrafterProcess) runs them there, with this same function."""
+    if getattr(runner, "is_process", False):
+        return runner.run_sample(sample, max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos, meta=meta)
     record = {
         "kind": "stages", "dataset": sample.dataset, "sample_id": sample.id, "model": runner.role,
         **(meta or {}),
@@ -72,34 +58,25 @@ def run_sample(runner, sample, *, max_new_tokens: int = 50, stop_at_eos: bool = 
     }
     device = runner.device
     peak_memory_reset(device)
-    clock = StageClock(device)
-    stage = STAGES[0]
+    ends = {}
     try:
-        raw = runner.load_inputs(sample)
-        clock.mark(stage)
-        stage = "preprocess"
-        prepared = runner.preprocess(raw, sample.question)
-        clock.mark(stage)
-        stage = "vision"
-        embeds = runner.encode_vision(prepared)
-        clock.mark(stage)
-        stage = "prefill"
-        cache, logits = runner.prefill(embeds)
-        clock.mark(stage)
-        stage = "decode"
-        tokens, per_token = greedy_decode(runner, cache, logits, max_new_tokens=max_new_tokens,
-                                          stop_at_eos=stop_at_eos)
-        clock.mark(stage)
-        record.update(n_prompt_tokens=int(embeds.shape[1]),
-                      n_visual_tokens=visual_token_count(runner),
-                      n_output_tokens=len(tokens), output_tokens=tokens, decode_token_ms=per_token)
+        tokens, times, _, n_prompt = prefix_and_decode(runner, sample, max_new_tokens, stop_at_eos=stop_at_eos,
+                                                       ends=ends)
+        # decode_token_ms[0] is token 1's selection from the prefill logits, then one per decode step
+        record.update(n_prompt_tokens=n_prompt, n_visual_tokens=visual_token_count(runner),
+                      n_output_tokens=len(tokens), output_tokens=tokens,
+                      decode_token_ms=_durations([ends["prefill"], *times]))
     except Exception as exc:  # recorded, never fatal: a long run goes on with the next sample
-        record["error"] = error_info(stage, exc)
-        cache = logits = embeds = prepared = raw = None
+        record["error"] = error_info(STAGES[len(ends)], exc)
+    if record["error"]:       # out of the except block: its traceback no longer holds the cache
         free_memory(device)
-    record["stages_ms"] = clock.stages_ms
+    record["stages_ms"] = dict(zip(ends, _durations([0.0, *ends.values()])))
     record["peak_mem_bytes"] = peak_memory_bytes(device)
     return record
+
+
+def _durations(ends_ms: list[float]) -> list[float]:
+    return [b - a for a, b in zip(ends_ms, ends_ms[1:])]
 
 
 def run_stage_pipeline(runners: Iterable, samples: Iterable, writer, *, done: set | None = None,

@@ -1,9 +1,9 @@
-"""Clocks for stage and per-token timing.
+"""A stage clock for scripts, and peak-memory counters.
 
-On CUDA a stage boundary synchronizes the device and then reads the host clock, so a stage's time
-is the wall time until its GPU work has finished (nothing else synchronizes inside a stage).
-Per-token decode times use CUDA events, read after the loop, so the decode loop itself never
-synchronizes. On CPU everything is `time.perf_counter`.
+The library's runs read one clock (engine.now_ms: the host clock after the calling thread's
+stream has finished), in the five-stage records, the baselines and the engine alike. StageClock
+marks stage boundaries after synchronizing whole devices, for probes that time stages by hand
+(scripts/target_stage12_bench.py). On CPU everything is `time.perf_counter`.
 """
 from __future__ import annotations
 
@@ -41,34 +41,6 @@ class StageClock:
         self.ends_ms[stage] = (now - self.t0) * 1e3
         self._last = now
         return self.stages_ms[stage]
-
-
-class TokenTimer:
-    """Per-step times inside a loop without synchronizing each step (CUDA events on GPU)."""
-
-    def __init__(self, device: torch.device | str):
-        self.device = torch.device(device)
-        self.cuda = self.device.type == "cuda"
-        self._marks: list = []
-
-    def tick(self) -> None:
-        if self.cuda:
-            ev = torch.cuda.Event(enable_timing=True)
-            # On the model's device's current stream, not the current device's: with the drafter
-            # on a second GPU, a bare record() timed an idle stream on the other GPU.
-            ev.record(torch.cuda.current_stream(self.device))
-            self._marks.append(ev)
-        else:
-            self._marks.append(time.perf_counter())
-
-    def intervals_ms(self) -> list[float]:
-        """Durations between consecutive ticks (synchronizes once, on CUDA)."""
-        if len(self._marks) < 2:
-            return []
-        if self.cuda:
-            self._marks[-1].synchronize()
-            return [a.elapsed_time(b) for a, b in zip(self._marks, self._marks[1:])]
-        return [(b - a) * 1e3 for a, b in zip(self._marks, self._marks[1:])]
 
 
 def peak_memory_reset(device: torch.device | str) -> None:

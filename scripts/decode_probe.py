@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from harness.models.profiles import configure_decode, load_target
-from harness.stages import greedy_decode
+from harness.engine import greedy_decode, now_ms
 
 
 def pct(xs, q):
@@ -25,10 +25,12 @@ def pct(xs, q):
 
 
 def decode_run(runner, embeds, n):
-    """Prefill, then the stage runner's own greedy decode (token 1 from the prefill logits)."""
+    """Prefill, then the library's greedy decode (token 1 from the prefill logits): per-token ms,
+    ms[0] being token 1's selection."""
     cache, logits = runner.prefill(embeds)
-    tokens, ms = greedy_decode(runner, cache, logits, max_new_tokens=n)
-    return tokens, ms, cache
+    start = now_ms(runner.device)
+    tokens, times = greedy_decode(runner, cache, logits, n, eos=set(), t0=start)
+    return tokens, [b - a for a, b in zip([0.0, *times], times)], cache
 
 
 def verify_cost(runner, cache, k, reps=5):

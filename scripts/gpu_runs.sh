@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: gputests | probe | overlap | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench | precision
+# Steps: gputests | probe | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench | precision
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
 # DRAFTER_PROCESS=on|off sets where the engine's drafter runs: ppbench run's default (unset) is auto,
 # its own process on CUDA (harness/pipeline.py: resolve_drafter_process); the alpha0 probe's
@@ -48,19 +48,13 @@ for step in "$@"; do
       pack probe ;;
     alpha0)      # issue 5: alpha ~ 0 (real drafter of a random pair) vs target-only, alternating, repeated
       n=alpha0${DRAFTER_DEVICE:+-2gpu}${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}; mkdir -p $R/$n
-      timeout "$(cap "${ALPHA0_SECS:-120}")" python3 scripts/overlap_probe.py --out $R/$n --intervals-ms 5 \
+      timeout "$(cap "${ALPHA0_SECS:-120}")" python3 scripts/overlap_probe.py --out $R/$n \
         --durations "${ALPHA0_DURATIONS:-1s,4s,10s,20s}" --reps "${ALPHA0_REPS:-4}" \
         ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} $([ "${DRAFTER_PROCESS:-}" = on ] && echo --drafter-process) 2>&1 \
         | grep -v Warning | tee $R/$n/log.txt
       pack $n ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
       run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
-    overlap)     # GIL switch interval vs the two host threads' mutual slowdown (scripts/overlap_probe.py)
-      mkdir -p $R/overlap
-      timeout "$(cap "${OVERLAP_SECS:-150}")" python3 scripts/overlap_probe.py --out $R/overlap \
-        --intervals-ms "${INTERVALS:-5,1,0.2,0.05}" --durations "${OVERLAP_DURATIONS:-4s}" \
-        ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} 2>&1 | grep -v Warning | tee $R/overlap/log.txt
-      pack overlap ;;
     engine)      # issue 5: both models on one GPU, engine (adaptive gamma) on every sample and alpha
       run_main engine${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS} "${PIPELINE_SECS:-330}" --samples-per-duration 2 \
         --gammas adaptive --alphas "${ALPHAS:-0,0.35,0.7,0.9}" ${DRAFTER_PROCESS:+--drafter-process $DRAFTER_PROCESS} ;;

@@ -3,14 +3,17 @@ guarantees. Tiny fp32 pairs on CPU; each process is spawned once per module (a f
 from __future__ import annotations
 
 import functools
+from types import SimpleNamespace
 
 import pytest
 
+from harness import baselines as B
 from harness import engine as E
+from harness import stages
 from harness.drafter_process import DrafterProcess, DrafterProcessError
 from harness.errors import DataError, ModelLoadError
 
-from fixtures.engine_testers import (drafter_of, drafter_that_cannot_load, failing_drafter, random_pair, same_pair,
+from fixtures.engine_testers import (Checked, drafter_of, drafter_that_cannot_load, failing_drafter, random_pair, same_pair,
                             two_arg_failing_drafter)
 
 PROMPT = "what happens next in this scene?"
@@ -25,14 +28,15 @@ def procs():
 
 
 def _greedy(target, n):
-    return E.target_only(target, PROMPT, max_new_tokens=n).output_tokens
+    return B.target_only(target, PROMPT, max_new_tokens=n).output_tokens
 
 
 @pytest.mark.parametrize("gamma", [0, 2, "adaptive"])
 def test_process_drafter_equal_to_the_target_is_fully_accepted(procs, gamma):
     target = same_pair(0)[1]
-    res = E.parallel_prefill_decode(procs["same"], target, PROMPT, max_new_tokens=24, gamma=gamma,
-                                    debug_hook=_consistent)
+    checked = Checked(procs["same"], target)
+    res = E.parallel_prefill_decode(checked, checked.target, PROMPT, max_new_tokens=24, gamma=gamma)
+    checked.after(res)
     assert res.output_tokens == _greedy(target, 24)
     assert res.accepted == res.drafted and res.drafted >= 1
     assert res.hidden_block >= 1 and len(res.timeline["draft_token_ms"]) == res.drafted
@@ -42,8 +46,10 @@ def test_process_drafter_equal_to_the_target_is_fully_accepted(procs, gamma):
 def test_process_drafter_is_lossless_and_counts_add_up(procs, alpha):
     target = random_pair(0)[1]
     ref = _greedy(target, 30)
-    res = E.parallel_prefill_decode(procs["random"], target, PROMPT, max_new_tokens=30, gamma=3,
-                                    alpha=alpha, reference_tokens=ref, seed=5, debug_hook=_consistent)
+    checked = Checked(procs["random"], target)
+    res = E.parallel_prefill_decode(checked, checked.target, PROMPT, max_new_tokens=30, gamma=3,
+                                    alpha=alpha, reference_tokens=ref, seed=5)
+    checked.after(res)
     assert res.output_tokens == ref
     assert 0 <= res.accepted <= res.drafted
     assert res.produced == res.verify_steps + res.accepted + res.decode_steps
@@ -57,8 +63,8 @@ def test_process_drafter_is_lossless_and_counts_add_up(procs, alpha):
 
 
 def test_process_drafter_matches_the_in_process_engine(procs, monkeypatch):
-    """Same pair, same inputs, same seed: the same tokens and acceptance counts either way. Without
-    a debug hook the parent realigns on its own and the crop rides with the next block: one round
+    """Same pair, same inputs, same seed: the same tokens and acceptance counts either way. The
+    parent realigns on its own and the crop rides with the next block: one round
     trip per draft block."""
     drafter, target = random_pair(0)
     ref = _greedy(target, 20)
@@ -100,10 +106,30 @@ def test_a_drafter_that_fails_to_load_raises_its_error_and_leaves_no_process():
     assert set(mp.active_children()) <= before
 
 
-def _consistent(state):
-    from test_engine_props import _check_step
+def test_the_drafter_process_serves_stage_records_and_the_sequential_baseline(procs):
+    """The drafter's five-stage record and its half of the sequential baseline come from the
+    child, by the same functions as in-process: same tokens, same record fields; the sequential
+    run's drafter stages end before the target's start, on one clock."""
+    drafter, target = random_pair(0)
+    sample = SimpleNamespace(dataset="500ms", id="s1", question=PROMPT)
+    local = stages.run_sample(drafter, sample, max_new_tokens=6)
+    remote = stages.run_sample(procs["random"], sample, max_new_tokens=6)
+    assert remote["error"] is None and remote["model"] == local["model"]
+    assert set(remote) == set(local) and remote["output_tokens"] == local["output_tokens"]
+    assert list(remote["stages_ms"]) == list(stages.STAGES)
+    seq = B.sequential(procs["random"], target, PROMPT, max_new_tokens=8)
+    assert seq.output_tokens == _greedy(target, 8)
+    d, t = seq.timeline["drafter_stage_end_ms"], seq.timeline["target_stage_end_ms"]
+    assert 0 < d["prefill"] <= d["decode"] <= t["load"] <= t["decode"] == seq.e2e_ms
 
-    _check_step(state)
+
+def test_assisted_generation_with_a_drafter_process_is_recorded_as_unsupported(procs):
+    """Assisted generation needs the assistant model in the target's process: with the drafter in
+    its own, the record says so (and how to measure it) instead of loading a second copy."""
+    target = same_pair(0)[1]
+    res = B.assisted_generation(procs["same"], target, PROMPT, max_new_tokens=4)
+    assert res.error["type"] == "Unsupported" and "--drafter-process off" in res.error["message"]
+    assert res.output_tokens == [] and res.note == res.error["message"]
 
 
 def _bench_opts(tmp_path, **over):
@@ -115,10 +141,10 @@ def _bench_opts(tmp_path, **over):
 
 
 def test_the_bench_session_runs_its_engine_benchmarks_with_a_drafter_process(tmp_path):
-    """The nightly's path when the drafter runs on CUDA (auto): BenchSession starts the child with
-    the first engine benchmark; the parallel run stays lossless and its meta says where the
-    drafter ran. With an injected delay, 'on' is refused before any model loads and 'auto'
-    falls back to the in-process drafter."""
+    """The nightly's path when the drafter runs on CUDA (auto): BenchSession opens the child with
+    its models, and the child serves the drafter's stage records and the engine; the parallel run
+    stays lossless and its meta says where the drafter ran. With an injected delay, 'on' is
+    refused before any model loads and 'auto' falls back to the in-process drafter."""
     from harness.benchsupport import BenchSession
 
     from harness.errors import UsageError
@@ -127,14 +153,44 @@ def test_the_bench_session_runs_its_engine_benchmarks_with_a_drafter_process(tmp
         BenchSession(_bench_opts(tmp_path, inject_delay="decode:5"))
     session = BenchSession(_bench_opts(tmp_path))
     try:
-        assert session.meta["drafter_process"] is True and session.parallel_drafter is None
+        assert session.meta["drafter_process"] is True and isinstance(session.drafter, DrafterProcess)
+        assert session.meta["memory_footprint_bytes"]["drafter"] > 0 and session.meta["model_inputs"]["drafter"]
+        assert [r["error"] for r in session.stages("500ms") if r["model"] == "drafter"] == [None]
         records = session.engine("500ms")
-        assert session.parallel_drafter is not None and session.parallel_drafter._proc.is_alive()
+        assert session.drafter._proc.is_alive()
         parallel = [r for r in records if r["mode"] == "parallel"]
         assert parallel and all(r["error"] is None and r["token_match_rate"] == 1.0 for r in parallel)
     finally:
         session.close()
-    assert not session.parallel_drafter._proc.is_alive()
+    assert not session.drafter._proc.is_alive()
     auto = BenchSession(_bench_opts(tmp_path, drafter_process="auto", inject_delay="decode:5"))
     auto.close()
     assert auto.meta["drafter_process"] is False
+
+
+def test_with_a_drafter_process_the_parent_never_builds_the_drafter(tmp_path, monkeypatch):
+    """--drafter-process on (allowed on CPU): the drafter is built once per run, in the child; the
+    parent loads no drafter and constructs no EventGPT runner, yet gets the drafter's stage
+    records from the child."""
+    from harness import pipeline
+    from harness.models import eventgpt
+
+    built = []
+    real_load, real_init = pipeline.load_drafter, eventgpt.EventGPTRunner.__init__
+    monkeypatch.setattr(pipeline, "load_drafter", lambda *a, **k: built.append("load") or real_load(*a, **k))
+
+    def counting_init(self, *a, **k):
+        built.append("runner")
+        real_init(self, *a, **k)
+
+    monkeypatch.setattr(eventgpt.EventGPTRunner, "__init__", counting_init)
+    cfg = _bench_opts(tmp_path)
+    drafter, target = pipeline.open_models(cfg)
+    try:
+        assert isinstance(drafter, DrafterProcess) and target.role == "target"
+        sample = pipeline.open_data(cfg, progress=False).samples[0]
+        rec = stages.run_sample(drafter, sample, max_new_tokens=4)
+        assert rec["error"] is None and rec["model"] == "drafter" and rec["n_output_tokens"] == 4
+    finally:
+        pipeline.close_models(drafter)
+    assert built == []

@@ -8,11 +8,15 @@ import time
 import pytest
 import torch
 
+from harness import baselines as B
+from harness import costmodel as C
 from harness import engine as E
+from harness import results as R
 from harness.errors import DataError
-from harness.models.base import CausalLMRunner
+from harness.models.base import CausalLMRunner, TextRunner
 
-from fixtures.engine_testers import Slow, one_thread, random_pair, runner, same_pair, tiny_llama
+from fixtures.engine_testers import (Checked, CharTokenizer, Slow, one_thread, random_pair, runner, same_pair,
+                                     tiny_llama)
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -30,7 +34,7 @@ def rand():
 
 
 def _greedy(target, n, prompt=PROMPT):
-    return E.target_only(target, prompt, max_new_tokens=n).output_tokens
+    return B.target_only(target, prompt, max_new_tokens=n).output_tokens
 
 
 # -- end-to-end behaviour -------------------------------------------------------------------------
@@ -96,7 +100,7 @@ def test_hidden_cap_bounds_the_window_drafting():
     assert res.output_tokens == _greedy(target, 20, PROMPT * 2)
 
 
-def test_target_error_in_worker_thread_reaches_the_caller(rand):
+def test_a_target_error_reaches_the_caller_after_the_drafter_stops(rand):
     drafter, target = rand
 
     class Broken(type(target)):
@@ -178,35 +182,35 @@ def flat(ms):
 
 
 def test_choose_gamma_never_speculates_without_acceptance():
-    assert E.choose_gamma(0.0, 0.1, flat(10.0), 10.0) == 0
-    assert E.choose_gamma(0.0, 0.0, flat(10.0), 10.0) == 0
+    assert C.choose_gamma(0.0, 0.1, flat(10.0), 10.0) == 0
+    assert C.choose_gamma(0.0, 0.0, flat(10.0), 10.0) == 0
 
 
 def test_choose_gamma_speculates_when_drafts_are_cheap_and_good():
-    g = E.choose_gamma(0.9, 0.5, flat(10.0), 10.0)
-    assert 1 <= g <= E.MAX_GAMMA
-    assert E.choose_gamma(0.9, 0.5, flat(10.0), 10.0, max_gamma=3) == 3
+    g = C.choose_gamma(0.9, 0.5, flat(10.0), 10.0)
+    assert 1 <= g <= C.MAX_GAMMA
+    assert C.choose_gamma(0.9, 0.5, flat(10.0), 10.0, max_gamma=3) == 3
 
 
 def test_choose_gamma_equal_size_drafter_does_not_pay():
     # EventGPT and Video-LLaVA share a 7B LM: a draft step costs a decode step; only alpha = 1 ties.
     for alpha in (0.5, 0.9, 0.99):
-        assert E.choose_gamma(alpha, 10.0, flat(10.0), 10.0) == 0
+        assert C.choose_gamma(alpha, 10.0, flat(10.0), 10.0) == 0
 
 
 def test_choose_gamma_accounts_for_verify_cost_growth():
     linear = lambda k: 10.0 * k          # compute-bound verify: a k-token verify costs k decodes
-    assert E.choose_gamma(0.95, 1.0, linear, 10.0) == 0
+    assert C.choose_gamma(0.95, 1.0, linear, 10.0) == 0
 
 
 def test_expected_tokens():
-    assert E.expected_tokens(0.0, 5) == 1.0
-    assert E.expected_tokens(1.0, 5) == 6.0
-    assert E.expected_tokens(0.5, 2) == pytest.approx(1.75)
+    assert C.expected_tokens(0.0, 5) == 1.0
+    assert C.expected_tokens(1.0, 5) == 6.0
+    assert C.expected_tokens(0.5, 2) == pytest.approx(1.75)
 
 
 def test_costs_interpolate_verify():
-    c = E.Costs()
+    c = C.Costs()
     assert c.verify(3) is None and c.draft() is None
     c.add_verify(1, 10.0)
     assert c.verify(5) == 10.0
@@ -227,7 +231,7 @@ def test_acceptance_bookkeeping():
 # -- baselines ------------------------------------------------------------------------------------
 def test_sequential_runs_drafter_fully_then_target(rand):
     drafter, target = rand
-    res = E.sequential(drafter, target, PROMPT, max_new_tokens=10)
+    res = B.sequential(drafter, target, PROMPT, max_new_tokens=10)
     assert res.output_tokens == _greedy(target, 10)
     d, t = res.timeline["drafter_stage_end_ms"], res.timeline["target_stage_end_ms"]
     assert d["decode"] <= t["load"] <= t["prefill"] <= t["decode"] == res.e2e_ms
@@ -236,7 +240,7 @@ def test_sequential_runs_drafter_fully_then_target(rand):
 def test_assisted_generation_runs_on_a_text_pair(same):
     drafter, target = same
     for gamma in (3, "adaptive"):
-        res = E.assisted_generation(drafter, target, PROMPT, max_new_tokens=20, gamma=gamma)
+        res = B.assisted_generation(drafter, target, PROMPT, max_new_tokens=20, gamma=gamma)
         assert res.error is None, res.error
         assert res.output_tokens == _greedy(target, 20)
         assert res.e2e_ms > 0
@@ -245,26 +249,26 @@ def test_assisted_generation_runs_on_a_text_pair(same):
 
 def test_assisted_generation_explains_why_it_cannot_run(rand):
     drafter, target = rand
-    res = E.assisted_generation(drafter, target, PROMPT, max_new_tokens=5)
+    res = B.assisted_generation(drafter, target, PROMPT, max_new_tokens=5)
     assert res.error["type"] == "Unsupported" and "input_ids" in res.error["message"]
 
     class VideoRunner(CausalLMRunner):
         modality = "video"
 
-    res = E.assisted_generation(drafter, VideoRunner(target.model, target.tokenizer), PROMPT)
+    res = B.assisted_generation(drafter, VideoRunner(target.model, target.tokenizer), PROMPT)
     assert res.output_tokens == [] and "video" in res.error["message"] and res.note
 
 
 # -- ideal model and records ----------------------------------------------------------------------
 def test_ideal_e2e_plain_decoding():
-    ideal = E.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
+    ideal = C.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
                            decode_ms=20, accept_per_position=[[0, 4]], n_tokens=11, gamma=0)
     assert ideal == pytest.approx(100 + 10 * 20)
 
 
 def test_ideal_e2e_perfect_drafter():
     # window 50 ms / 5 ms per draft -> 11 hidden tokens, all accepted: 12 tokens from one verify.
-    ideal = E.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
+    ideal = C.ideal_e2e_ms(drafter_ready_ms=50, target_ready_ms=100, draft_ms=5, verify_ms=flat(20),
                            decode_ms=20, accept_per_position=[[1, 1]] * 16, n_tokens=20, gamma=3,
                            hidden_cap=64)
     rest_blocks = (20 - 12) / 4
@@ -276,18 +280,18 @@ def test_ideal_e2e_drafts_only_where_the_policy_lets_it():
     queued hidden steps have their own cost (hidden_step_ms), not the synchronous draft step's."""
     kw = dict(drafter_ready_ms=50, target_ready_ms=100, verify_ms=flat(20), decode_ms=20,
               accept_per_position=[[1, 1]] * 16, n_tokens=30, gamma=0, hidden_cap=64)
-    full = E.ideal_e2e_ms(draft_ms=5, **kw)                              # 1 + 50 // 5 = 11 hidden
-    until = E.ideal_e2e_ms(draft_ms=5, draft_until_ms=70, **kw)          # 1 + 20 // 5 = 5 hidden
-    queued = E.ideal_e2e_ms(draft_ms=10, hidden_step_ms=5, **kw)         # hidden at 5 ms: 11 again
+    full = C.ideal_e2e_ms(draft_ms=5, **kw)                              # 1 + 50 // 5 = 11 hidden
+    until = C.ideal_e2e_ms(draft_ms=5, draft_until_ms=70, **kw)          # 1 + 20 // 5 = 5 hidden
+    queued = C.ideal_e2e_ms(draft_ms=10, hidden_step_ms=5, **kw)         # hidden at 5 ms: 11 again
     assert full == pytest.approx(100 + 20 + (30 - 12) * 20)
     assert until == pytest.approx(100 + 20 + (30 - 6) * 20)
     assert queued == pytest.approx(full)
     # past the target's readiness the window is the target's: a later host-stage end changes nothing
-    assert E.ideal_e2e_ms(draft_ms=5, draft_until_ms=500, **kw) == pytest.approx(full)
+    assert C.ideal_e2e_ms(draft_ms=5, draft_until_ms=500, **kw) == pytest.approx(full)
 
 
 def test_costs_hidden_falls_back_to_synchronous_draft_steps():
-    c = E.Costs(draft_ms=[6.0, 8.0])
+    c = C.Costs(draft_ms=[6.0, 8.0])
     assert c.hidden() == 7.0
     c.hidden_ms.extend([5.0, 5.5])
     assert c.hidden() == pytest.approx(5.25) and c.draft() == 7.0
@@ -295,18 +299,59 @@ def test_costs_hidden_falls_back_to_synchronous_draft_steps():
 
 def test_adaptive_gamma_zero_is_kept_and_skips_the_drafter(rand):
     """A random drafter is rejected; once adaptive gamma settles on 0 with measured costs the
-    engine decodes plainly to the end, leaving the drafter's cache where it was."""
+    engine decodes plainly to the end: no drafter call after it (no realignment, no block), so
+    the drafter's cache stays where it was."""
     drafter, target = rand
-    states = []
-    res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=20, gamma="adaptive",
-                                    debug_hook=states.append)
+    checked = Checked(drafter, target)
+    res = E.parallel_prefill_decode(checked, checked.target, PROMPT, max_new_tokens=20, gamma="adaptive")
+    checked.after(res)
     assert res.output_tokens == _greedy(target, 20)
-    plain = [s["plain"] for s in states]
-    first = plain.index(True)
-    assert all(plain[first:]) and first <= 3
-    frozen = {s["drafter_cache"] for s in states[first:]}
-    assert len(frozen) == 1
-    assert set(res.gamma_trace[first - 1:]) == {0}
+    realigned = len(checked.states) - 1          # steps after the hidden block that kept the drafter in step
+    assert realigned <= 2 < len(res.gamma_trace)
+    assert set(res.gamma_trace[realigned:]) == {0}
+    assert checked.side.cache_len() == checked.states[-1]["drafter_cache"]
+
+
+class _FedIds:
+    """A drafter runner that records every token id fed to it after its prompt."""
+
+    def __init__(self, inner):
+        self._inner, self.fed = inner, []
+
+    def __getattr__(self, name):
+        return getattr(self._inner, name)
+
+    def decode(self, token, cache):
+        self.fed.append(int(token))
+        return self._inner.decode(token, cache)
+
+    def verify(self, tokens, cache):
+        self.fed.extend(int(t) for t in tokens)
+        return self._inner.verify(tokens, cache)
+
+
+@pytest.mark.parametrize("alpha", [None, 0.5, 1.0])
+def test_target_ids_past_the_drafters_vocabulary_reach_it_as_its_unk_id(alpha):
+    """The target's vocabulary may be larger than the drafter's (Video-LLaVA 32064 rows, EventGPT
+    32001): a target token the drafter has no row for is fed to the drafter as its unk id (0 for
+    a tokenizer without one), never as an index past its embedding; the output is still the
+    target's, and with real drafts such a token is never accepted."""
+    small = _FedIds(TextRunner(tiny_llama(1000, vocab=48, layers=1),
+                               CharTokenizer(vocab=48, prefix=(1, 5), eos_token_id=None), name="drafter"))
+    target = runner(tiny_llama(0), eos_token_id=None, name="target")
+    ref = _greedy(target, 30)
+    assert sum(t >= 48 for t in ref) >= 3          # the target does emit ids the drafter lacks
+    res = E.parallel_prefill_decode(small, target, PROMPT, max_new_tokens=30, gamma=3, alpha=alpha,
+                                    reference_tokens=ref)
+    assert res.output_tokens == ref
+    assert small.fed and max(small.fed) < 48 and 0 in small.fed
+    if alpha is None:
+        assert res.accepted <= sum(t < 48 for t in ref)
+
+
+def test_drafter_ids_map_only_ids_past_the_vocabulary():
+    assert E.drafter_ids([0, 47, 48, 95], 48, unk=0) == [0, 47, 0, 0]
+    assert E.drafter_ids([5, 500], None, unk=0) == [5, 500]
 
 
 def test_overlap_auto_resolves_from_devices():
@@ -320,7 +365,7 @@ def test_to_record_matches_the_contract(rand):
     drafter, target = rand
     res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=6, gamma=2,
                                     reference_tokens=_greedy(target, 6))
-    rec = E.to_record(res, run_id="r1", dataset="4s", sample_id="s1", profile="tiny", device="cpu",
+    rec = R.to_record(res, run_id="r1", dataset="4s", sample_id="s1", profile="tiny", device="cpu",
                       dtype="float32", quant="none")
     assert set(rec) == {
         "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl", "mode",
@@ -333,12 +378,12 @@ def test_to_record_matches_the_contract(rand):
     assert set(rec["timeline"]) == {"drafter_stage_end_ms", "target_stage_end_ms", "draft_token_ms", "verify_ms"}
     json.loads(json.dumps(rec))
     with pytest.raises(ValueError):
-        E.to_record(res, sample="typo")
+        R.to_record(res, sample="typo")
 
 
 def test_error_result_record():
     """A failed engine run's record keeps the stage, the type, the message and the file it names."""
-    rec = E.to_record(E.error_result("parallel", "load", DataError("bad", path="x.h5", sample="s")))
+    rec = R.to_record(R.error_result("parallel", "load", DataError("bad", path="x.h5", sample="s")))
     assert rec["error"] == {"stage": "load", "type": "DataError", "message": "bad (sample s, file x.h5)",
                             "path": "x.h5"}
     assert rec["n_output_tokens"] == 0
@@ -397,17 +442,6 @@ def test_simulation_seed_differs_between_samples_so_first_coins_follow_alpha():
         assert abs(hits / len(samples) - alpha) < 4 * (alpha * (1 - alpha) / len(samples)) ** 0.5
 
 
-def test_switch_interval_applies_only_while_the_pipelines_overlap(rand):
-    import sys
-
-    drafter, target = rand
-    before = sys.getswitchinterval()
-    seen = []
-    E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=4, switch_interval=2e-4,
-                              debug_hook=lambda state: seen.append(sys.getswitchinterval()))
-    assert sys.getswitchinterval() == before and seen and all(s == before for s in seen)
-
-
 def test_overlap_policy_resolution(rand):
     drafter, target = rand
     assert E.resolve_overlap("auto", drafter, target) == "always"          # CPU: nothing shared on a GPU
@@ -430,7 +464,7 @@ def test_yield_gpu_drafts_only_while_the_target_loads(rand, overlap):
                                     PROMPT, max_new_tokens=30, gamma=0, overlap=overlap)
     ends = res.timeline["target_stage_end_ms"]
     hidden = res.timeline["draft_token_ms"][:res.hidden_block]
-    assert res.overlap == overlap and E.to_record(res)["overlap"] == overlap
+    assert res.overlap == overlap and R.to_record(res)["overlap"] == overlap
     assert res.output_tokens == _greedy(target, 30)
     if overlap == "yield-gpu":
         assert all(t <= ends["load"] + 40 * 3 for t in hidden)    # one step in flight, slack for CI

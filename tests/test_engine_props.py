@@ -6,9 +6,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import baselines as B
+from harness import costmodel as C
 from harness import engine as E
 
-from fixtures.engine_testers import one_thread, random_pair, runner, same_pair
+from fixtures.engine_testers import Checked, one_thread, random_pair, runner, same_pair
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -19,16 +21,6 @@ SETTINGS = settings(max_examples=30, deadline=None, derandomize=True,
 
 def _with_eos(r, eos):
     return runner(r.model, prefix=r.tokenizer.prefix, eos_token_id=eos, name=r.name)
-
-
-def _check_step(state: dict) -> None:
-    out, pending = state["out"], state["pending"]
-    assert state["target_cache"] == state["target_prompt"] + len(out) - 1, state
-    if state["plain"]:     # fell back to plain decoding: the drafter is left where it was
-        assert state["drafter_cache"] <= state["drafter_prompt"] + len(out) - 1, state
-        return
-    assert 1 <= len(pending) <= len(out) and out[len(out) - len(pending):] == pending, state
-    assert state["drafter_cache"] == state["drafter_prompt"] + len(out) - len(pending), state
 
 
 @SETTINGS
@@ -45,22 +37,19 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
     drafter, target = PAIRS[pair]
     eos = None
     if eos_at is not None:   # an EOS id that really occurs in the greedy output
-        full = E.target_only(target, prompt, max_new_tokens=max_new_tokens).output_tokens
+        full = B.target_only(target, prompt, max_new_tokens=max_new_tokens).output_tokens
         eos = full[min(eos_at, len(full) - 1)]
         drafter, target = _with_eos(drafter, eos), _with_eos(target, eos)
     stop = eos is not None
-    ref = E.target_only(target, prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop).output_tokens
-    steps = []
-
-    def hook(state):
-        _check_step(state)
-        steps.append(state["step"])
-
-    res = E.parallel_prefill_decode(drafter, target, prompt, max_new_tokens=max_new_tokens, gamma=gamma,
+    ref = B.target_only(target, prompt, max_new_tokens=max_new_tokens, stop_at_eos=stop).output_tokens
+    checked = Checked(drafter, target)     # checks the bookkeeping after every step that realigns
+    res = E.parallel_prefill_decode(checked, checked.target, prompt, max_new_tokens=max_new_tokens, gamma=gamma,
                                     hidden_cap=hidden_cap, stop_at_eos=stop, alpha=alpha,
-                                    reference_tokens=ref if alpha is not None else None, seed=seed,
-                                    debug_hook=hook)
+                                    reference_tokens=ref if alpha is not None else None, seed=seed)
+    checked.after(res)
     assert res.output_tokens == ref
+    # every intermediate output is the target's own, up to that point
+    assert all(s["out"][:len(ref)] == ref[:len(s["out"])] for s in checked.states)
     if stop:
         assert eos in ref and ref.index(eos) == len(ref) - 1
     else:
@@ -71,7 +60,7 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
     assert 0 <= res.hidden_accepted <= res.hidden_drafted <= res.hidden_block <= min(hidden_cap, max_new_tokens)
     assert res.produced == res.verify_steps + res.accepted + res.decode_steps
     assert res.produced >= len(res.output_tokens)
-    assert res.produced < max_new_tokens + (gamma if gamma != "adaptive" else E.MAX_GAMMA) + hidden_cap + 1
+    assert res.produced < max_new_tokens + (gamma if gamma != "adaptive" else C.MAX_GAMMA) + hidden_cap + 1
     assert sum(d for _, d in res.accept_per_position) == res.drafted
     assert sum(a for a, _ in res.accept_per_position) == res.accepted
     accepted_by_pos = [a for a, _ in res.accept_per_position]
@@ -84,8 +73,7 @@ def test_engine_is_lossless_and_consistent(pair, gamma, prompt, max_new_tokens, 
         [d for _, d in res.accept_per_position]
     assert len(res.timeline["draft_token_ms"]) == res.drafted
     assert len(res.timeline["verify_ms"]) <= res.verify_steps
-    assert steps[0] == "hidden" and len(steps) == 1 + len(res.gamma_trace)
-    assert steps.count("decode") == res.decode_steps
+    assert res.decode_steps == res.gamma_trace.count(0)
     if gamma != "adaptive":
         assert all(g <= gamma for g in res.gamma_trace)
     if alpha == 1.0 or pair == "same" and alpha is None:

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 from torch._dynamo.utils import counters
 
+from harness import baselines as B
 from harness import engine as E
 from harness.models.base import TextRunner
 from harness.models.quant import Int4Linear, int4_linear, quantize_int4, quantize_int4_
@@ -86,7 +87,7 @@ def test_runner_reports_compiled_setup_and_the_engine_stays_lossless():
         assert info["compile_backend"] == QUICK and "compile_error" not in info
     graphs = counters["stats"]["unique_graphs"]
     for prompt, gamma, alpha in (("abc def", 3, None), ("hello?", "adaptive", 0.7), ("a", 1, 1.0)):
-        ref = E.target_only(target, prompt, max_new_tokens=20).output_tokens
+        ref = B.target_only(target, prompt, max_new_tokens=20).output_tokens
         res = E.parallel_prefill_decode(drafter, target, prompt, max_new_tokens=20, gamma=gamma, alpha=alpha,
                                         reference_tokens=ref if alpha is not None else None)
         assert res.output_tokens == ref

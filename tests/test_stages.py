@@ -8,7 +8,7 @@ import torch
 
 from harness.data import load_samples
 from harness.stages import STAGES, run_sample, run_stage_pipeline
-from harness.timing import StageClock, TokenTimer
+from harness.timing import StageClock
 
 
 @pytest.fixture(scope="module")
@@ -70,7 +70,21 @@ def test_clocks_on_cpu():
     clock.mark("a")
     clock.mark("b")
     assert list(clock.stages_ms) == ["a", "b"] and clock.ends_ms["b"] >= clock.ends_ms["a"]
-    timer = TokenTimer("cpu")
-    for _ in range(4):
-        timer.tick()
-    assert len(timer.intervals_ms()) == 3
+
+
+def test_stage_decode_and_target_only_are_one_loop_on_one_clock(tiny_pair, samples, monkeypatch):
+    """The five-stage decode and target-only's decode are the engine's greedy decode: one
+    engine.decode_step (one clock reading after the step) per token after the first, the same
+    tokens either way."""
+    from harness import baselines, engine
+
+    target = tiny_pair[1]
+    steps = []
+    real = engine.decode_step
+    monkeypatch.setattr(engine, "decode_step", lambda *a, **k: steps.append(1) or real(*a, **k))
+    rec = run_sample(target, samples[0], max_new_tokens=5)
+    n_stage = len(steps)
+    res = baselines.target_only(target, samples[0], max_new_tokens=5)
+    assert n_stage == 4 and len(steps) - n_stage == 4
+    assert rec["output_tokens"] == res.output_tokens
+    assert rec["stages_ms"]["decode"] == pytest.approx(sum(rec["decode_token_ms"]), abs=1.0)

@@ -8,6 +8,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from harness import baselines as B
 from harness import engine as E
 from harness.models.profiles import configure_decode, load_pair, static_cache_len
 from harness.models.static_decode import (PREFILL_BUCKET, CacheFullError, StaticDecoder, prefill_buckets,
@@ -168,7 +169,7 @@ def _static_pair(kind):
        alpha=st.one_of(st.none(), st.floats(0.0, 1.0)))
 def test_engine_is_lossless_on_static_decode(kind, gamma, prompt, max_new_tokens, alpha):
     drafter, target = _static_pair(kind)
-    ref = E.target_only(target, prompt, max_new_tokens=max_new_tokens).output_tokens
+    ref = B.target_only(target, prompt, max_new_tokens=max_new_tokens).output_tokens
     res = E.parallel_prefill_decode(drafter, target, prompt, max_new_tokens=max_new_tokens, gamma=gamma,
                                     alpha=alpha, reference_tokens=ref if alpha is not None else None)
     assert res.output_tokens == ref

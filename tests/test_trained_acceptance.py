@@ -10,6 +10,7 @@ import json
 import pytest
 import torch
 
+from harness import baselines as B
 from harness import engine as E
 from harness import metrics as M
 from harness.bounds import bounds_path, check_bound, load_bounds_file
@@ -40,7 +41,7 @@ def test_trained_pair_acceptance_is_inside_its_band(pair, duration):
     samples = load_samples(ensure_default_dataset(progress=False), duration, limit=2)
     blocks = []
     for s in samples:
-        ref = E.target_only(target, s, max_new_tokens=MAX_NEW_TOKENS).output_tokens
+        ref = B.target_only(target, s, max_new_tokens=MAX_NEW_TOKENS).output_tokens
         res = E.parallel_prefill_decode(drafter, target, s, max_new_tokens=MAX_NEW_TOKENS, gamma=GAMMA,
                                         overlap="always", reference_tokens=ref)
         assert res.output_tokens == ref, s.id
