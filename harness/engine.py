@@ -84,14 +84,21 @@ def _sync_all(*runners: CausalLMRunner) -> None:
             torch.cuda.synchronize(r.device)
 
 
-def _new_stream(runner: CausalLMRunner, *, high_priority: bool = False) -> torch.cuda.Stream | None:
-    """A fresh CUDA stream for one pipeline (None on CPU). On a shared GPU the target's stream gets
-    the highest priority, so the drafter's kernels yield the SMs to the target's vision encoder
-    and prefill (graph replays run at their stream's priority)."""
+def _stream_for(runner: CausalLMRunner, *, high_priority: bool = False) -> torch.cuda.Stream | None:
+    """The runner's own CUDA stream for its pipeline (None on CPU), made once per runner and
+    priority and reused by every run: the caching allocator reuses a freed block only on the
+    stream it was allocated on, so a fresh stream per run grows the reserved memory with every
+    sample, and work of a run queues after what the previous run left on it (abandoned draft
+    steps). On a shared GPU the target's stream gets the highest priority, so the drafter's
+    kernels yield the SMs to the target's vision encoder and prefill (graph replays run at their
+    stream's priority)."""
     if runner.device.type != "cuda":
         return None
-    priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
-    return torch.cuda.Stream(runner.device, priority=priority)
+    streams = runner.__dict__.setdefault("_pipeline_streams", {})
+    if high_priority not in streams:
+        priority = torch.cuda.Stream.priority_range()[1] if high_priority else 0
+        streams[high_priority] = torch.cuda.Stream(runner.device, priority=priority)
+    return streams[high_priority]
 
 
 def _on(stream: torch.cuda.Stream | None):
@@ -270,7 +277,7 @@ def _target_stages(target, sample, t0: float, select, side: "DrafterSide"):
     set when its data loading ends (what follows uses the GPU), `side.ready` when its prefill is
     done (or failed). -> (cache, first token, stage ends, first token's time)."""
     try:
-        with _on(_new_stream(target, high_priority=True)):
+        with _on(_stream_for(target, high_priority=True)):
             cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_loaded=side.on_gpu.set)
             t1 = int(select(logits))
             return cache, t1, ends, now_ms(target.device) - t0
@@ -331,7 +338,7 @@ class Drafting:
 
     def __init__(self, drafter: CausalLMRunner, emit: "Emitter", costs: "Costs"):
         self.runner, self.emit, self.costs = drafter, emit, costs
-        self.stream = _new_stream(drafter)
+        self.stream = _stream_for(drafter)
         self.cache, self.prompt_len = None, 0
         self.vocab, self.unk = None, 0
         self.ready, self.on_gpu = threading.Event(), threading.Event()
