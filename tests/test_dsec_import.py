@@ -147,10 +147,10 @@ def test_import_follows_rule_and_reads_events_in_place(bulk, imported):
 
 def test_readers_return_identical_frames_on_every_duration(imported):
     """seek (threaded RGB conversion), decode-all and threaded return the same frames on clips that
-    start on a keyframe and on later ones; the seek reader's gap is import-dsec's keyframe interval."""
-    from harness.data.video import SEEK_GAP_FRAMES
+    start on a keyframe and on later ones; the seek reader assumes import-dsec's keyframe interval."""
+    from harness.data.video import KEYFRAME_INTERVAL
 
-    assert SEEK_GAP_FRAMES == di.KEYFRAME_INTERVAL
+    assert KEYFRAME_INTERVAL == di.KEYFRAME_INTERVAL
     out, _ = imported
     for d in DURS:
         for s in load_samples(out, d)[:3]:

@@ -98,7 +98,7 @@ def decode_frames(path: str | Path, times_us: np.ndarray, *, tolerance_us: int,
 
 VIDEO_READERS = ("seek", "decode-all", "threaded")
 DEFAULT_VIDEO_READER = "seek"
-SEEK_GAP_FRAMES = 5   # seek when the next wanted frame is further ahead (import-dsec's keyframe interval)
+KEYFRAME_INTERVAL = 5  # the keyframe spacing the seek reader assumes (import-dsec writes it; more keyframes only help)
 # The seek reader's RGB conversions (swscale, which runs without the GIL) go to this many threads
 # while the decoder goes on: at 1440x1080 a conversion costs about what a decode does.
 CONVERT_THREADS = max(1, min(8, os.cpu_count() or 1))
@@ -120,8 +120,8 @@ def decode_frame_indices(path: str | Path, indices, *, reader: str = DEFAULT_VID
                          sample: str | None = None) -> np.ndarray:
     """RGB uint8 (n, H, W, 3): the frames with these (increasing) indices of a constant-rate video.
     Three strategies for the same frames:
-      seek        ppbench's: seek to the keyframe before a wanted frame whenever it lies more than
-                  SEEK_GAP_FRAMES ahead, decode forward to it, convert only the wanted frames, on
+      seek        ppbench's: seek to the keyframe before a wanted frame whenever decoding from it is
+                  shorter than decoding forward (_worth_seeking), convert only the wanted frames, on
                   CONVERT_THREADS threads while decoding goes on (same frames, off the decode path);
       decode-all  the seed's (Video-LLaVA's PyAV loop): decode and convert every frame from the
                   clip's first to its last wanted frame, keep the wanted ones;
@@ -154,6 +154,12 @@ def decode_frame_indices(path: str | Path, indices, *, reader: str = DEFAULT_VID
     return np.stack([found[i] for i in wanted])
 
 
+def _worth_seeking(pos: int | None, target: int) -> bool:
+    """Seek when the keyframe before target (one every KEYFRAME_INTERVAL frames) lies past pos + 1:
+    decoding target - key + 1 frames from it is then shorter than the target - pos frames forward."""
+    return pos is None or target - target % KEYFRAME_INTERVAL > pos + 1
+
+
 def _rgb(frame: av.VideoFrame) -> np.ndarray:
     return frame.to_ndarray(format="rgb24")
 
@@ -163,7 +169,7 @@ def _decode_seeking(container, stream, wanted: list[int], found: dict) -> None:
     with ThreadPoolExecutor(CONVERT_THREADS) as pool:
         pending = {}
         for target in wanted:
-            if pos is None or target - pos > SEEK_GAP_FRAMES:
+            if _worth_seeking(pos, target):
                 _seek(container, stream, target)
                 frames = container.decode(stream)
             for frame in frames:
