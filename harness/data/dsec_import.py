@@ -22,8 +22,10 @@ recording (a window running past the last event is served with the events it has
 EventSlicer does).
 
 Video: the seed's encoder settings (libx264, preset fast, crf 28, yuv420p, 20 fps, native
-resolution), plus a keyframe every KEYFRAME_INTERVAL frames (0.5 s), so a reader that seeks to one
-of 8 frames decodes at most 9 frames before it. Every file is written under a temporary name and
+resolution), plus a keyframe every KEYFRAME_INTERVAL = 5 frames (250 ms). Every clip step d/2 of the
+9 durations is a multiple of 250 ms, so every clip starts on a keyframe: decode-all does exactly the
+seed's work on its per-clip mp4 (decode from the clip's first frame), and a reader that seeks to one
+of the 8 frames decodes at most 4 frames before it (with 10: 9, and 5 more at half the 500 ms clips). Every file is written under a temporary name and
 renamed, so an interrupted import leaves no half-written file; a rerun resumes at the sequences
 without a .import.json.
 """
@@ -46,13 +48,13 @@ from harness.data.dataset import DURATION_MS, DURATIONS
 from harness.data.dsec import EventReader
 from harness.errors import DataError
 
-KEYFRAME_INTERVAL = 10
+KEYFRAME_INTERVAL = 5
 FPS = 20
 N_FRAMES = 8
 ENCODER = {"codec": "libx264", "preset": "fast", "crf": "28", "pix_fmt": "yuv420p", "fps": FPS,
            "keyframe_interval": KEYFRAME_INTERVAL}
 SEED_QUESTIONS = ["What are the key elements in this scene?"]
-IMPORT_VERSION = "dsec-import-v1"
+IMPORT_VERSION = "dsec-import-v2"   # v2: keyframe every 5 frames (v1: 10)
 MARKER = ".complete"
 SEQ_DONE = ".import.json"
 _PNG = re.compile(r"^(\d+)\.png$")

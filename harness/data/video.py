@@ -12,6 +12,8 @@ chosen frames in one of three ways (VIDEO_READERS), selected by `ppbench run --v
 """
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from fractions import Fraction
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -96,7 +98,10 @@ def decode_frames(path: str | Path, times_us: np.ndarray, *, tolerance_us: int,
 
 VIDEO_READERS = ("seek", "decode-all", "threaded")
 DEFAULT_VIDEO_READER = "seek"
-SEEK_GAP_FRAMES = 10  # seek when the next wanted frame is further ahead (import-dsec's keyframe interval)
+KEYFRAME_INTERVAL = 5  # the keyframe spacing the seek reader assumes (import-dsec writes it; more keyframes only help)
+# The seek reader's RGB conversions (swscale, which runs without the GIL) go to this many threads
+# while the decoder goes on: at 1440x1080 a conversion costs about what a decode does.
+CONVERT_THREADS = max(1, min(8, os.cpu_count() or 1))
 
 
 def _frame_index(frame: av.VideoFrame, stream) -> int:
@@ -115,8 +120,9 @@ def decode_frame_indices(path: str | Path, indices, *, reader: str = DEFAULT_VID
                          sample: str | None = None) -> np.ndarray:
     """RGB uint8 (n, H, W, 3): the frames with these (increasing) indices of a constant-rate video.
     Three strategies for the same frames:
-      seek        ppbench's: seek to the keyframe before a wanted frame whenever it lies more than
-                  SEEK_GAP_FRAMES ahead, decode forward to it, convert only the wanted frames;
+      seek        ppbench's: seek to the keyframe before a wanted frame whenever decoding from it is
+                  shorter than decoding forward (_worth_seeking), convert only the wanted frames, on
+                  CONVERT_THREADS threads while decoding goes on (same frames, off the decode path);
       decode-all  the seed's (Video-LLaVA's PyAV loop): decode and convert every frame from the
                   clip's first to its last wanted frame, keep the wanted ones;
       threaded    decode-all's frames, with ffmpeg's frame and slice threads (thread_type AUTO)."""
@@ -148,20 +154,33 @@ def decode_frame_indices(path: str | Path, indices, *, reader: str = DEFAULT_VID
     return np.stack([found[i] for i in wanted])
 
 
+def _worth_seeking(pos: int | None, target: int) -> bool:
+    """Seek when the keyframe before target (one every KEYFRAME_INTERVAL frames) lies past pos + 1:
+    decoding target - key + 1 frames from it is then shorter than the target - pos frames forward."""
+    return pos is None or target - target % KEYFRAME_INTERVAL > pos + 1
+
+
+def _rgb(frame: av.VideoFrame) -> np.ndarray:
+    return frame.to_ndarray(format="rgb24")
+
+
 def _decode_seeking(container, stream, wanted: list[int], found: dict) -> None:
     pos, frames = None, None
-    for target in wanted:
-        if pos is None or target - pos > SEEK_GAP_FRAMES:
-            _seek(container, stream, target)
-            frames = container.decode(stream)
-        for frame in frames:
-            if frame.pts is None:
-                continue
-            pos = _frame_index(frame, stream)
-            if pos == target:
-                found[target] = frame.to_ndarray(format="rgb24")
-            if pos >= target:
-                break
+    with ThreadPoolExecutor(CONVERT_THREADS) as pool:
+        pending = {}
+        for target in wanted:
+            if _worth_seeking(pos, target):
+                _seek(container, stream, target)
+                frames = container.decode(stream)
+            for frame in frames:
+                if frame.pts is None:
+                    continue
+                pos = _frame_index(frame, stream)
+                if pos == target:
+                    pending[target] = pool.submit(_rgb, frame)
+                if pos >= target:
+                    break
+        found.update({i: f.result() for i, f in pending.items()})
 
 
 def _decode_all(container, stream, wanted: list[int], found: dict) -> None:
