@@ -15,6 +15,7 @@ from . import bounds, compare, pipeline
 from .calibration import GATE_THRESHOLDS
 from .engine_suite import engine_records_for, warm_up_engine
 from .errors import PpbenchError
+from .gpu_memory import PeakSampler
 from .records import RecordWriter
 from .report import write_report
 from .runconfig import RunConfig
@@ -102,6 +103,9 @@ class BenchSession:
         self.root = run_data.root
         self.durations = list(cfg.durations)
         self.samples = {d: [s for s in run_data.samples if s.dataset == d] for d in self.durations}
+        # Whole devices, every process (NVML), from before the models load to the session's end, as
+        # `ppbench run` measures it: the report's whole-run peak.
+        self.sampler = PeakSampler({cfg.torch_device, torch.device(cfg.drafter_device)}).__enter__()
         self.drafter, self.target = pipeline.open_models(cfg)   # the drafter: a runner or a DrafterProcess
         injected = _inject_delay([self.drafter, self.target], cfg.inject_delay)
         self.meta = pipeline.run_meta(
@@ -173,6 +177,9 @@ class BenchSession:
     def close(self) -> None:
         self._writer.close()
         pipeline.close_models(self.drafter)
+        self.sampler.__exit__(None, None, None)
+        if self.sampler.devices:
+            self.meta["gpu_memory"] = self.sampler.peaks()
 
 
 def stage_seconds(records: list[dict], model: str, stage: str) -> tuple[list[float], list[str]]:

@@ -70,7 +70,7 @@ def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: f
     r_j = accepted_j / drafted_j, the measured probability that draft position j is accepted
     (0 beyond the measured positions). D = drafter ready, T = target ready, c_d = draft step,
     c_v(k) = k-token verify, c_1 = plain decode, N = tokens, U = when hidden drafting must stop
-    (draft_until_ms: T, or the end of the target's loading under the yield-gpu policy):
+    (draft_until_ms: T, or the end of the target's host stages under the yield-gpu policy):
       hidden tokens  n_h = min(hidden_cap, N, 1 + floor(max(0, U - D) / c_h)), c_h = a hidden step
                      (queued back to back on CUDA: hidden_step_ms; default c_d)
       hidden block   yields  E_h = 1 + sum_{j<n_h} r_j  tokens, costing  r_0 * c_v(n_h)  after T

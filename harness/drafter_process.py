@@ -26,7 +26,7 @@ parent and child timestamps share one origin.
 It is the default whenever the drafter runs on CUDA (runconfig.resolve_drafter_process). On one
 shared GPU the two processes' CUDA contexts time-slice (without MPS), so the target's
 high-priority stream no longer pre-empts the drafter; that is why yield-gpu stops the drafter
-when the target's loading ends, with one step in flight.
+when the target's host stages (loading, preprocessing) end, with one step in flight.
 """
 from __future__ import annotations
 

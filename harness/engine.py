@@ -59,10 +59,13 @@ from .results import EngineResult, finish_result
 
 STAGES = ("load", "preprocess", "vision", "prefill")
 _PINNED_TOKENS = 64                      # pinned host slots for queued hidden tokens (the default cap)
-# Under yield-gpu the drafter stops when the target's loading ends: its preprocessing ends with the
-# copy of the pixels to the GPU, which waits behind drafter work still in flight (for a drafter in
-# another process, whose work time-slices with the target's instead of yielding to its priority).
-YIELD_AFTER = "load"
+# Under yield-gpu the drafter stops when the target's host work ends (loading and preprocessing, both
+# CPU: decoding and resizing frames), just before its first GPU kernels (vision encoding): from there
+# on a drafter step in flight delays the target (on one GPU the target's stream pre-empts the
+# drafter's only between kernels, and a drafter in another process time-slices with it).
+# Preprocessing's last act, the pixels' copy to the GPU, runs on the target's own stream and does not
+# queue behind the drafter's kernels.
+YIELD_AFTER = "preprocess"
 OVERLAP_POLICIES = OVERLAP_CHOICES   # harness/options.py: auto, always, yield-gpu
 
 
@@ -111,20 +114,20 @@ def _question(sample: Any) -> str:
 
 # -- stages 1-4 -----------------------------------------------------------------------------------
 def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None = None, *,
-                      t0: float | None = None, on_loaded: Callable[[], None] | None = None,
+                      t0: float | None = None, on_host_done: Callable[[], None] | None = None,
                       ends: dict | None = None):
     """Stages 1-4 -> (cache, first_logits, {stage: end_ms}); end times are relative to `t0`.
-    on_loaded() is called when stage 1 (data loading, host only) is over. `ends`, when given, is
+    on_host_done() is called when the host stages (YIELD_AFTER: loading and preprocessing) are over. `ends`, when given, is
     filled as each stage ends, so after a failure it says which stages finished."""
     question = _question(sample) if question is None else question
     t0 = now_ms(runner.device) if t0 is None else t0
     ends = {} if ends is None else ends
     raw = runner.load_inputs(sample)
     ends["load"] = now_ms(runner.device) - t0
-    if on_loaded is not None:
-        on_loaded()
     prepared = runner.preprocess(raw, question)
     ends["preprocess"] = now_ms(runner.device) - t0
+    if on_host_done is not None:
+        on_host_done()
     embeds = runner.encode_vision(prepared)
     ends["vision"] = now_ms(runner.device) - t0
     cache, logits = runner.prefill(embeds)
@@ -274,11 +277,11 @@ def resolve_overlap(policy: str, drafter, target) -> str:
 
 def _target_stages(target, sample, t0: float, select, side: "DrafterSide"):
     """Target stages 1-4 on its own high-priority stream, in the calling thread; `side.on_gpu` is
-    set when its data loading ends (what follows uses the GPU), `side.ready` when its prefill is
+    set when its host stages end (YIELD_AFTER: what follows uses the GPU), `side.ready` when its prefill is
     done (or failed). -> (cache, first token, stage ends, first token's time)."""
     try:
         with _on(_stream_for(target, high_priority=True)):
-            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_loaded=side.on_gpu.set)
+            cache, logits, ends = run_stages_1_to_4(target, sample, t0=t0, on_host_done=side.on_gpu.set)
             t1 = int(select(logits))
             return cache, t1, ends, now_ms(target.device) - t0
     finally:
@@ -288,7 +291,7 @@ def _target_stages(target, sample, t0: float, select, side: "DrafterSide"):
 class DrafterSide(Protocol):
     """The drafter's half of one parallel run (its KV cache, stream and emitter), wherever it runs:
     `Drafting` (a thread of this process) or drafter_process.RemoteDrafting (the drafter's own
-    process). The target's pipeline sets `on_gpu` when its loading ends and `ready` when its
+    process). The target's pipeline sets `on_gpu` when its host stages end and `ready` when its
     prefill is done; prompt_len is the drafter's prompt length once finish() has returned."""
     ready: Any
     on_gpu: Any

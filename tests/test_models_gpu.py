@@ -123,7 +123,7 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
     kernel) and the target's loading on the host, so steps get abandoned: the output must still be
     the target's own, the caches consistent after every step (static cache and transformers'
     DynamicCache), and a drafter that always proposes the reference (simulated alpha = 1) fully
-    accepted. Under yield-gpu no hidden step may start after the target's loading ended."""
+    accepted. Under yield-gpu no hidden step may start after the target's host stages ended."""
     from harness.data.synthetic import ensure_default_dataset
     from harness import data
     from harness import baselines as B
@@ -160,7 +160,7 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
         # stopped by the target, not by the cap: two steps were queued, so some were abandoned
         assert res.hidden_block < 24
         if overlap == "yield-gpu":    # the one step queued before the pause may still finish
-            assert times[-1] <= res.timeline["target_stage_end_ms"]["load"] + 20
+            assert times[-1] <= res.timeline["target_stage_end_ms"]["preprocess"] + 20
         if alpha == 1.0:
             assert res.hidden_accepted == res.hidden_drafted and res.accepted == res.drafted
 
