@@ -22,7 +22,7 @@ from harness.metrics import dedupe
 from harness.records import load_records
 
 ROOT = Path(__file__).resolve().parent.parent
-FAST = ["--max-new-tokens", "4", "--assisted", "off", "--no-progress", "--warmup", "0"]
+FAST = ["--profile", "tiny", "--max-new-tokens", "4", "--assisted", "off", "--no-progress", "--warmup", "0"]
 
 
 @pytest.fixture()
@@ -44,7 +44,7 @@ def flawed_root(tmp_path):
 def test_failed_samples_are_listed_reported_and_retried(flawed_root, tmp_path, capsys):
     root, real_sequence = flawed_root
     out = tmp_path / "run"
-    args = ["run", "--data-root", str(root), "--durations", "500ms,4s", "--samples-per-duration", "3",
+    args = ["run", "--profile", "tiny", "--data-root", str(root), "--durations", "500ms,4s", "--samples-per-duration", "3",
             "--out", str(out), *FAST]
     assert main(args) == EXIT_FAILURES
     err = capsys.readouterr().err
