@@ -96,7 +96,10 @@ def header(meta: dict, tables: dict, now: str) -> str:
     prof, dev = _profile(meta, tables), _device(meta, tables)
     run = meta.get("run_id") or ", ".join(_from_records(tables, "run_id")) or "not given"
     banner = f"> **Numbers from: {prof} on {dev}"
-    if prof != "real":
+    if prof == "trained":
+        banner += ("; tiny models trained by ppbench on synthetic scenes: real greedy acceptance "
+                   "between them, not the 7B models'; tiny-model timings.**")
+    elif prof != "real":
         banner += "; random-weight models measure cost only, not quality.**"
     else:
         banner += ".**"
