@@ -59,7 +59,7 @@ def test_examples_are_deterministic_and_keep_modalities_apart():
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setattr(T, "N_TRAIN", 8)
+    mp.setattr(T, "N_TRAIN", {"drafter": 4, "target": 8})
     mp.setattr(T, "N_EVAL", 4)
     mp.setattr(T, "STEPS", {"drafter": 2, "target": 2})
     roots = [tmp_path_factory.mktemp(f"trained{i}") for i in range(2)]
