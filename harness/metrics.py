@@ -552,6 +552,19 @@ def verify_acceptance_rate(blocks: Sequence[Sequence[int]]) -> float:
     return _ratio(sum(a for _, a in blocks), sum(d for d, _ in blocks))
 
 
+def verify_acceptance_by_dataset(records: list[dict]) -> dict[str, float]:
+    """dataset -> verify_acceptance_rate over the successful parallel engine runs with the real
+    drafter (the trained pair's acceptance bands: scripts/derive_acceptance_bands.py)."""
+    par = [r for r in dedupe(records) if r["kind"] == "engine" and r["mode"] == "parallel"
+           and r.get("alpha_simulated") is None and r.get("error") is None]
+    out = {}
+    for ds in sort_datasets(r["dataset"] for r in par):
+        blocks = [b for r in par if r["dataset"] == ds for b in r["accept_blocks"][1:]]
+        if blocks:
+            out[ds] = verify_acceptance_rate(blocks)
+    return out
+
+
 def implied_speedup(lengths: Sequence[float], drafted: Sequence[int], draft_cost: float) -> float:
     """MODEL: tokens per block over block cost in target decode steps (see the module docstring)."""
     cost = sum(draft_cost * n + 1.0 for n in drafted)

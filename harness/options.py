@@ -49,10 +49,10 @@ class Option:
 
 OPTIONS: tuple[Option, ...] = (
     # models
-    Option("profile", "tiny: tiny random-weight checkpoints (CPU-friendly); trained: tiny models ppbench "
-           "trains on the synthetic scenes (real acceptance); 7b-shaped: real 7B / CLIP-L "
-           "shapes with random weights (GPU cost only); real: your local checkpoints (--drafter-path, "
-           "--target-path)", "tiny", choices=PROFILES),
+    Option("profile", "trained: tiny models ppbench trains on the synthetic scenes (real acceptance, trained "
+           "once and cached); tiny: tiny random-weight checkpoints (the code path only); 7b-shaped: real "
+           "7B / CLIP-L shapes with random weights (GPU cost only); real: your local checkpoints "
+           "(--drafter-path, --target-path)", "trained", choices=PROFILES),
     Option("drafter_path", "EventGPT-7B checkpoint directory (--profile real only)", kwargs={"metavar": "DIR"}),
     Option("target_path", "Video-LLaVA-7B-hf checkpoint directory (--profile real only)", kwargs={"metavar": "DIR"}),
     Option("allow_pickle", "allow pickle (*.bin) checkpoint weights; unpickling can run arbitrary code from the "

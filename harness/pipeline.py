@@ -31,6 +31,7 @@ from .gpu_memory import used_bytes
 from .metrics import MODELS, dedupe, precision_label
 from .models.input_info import describe_inputs
 from .models.profiles import configure_decode, load_drafter, load_target
+from .models.trained import train_summary
 from .options import DEFAULT_DURATIONS  # noqa: F401  (re-exported: tests parametrize over it)
 from .records import RecordWriter, done_keys, has_shards, load_records, record_key, repair_torn_tail
 from .report import write_precision_report, write_report
@@ -145,6 +146,7 @@ def run_meta(profile, device, drafter, target, dtype, quant, data_source, root, 
         "memory_footprint_bytes": {"drafter": drafter.memory_footprint(),
                                    "target": target.memory_footprint()},
         "model_inputs": describe_inputs(drafter, target),
+        **({"trained_pair": train_summary()} if profile == "trained" else {}),
         **extra,
     }
 

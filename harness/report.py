@@ -97,7 +97,10 @@ def header(meta: dict, tables: dict, now: str) -> str:
     prof, dev = _profile(meta, tables), _device(meta, tables)
     run = meta.get("run_id") or ", ".join(_from_records(tables, "run_id")) or "not given"
     banner = f"> **Numbers from: {prof} on {dev}"
-    if prof != "real":
+    if prof == "trained":
+        banner += ("; tiny models trained by ppbench on synthetic scenes: real greedy acceptance "
+                   "between them, not the 7B models'; tiny-model timings.**")
+    elif prof != "real":
         banner += "; random-weight models measure cost only, not quality.**"
     else:
         banner += ".**"
@@ -337,6 +340,37 @@ def acceptance_structure_section(tables: dict, shown: int = 9) -> list[str]:
             "predicts α_iid at every position; rates in results.json `acceptance_positions`):", "",
             md_table(["Mode", "γ", "Drafter", "Block", "P(accept j given j−1 accepted), j = 1…",
                       "i.i.d."], prows), ""]
+
+
+TRAINED_FIELDS = (("colour", "colour"), ("kind", "kind (car / ball)"), ("side", "side (left / right)"),
+                  ("direction", "motion (left / right)"), ("exact", "whole answer"))
+
+
+def trained_pair_section(meta: dict, names: dict) -> str:
+    """The trained pair's held-out answer accuracy per field against the scene's ground truth, next
+    to chance (models/trained.py: train_log.json, copied into meta by the pipeline)."""
+    tp = meta.get("trained_pair")
+    if not tp:
+        return ""
+    acc, chance = tp["accuracy"], tp["chance"]
+    rows = [[label, pct(chance[f]["uniform"]) if f in chance else "-",
+             pct(chance[f]["majority"]) if f in chance else "-", pct(acc["drafter"][f]), pct(acc["target"][f])]
+            for f, label in TRAINED_FIELDS]
+    return "\n".join([
+        "## Trained pair: answers against the ground truth", "",
+        f"**Real greedy answers of the two trained tiny models (not the 7B models)** on {tp['n_eval']} "
+        "held-out synthetic clips (scenes and backdrops not trained on), parsed per field and compared "
+        "with the scene generator's ground truth: \"The biggest object is a <colour> <kind> on the "
+        "<side>, moving <left|right>.\", the object covering most of the models' centre crop at the "
+        f"clip's end. {names['drafter']} sees only event images (polarity, no colour), "
+        f"{names['target']} only video frames. *Uniform*: 1 / number of values; *majority*: always "
+        "answering the most common true value.", "",
+        md_table(["Field", "Chance (uniform)", "Chance (majority)", f"{names['drafter']} (events)",
+                  f"{names['target']} (frames)"], rows), "",
+        f"Token agreement of the two greedy answers, position by position: {pct(tp['token_agreement'])}. "
+        f"Trained by ppbench in {tp['train_s']:.0f} s on {tp['torch_threads']} torch thread(s) "
+        f"(training data, losses and examples: `{tp['log']}`). The acceptance in this report is "
+        "real greedy verification between these two models.", ""])
 
 
 def seed_models_section(tables: dict, names: dict) -> list[str]:
@@ -772,7 +806,9 @@ def write_report(records: list[dict], out_dir, meta: dict | None = None) -> Path
     (out_dir / "results.json").write_text(
         json.dumps(results, indent=1, default=str, allow_nan=False), encoding="utf-8")
 
+    trained = trained_pair_section(meta, names)
     parts = [header(meta, tables, now), executive_summary(tables, names), "---",
+             *([trained, "---"] if trained else []),
              results_table(tables, names), "---", stage_breakdown(tables, names), "---",
              parallel_prefill(tables, names), "---", *_part(precision_section(records, meta)),
              scaling(tables, names, plots), "---",

@@ -19,25 +19,13 @@ from harness.bounds import bounds_path, validate_bounds, write_bounds
 from harness.records import load_records
 
 
-def pooled_acceptance(records: list[dict]) -> dict[str, float]:
-    """duration -> verify_acceptance over successful parallel runs with the real drafter."""
-    out = {}
-    par = [r for r in M.dedupe(records) if r["kind"] == "engine" and r["mode"] == "parallel"
-           and r.get("alpha_simulated") is None and r.get("error") is None]
-    for ds in M.sort_datasets(r["dataset"] for r in par):
-        blocks = [b for r in par if r["dataset"] == ds for b in r["accept_blocks"][1:]]
-        if blocks:
-            out[ds] = M.verify_acceptance_rate(blocks)
-    return out
-
-
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", type=Path)
     p.add_argument("--margin", type=float, default=0.10)
     p.add_argument("--out", type=Path, default=bounds_path("trained", "cpu"))
     args = p.parse_args()
-    measured = pooled_acceptance(load_records(args.run / "records.jsonl"))
+    measured = M.verify_acceptance_by_dataset(load_records(args.run / "records.jsonl"))
     if not measured:
         raise SystemExit(f"{args.run}: no parallel engine records with the real drafter")
     meta = json.loads((args.run / "meta.json").read_text()) if (args.run / "meta.json").exists() else {}

@@ -118,14 +118,14 @@ def _fake_run(out, **meta):
 def test_refused_run_leaves_the_existing_run_untouched(tmp_path, capsys):
     out = tmp_path / "run"
     saved = _fake_run(out)
-    assert_user_error(capsys, ["run", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8"], "already holds records")
+    assert_user_error(capsys, ["run", "--profile", "tiny", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8"], "already holds records")
     assert json.loads((out / "meta.json").read_text()) == saved
 
 
 def test_resume_with_different_settings_is_refused(tmp_path, capsys):
     out = tmp_path / "run"
     _fake_run(out)
-    assert_user_error(capsys, ["run", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8", "--resume"], "max_new_tokens: saved 4, now 8")
+    assert_user_error(capsys, ["run", "--profile", "tiny", "--out", str(out), "--device", "cpu", "--max-new-tokens", "8", "--resume"], "max_new_tokens: saved 4, now 8")
 
 
 def test_run_with_no_samples_fails(tmp_path, capsys):

@@ -135,7 +135,7 @@ def test_assisted_generation_with_a_drafter_process_is_recorded_as_unsupported(p
 def _bench_opts(tmp_path, **over):
     from harness import options, runconfig
 
-    raw = options.defaults(device="cpu", samples_per_duration="1", durations="500ms", max_new_tokens="6",
+    raw = options.defaults(profile="tiny", device="cpu", samples_per_duration="1", durations="500ms", max_new_tokens="6",
                            drafter_process="on", out=str(tmp_path / "bench"))
     return runconfig.resolve({**raw, **over}, side="pytest")
 

@@ -45,7 +45,7 @@ def test_failed_samples_are_listed_reported_and_retried(flawed_root, tmp_path, c
     root, real_sequence = flawed_root
     out = tmp_path / "run"
     args = ["run", "--data-root", str(root), "--durations", "500ms,4s", "--samples-per-duration", "3",
-            "--out", str(out), *FAST]
+            "--out", str(out), *FAST, "--profile", "tiny"]
     assert main(args) == EXIT_FAILURES
     err = capsys.readouterr().err
     assert "500ms/lost-0 drafter [load] DataError: events file not found" in err
@@ -96,7 +96,8 @@ def test_a_start_up_failure_leaves_no_run_folder_and_keeps_latest(tmp_path, caps
 
 def test_ctrl_c_keeps_the_records_and_prints_the_resume_command(tmp_path):
     out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "harness", "run", "--durations", "500ms,1s,2s", "--out", str(out), *FAST]
+    cmd = [sys.executable, "-m", "harness", "run", "--durations", "500ms,1s,2s", "--out", str(out), *FAST,
+           "--profile", "tiny"]
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600

@@ -65,7 +65,7 @@ def test_the_wheel_in_a_fresh_venv_runs_the_cli(tmp_path):
     env = {"PATH": f"{env_dir / 'bin'}:/usr/bin:/bin", "HOME": str(home), "PPBENCH_CACHE": str(home / "ppbench"),
            "MPLCONFIGDIR": str(home / "matplotlib"), "XDG_CACHE_HOME": str(home / ".cache")}
     assert _sh([ppbench, "--version"], cwd=work, env=env).stdout.startswith("ppbench ")
-    run = _sh([ppbench, "run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "6",
+    run = _sh([ppbench, "run", "--profile", "tiny", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "6",
                "--assisted", "off", "--no-progress", "--out", "r"], cwd=work, env=env, timeout=900)
     assert (work / "r" / "report.md").is_file(), run.stdout
     assert run.stderr.strip() == "", run.stderr      # no third-party noise, no bars with --no-progress

@@ -1,4 +1,6 @@
-"""The main job end to end on the embedded default (tiny models, synthetic data, CPU)."""
+"""The main job end to end on the embedded default (the trained tiny pair, synthetic data, CPU) with
+the committed run's options (docs/results/trained-cpu/command.txt), and the tiny random pair where
+a test only needs a run to exist."""
 from __future__ import annotations
 
 import csv
@@ -13,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from harness import metrics as M
+from harness.bounds import bounds_path, check_bound, load_bounds_file
 from harness.cli import main
 from harness.records import load_records, record_key
 
@@ -38,8 +42,7 @@ def _num(cell: str) -> float:
 @pytest.fixture(scope="module")
 def main_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    code = main(["run", "--samples-per-duration", "2", "--durations", DURATIONS, "--out", str(out),
-                 "--no-progress", "--max-new-tokens", "12", "--assisted", "off"])
+    code = main(["run", "--gammas", "4", "--assisted", "off", "--no-progress", "--out", str(out)])
     assert code == 0
     return out
 
@@ -67,17 +70,32 @@ def test_records_hold_every_stage_and_lossless_engine_output(main_run):
     assert len(stages) == 9 * 2 * 2 and not any(r["error"] for r in stages)
     for r in stages:
         assert set(r["stages_ms"]) == {"load", "preprocess", "vision", "prefill", "decode"}
-        assert len(r["decode_token_ms"]) == r["n_output_tokens"] == 12
+        assert len(r["decode_token_ms"]) == r["n_output_tokens"] == 50
     engine = [r for r in records if r["kind"] == "engine"]
     assert {r["mode"] for r in engine} == {"target_only", "sequential", "parallel"}
     for r in engine:
         if r["mode"] != "target_only":
             assert r["token_match_rate"] == 1.0, r  # fp32: lossless, bit-exact greedy
     meta = json.loads((main_run / "meta.json").read_text())
-    assert meta["profile"] == "tiny" and meta["memory_footprint_bytes"]["target"] > 0
+    assert meta["profile"] == "trained" and meta["memory_footprint_bytes"]["target"] > 0
     assert meta["drafter_process"] is False            # auto: a thread on CPU
     for png in ("stage_bars.png", "latency_vs_duration.png", "hidden_vs_duration.png"):
         assert (main_run / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_default_run_acceptance_is_inside_its_band(main_run):
+    """The default run's real acceptance (verify blocks after the hidden block, per duration) lies
+    in the trained pair's committed band (harness/calibration/bounds/trained-cpu.json), is non-zero,
+    and the report shows it with its run-length table and the pair's answer accuracy."""
+    measured = M.verify_acceptance_by_dataset(load_records(main_run / "records.jsonl"))
+    assert list(measured) == DURATIONS.split(",")
+    bounds = load_bounds_file(bounds_path("trained", "cpu"))
+    for duration, rate in measured.items():
+        check_bound(bounds, "verify_acceptance_rate", rate, samples=[duration], duration=duration)
+        assert rate > 0, duration
+    report = (main_run / "report.md").read_text()
+    assert "#### Acceptance structure: run lengths" in report
+    assert "## Trained pair: answers against the ground truth" in report
 
 
 def test_report_rebuilds_from_saved_records(main_run, tmp_path):
@@ -93,7 +111,7 @@ def _run_cli(args, **kw):
 
 
 def test_kill_and_resume_loses_nothing_and_duplicates_nothing(tmp_path):
-    args = ["run", "--durations", "500ms,4s", "--samples-per-duration", "2", "--max-new-tokens", "6",
+    args = ["run", "--profile", "tiny", "--durations", "500ms,4s", "--samples-per-duration", "2", "--max-new-tokens", "6",
             "--no-progress", "--assisted", "off", "--engine", "on"]
     full = tmp_path / "full"
     assert _run_cli(args + ["--out", str(full)]).wait(timeout=600) == 0
@@ -122,7 +140,7 @@ def test_main_job_on_the_static_decode_path_says_so_and_stays_lossless(tmp_path)
     """`--decode static` runs the whole job on the fixed-size cache (the CPU twin of the GPU's
     cuda-graph default); the meta, every record and the report name the implementation."""
     out = tmp_path / "static"
-    assert main(["run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
+    assert main(["run", "--profile", "tiny", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
                  "--decode", "static", "--alphas", "0.5", "--gammas", "adaptive,2", "--assisted", "off",
                  "--out", str(out), "--no-progress"]) == 0
     meta = json.loads((out / "meta.json").read_text())
@@ -140,7 +158,7 @@ def test_main_job_with_the_drafter_in_its_own_process(tmp_path, capsys):
     """`--drafter-process`: the engine's parallel runs use a drafter served by a child process; the
     output stays the target's own, and meta and report say where the drafter ran."""
     out = tmp_path / "proc"
-    assert main(["run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
+    assert main(["run", "--profile", "tiny", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
                  "--drafter-process", "--alphas", "1.0", "--gammas", "adaptive,2", "--assisted", "off",
                  "--out", str(out), "--no-progress"]) == 0
     meta = json.loads((out / "meta.json").read_text())
@@ -152,6 +170,6 @@ def test_main_job_with_the_drafter_in_its_own_process(tmp_path, capsys):
     assert all(r["accepted"] == r["drafted"] for r in parallel if r["alpha_simulated"] == 1.0)
     assert "**Engine's drafter runs in:** its own process" in (out / "report.md").read_text()
     capsys.readouterr()
-    assert main(["run", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
+    assert main(["run", "--profile", "tiny", "--durations", "500ms", "--samples-per-duration", "1", "--max-new-tokens", "8",
                  "--out", str(out), "--resume", "--no-progress"]) == 2
     assert "drafter_process: saved True, now False" in capsys.readouterr().err

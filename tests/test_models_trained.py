@@ -23,23 +23,28 @@ def test_answers_parse_back_to_their_fields():
     assert T.parse_answer("something else") == {}
 
 
-def test_truth_is_the_biggest_visible_shape():
-    """Shapes outside the centre crop do not count; the biggest visible one is described by its
-    colour bits, kind, side at the clip end and horizontal motion."""
+def test_truth_is_the_object_covering_most_of_the_crop():
+    """What counts is the area each shape covers inside the centre crop at the clip's end, after
+    the shapes drawn later cover it: a big shape outside the crop or under another shape loses to a
+    smaller one in full view. The answer names its colour bits, kind, the side of its visible part
+    and its horizontal motion."""
     tex = np.full((12, 16, 3), 0.5, np.float32)
-    outside = Shape("rect", (20.0, 300.0), (50.0, 0.0), (80.0, 40.0), (1.0, 0.0, 0.0))     # huge, x < crop
-    small = Shape("rect", (400.0, 300.0), (40.0, 0.0), (20.0, 10.0), (1.0, 1.0, 1.0))
-    ball = Shape("disk", (250.0, 300.0), (-60.0, 0.0), (30.0, 30.0), (0.1, 0.9, 0.05))
-    truth = T.scene_truth(Scene(tex, (outside, small, ball)), t1_s=0.5)
-    assert truth == {"colour": "green", "kind": "ball", "side": "left", "direction": "left"}
-    assert T.scene_truth(Scene(tex, (outside,)), t1_s=0.1) == {}
+    outside = Shape("rect", (20.0, 300.0), (50.0, 0.0), (80.0, 40.0), (1.0, 0.0, 0.0))     # mostly x < crop
+    big = Shape("rect", (300.0, 300.0), (40.0, 0.0), (60.0, 30.0), (1.0, 1.0, 1.0))
+    cover = Shape("rect", (300.0, 300.0), (-40.0, 0.0), (50.0, 25.0), (1.0, 0.0, 0.0))     # drawn over big
+    ball = Shape("disk", (450.0, 300.0), (-60.0, 0.0), (30.0, 30.0), (0.1, 0.9, 0.05))
+    truth = lambda *shapes: T.scene_truth(Scene(tex, shapes), t1_s=0.0)  # noqa: E731
+    assert truth(outside, big, ball) == {"colour": "white", "kind": "car", "side": "left", "direction": "right"}
+    assert truth(outside, big, cover, ball) == {"colour": "red", "kind": "car", "side": "left", "direction": "left"}
+    assert truth(outside, ball) == {"colour": "green", "kind": "ball", "side": "right", "direction": "left"}
+    assert truth(Shape("rect", (20.0, 300.0), (0.0, 0.0), (30.0, 20.0), (1.0, 0.0, 0.0))) == {}
     assert T.CROP_X == ((SENSOR_W - 480) / 2, (SENSOR_W + 480) / 2)
 
 
 def test_examples_are_deterministic_and_keep_modalities_apart():
     """Same seed, same examples; the drafter's event images hold only white, red and blue (event
     polarity, no scene colour), the target's frames hold the scene's colours."""
-    a, b = T.make_examples(3, 0, 2), T.make_examples(3, 0, 2)
+    a, b = T.make_examples(3, 0, 3), T.make_examples(3, 0, 3)
     for x, y in zip(a, b):
         assert x.answer == y.answer and x.question == y.question
         assert all(np.array_equal(u, v) for u, v in zip(x.event_images, y.event_images))
@@ -54,9 +59,9 @@ def test_examples_are_deterministic_and_keep_modalities_apart():
 @pytest.fixture(scope="module")
 def small_build(tmp_path_factory):
     mp = pytest.MonkeyPatch()
-    mp.setattr(T, "N_TRAIN", 8)
+    mp.setattr(T, "N_TRAIN", {"drafter": 4, "target": 8})
     mp.setattr(T, "N_EVAL", 4)
-    mp.setattr(T, "EPOCHS", 1)
+    mp.setattr(T, "STEPS", {"drafter": 2, "target": 2})
     roots = [tmp_path_factory.mktemp(f"trained{i}") for i in range(2)]
     paths = [T.ensure_trained_checkpoints(r) for r in roots]
     yield roots, paths
@@ -82,7 +87,8 @@ def test_profile_loads_the_saved_pair(small_build):
     the event tokens EventGPT's loader adds on top (inference.py: <ev_patch>)."""
     roots, paths = small_build
     drafter, target = load_pair("trained", quant="none", dtype=torch.float32, cache_dir=roots[0])
-    assert drafter.vision_config.image_size == 56 and target.config.vision_config.image_size == 56
+    for cfg in (drafter.vision_config, target.config.vision_config):
+        assert (cfg.image_size, cfg.patch_size) == (56, 28)
     dv, tv = drafter.tokenizer.get_vocab(), target.tokenizer.get_vocab()
     assert {k: v for k, v in dv.items() if k in tv} == tv and set(dv) - set(tv) == {"<ev_patch>"}
     e = T.make_examples(0, 1, 1, (drafter, target))[0]

@@ -44,7 +44,7 @@ def test_gpu_benchmarks_skip_cleanly_without_cuda():
 def saved_runs(tmp_path_factory):
     """Two saved tiny-profile CPU runs, with the session report; the second injects a slowdown."""
     tmp = tmp_path_factory.mktemp("bench")
-    common = ["-m", "gpu", "--ppbench-device", "cpu", "--ppbench-samples", "2",
+    common = ["-m", "gpu", "--ppbench-profile", "tiny", "--ppbench-device", "cpu", "--ppbench-samples", "2",
               "--ppbench-durations", "500ms,4s", "--ppbench-max-new-tokens", "24",
               "--benchmark-autosave", f"--benchmark-storage={tmp / 'storage'}",
               "-k", "500ms or 4s"]

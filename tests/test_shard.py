@@ -18,7 +18,7 @@ from harness.cli import main
 from harness.records import load_records, record_key
 
 ROOT = Path(__file__).resolve().parent.parent
-ARGS = ["run", "--durations", "500ms,1s", "--samples-per-duration", "2", "--max-new-tokens", "6",
+ARGS = ["run", "--profile", "tiny", "--durations", "500ms,1s", "--samples-per-duration", "2", "--max-new-tokens", "6",
         "--alphas", "0.5", "--warmup", "0", "--no-progress", "--device", "cpu"]
 # Rank 1's records come in this order: stages of its 2 samples (4), then per sample target_only,
 # sequential, parallel at real and simulated alpha, assisted (5): after 9 its first sample is done.
@@ -126,7 +126,7 @@ def test_a_failing_rank_loses_nothing_of_the_others(tmp_path):
     merges both ranks' records and writes the report; the run exits 3 naming the failed rank, what
     is missing and the resume command."""
     out = tmp_path / "run"
-    args = ["run", "--durations", "500ms", "--samples-per-duration", "2", "--max-new-tokens", "4",
+    args = ["run", "--profile", "tiny", "--durations", "500ms", "--samples-per-duration", "2", "--max-new-tokens", "4",
             "--warmup", "0", "--engine", "off", "--no-progress", "--device", "cpu", "--out", str(out)]
     proc = torchrun(2, args, env={"PPBENCH_TEST_RAISE": "1:1"})
     assert proc.returncode != 0

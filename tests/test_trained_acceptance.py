@@ -2,7 +2,8 @@
 timing) stays inside its committed band per duration
 (harness/calibration/bounds/trained-cpu.json, derived by scripts/derive_acceptance_bands.py from
 the run in docs/results/trained-cpu/): the parallel engine, real drafter tokens, gamma 4, the
-first samples of each duration of the embedded dataset, fp32 on CPU. It also stays lossless."""
+first samples of each duration of the embedded default dataset (the one `ppbench run` reads), fp32
+on CPU. It also stays lossless."""
 from __future__ import annotations
 
 import json
@@ -15,7 +16,7 @@ from harness import engine as E
 from harness import metrics as M
 from harness.bounds import bounds_path, check_bound, load_bounds_file
 from harness.data import load_samples
-from harness.data.synthetic import ensure_default_dataset
+from harness.data.default_data import ensure_default_imported
 from harness.models.profiles import load_pair
 
 BOUNDS = bounds_path("trained", "cpu")
@@ -38,7 +39,7 @@ def test_trained_pair_acceptance_is_inside_its_band(pair, duration):
     committed band, and every output equals the target's plain greedy output."""
     drafter, target = pair
     bounds = load_bounds_file(BOUNDS)
-    samples = load_samples(ensure_default_dataset(progress=False), duration, limit=2)
+    samples = load_samples(ensure_default_imported(progress=False), duration, limit=2)
     blocks = []
     for s in samples:
         ref = B.target_only(target, s, max_new_tokens=MAX_NEW_TOKENS).output_tokens

@@ -124,13 +124,17 @@ class EventChatLlamaForCausalLM(LlamaForCausalLM):
 
         The original loops image by image; every op before the aggregation is per-image, so one
         batched call gives the same result with one launch sequence instead of T."""
+        return spatio_temporal_features(self.event_image_features(pixel_values))
+
+    def event_image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """(T, 3, S, S) event images -> (T, N, D) per-image features (tower, projector, adaptor)."""
         m = self.model
         tower = m.visual_tower.visual_tower
         feats = m.visual_tower(pixel_values.to(tower.dtype))
         feats = m.visual_projector(feats.to(m.visual_projector[0].weight.dtype))
         if hasattr(m, "feature_adaptor"):
             feats = m.feature_adaptor(feats.to(m.feature_adaptor.weight.dtype))
-        return spatio_temporal_features(feats)
+        return feats
 
 
 AutoConfig.register(EventChatConfig.model_type, EventChatConfig, exist_ok=True)

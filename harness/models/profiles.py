@@ -7,8 +7,8 @@
              choices (a planted next-token structure, models/decisive.py) so batched verify and
              single-token decode pick the same tokens in bf16 / NF4. Timing only: the tokenizer
              is the project's tiny one (ids < vocab), since token ids, not their meaning, drive cost.
-  trained    the tiny architectures trained by ppbench on the embedded scenes (models/trained.py),
-             cached and loaded like the tiny checkpoints.
+  trained    the default: the tiny architectures trained by ppbench on the embedded scenes
+             (models/trained.py), cached and loaded like the tiny checkpoints.
   real       local checkpoint directories (EventGPT-7B in its original key layout, Video-LLaVA-7B-hf).
 """
 from __future__ import annotations

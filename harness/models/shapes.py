@@ -19,9 +19,10 @@ LLAMA_TINY = dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, nu
 CLIP_TINY = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
                  image_size=28, patch_size=14, projection_dim=32, hidden_act="quick_gelu", layer_norm_eps=1e-5)
 TINY_VOCAB = 512
-# Trained pair (models/trained.py): the tiny sizes, at 56 px (16 patches per image), so a shape in
-# a frame or an event image covers a few pixels instead of one or two.
-CLIP_TRAINED = dict(CLIP_TINY, image_size=56)
+# Trained pair (models/trained.py): the tiny sizes at 56 px, so a shape in a frame or an event image
+# covers a few pixels instead of one or two, with 28-px patches: 4 patches + CLS per image, as many
+# tokens as the tiny profile (a patch is a quadrant of the crop: left / right is which patch).
+CLIP_TRAINED = dict(CLIP_TINY, image_size=56, patch_size=28)
 # vocab None: the tiny tokenizer plus the <ev_patch> row EventGPT's loader adds (tiny_vocab)
 _SIZES = {"tiny": (LLAMA_TINY, CLIP_TINY, None), "trained": (LLAMA_TINY, CLIP_TRAINED, TINY_VOCAB)}
 # The drafter and the target get different planted bigrams (models/decisive.py): random models
