@@ -132,14 +132,15 @@ def capture_stream(device: torch.device) -> torch.cuda.Stream:
     return _CAPTURE_STREAMS[index]
 
 
-def capture(fn, device: torch.device, pool=None):
+def capture(fn, device: torch.device, pool=None, stream: torch.cuda.Stream | None = None):
     """(graph, output) of fn() captured on `device`: two warm-up calls on a side stream first, as
     CUDA requires, and one replay after, so the first launch's one-time upload never lands in a
-    timed step. Capture uses that warmed stream (capture_stream): torch.cuda.graph's default capture
-    stream is one per process, made on whichever device was current at first use, and a stream new
-    to cuBLAS would allocate its workspace mid-capture (not permitted)."""
+    timed step. Capture uses that warmed stream (`stream`, by default capture_stream):
+    torch.cuda.graph's default capture stream is one per process, made on whichever device was
+    current at first use, and a stream new to cuBLAS would allocate its workspace mid-capture (not
+    permitted)."""
     with torch.cuda.device(device):
-        side = capture_stream(device)
+        side = capture_stream(device) if stream is None else stream
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(2):
