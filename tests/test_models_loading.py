@@ -7,7 +7,10 @@ import shutil
 import numpy as np
 import pytest
 import torch
+from accelerate import init_empty_weights
 from safetensors.torch import load_file, save_file
+from transformers import VideoLlavaForConditionalGeneration
+from transformers.quantizers.base import get_keys_to_not_convert
 
 from harness.models.tiny import build_tokenizer, ensure_tiny_checkpoints
 from harness.errors import ModelLoadError
@@ -131,7 +134,22 @@ def test_unknown_profile_and_quant():
         load_drafter("tiny", quant="int3")
 
 
-def test_nf4_on_cpu_quantizes_only_the_language_model(paths):
+def test_nf4_target_quantizes_what_the_seed_load_quantized():
+    """The seed loaded Video-LLaVA through transformers with a BitsAndBytesConfig naming no skip
+    modules, so every linear but the output head is NF4, towers and projector included: the 7B
+    target's NF4 skip list is exactly transformers' own choice. The drafter keeps its tower, projector
+    and adaptor in bf16 (EventGPT builds its CLIP tower apart); int4 quantizes language models only."""
+    cfg = videollava_config("7b-shaped", build_tokenizer())
+    with init_empty_weights():
+        model = VideoLlavaForConditionalGeneration(cfg)
+    assert vl.skip_quant("nf4", cfg) == get_keys_to_not_convert(model) == ["lm_head"]
+    assert {"model.video_tower", "model.multi_modal_projector"} <= set(vl.skip_quant("int4", cfg))
+    assert "model.visual_tower" in eg.skip_quant("nf4", None)
+
+
+def test_nf4_on_cpu_quantizes_the_language_models_of_the_tiny_pair(paths):
+    """Tiny towers (32 wide) are narrower than one NF4 block, which bitsandbytes' CPU kernels need,
+    so in the tiny pair only the language models' linears are NF4; the rest stays in the compute dtype."""
     import bitsandbytes as bnb
 
     full = load_pair("tiny", quant="none", dtype=torch.float32)

@@ -157,8 +157,15 @@ def original_key(key: str) -> str:
     return _TOWER + "vision_model." + key[len(_TOWER):] if key.startswith(_TOWER) else key
 
 
-# Weights the bitsandbytes quantizer leaves in the compute dtype (see harness.models.quant).
-SKIP_QUANT = ["model.visual_tower", "model.visual_projector", "model.feature_adaptor", "lm_head"]
+# Modules each precision leaves in the compute dtype (see harness.models.quant). The EventGPT authors'
+# code builds the CLIP tower itself (CLIPVisionModel.from_pretrained in bf16, model/EventChatModel.py),
+# apart from the language model's checkpoint, so the tower, projector and adaptor stay bf16.
+_DRAFTER_SKIP = ["model.visual_tower", "model.visual_projector", "model.feature_adaptor", "lm_head"]
+SKIP_QUANT = {"nf4": _DRAFTER_SKIP, "int4": _DRAFTER_SKIP}
+
+
+def skip_quant(quant: str, config) -> list[str]:
+    return SKIP_QUANT.get(quant, [])
 
 
 def splice(embeds: torch.Tensor, input_ids: torch.Tensor, marker: int, features: torch.Tensor) -> torch.Tensor:

@@ -25,13 +25,13 @@ from harness.models.decisive import plant_next_token_
 from harness.models.eventgpt import (N_EVENT_IMAGES, EventChatConfig, EventChatLlamaForCausalLM, EventGPTRunner,
                                      add_event_tokens, resize_vocab)
 from harness.models.eventgpt_checkpoint import load_folder_tower_, load_tokenizer, resolve_tower
-from harness.models.eventgpt import SKIP_QUANT as EVENTGPT_SKIP
+from harness.models.eventgpt import skip_quant as eventgpt_skip
 from harness.models.eventgpt import canonical_key as eg_canonical
 from harness.models.quant import bnb_config, check_quant, materialize_, quantize_int4_
 from harness.models.shapes import (PLANT_SEED_OFFSET, eventgpt_config, videollava_config,  # noqa: F401 (API)
                                    visual_token_count)
 from harness.models.tiny import ensure_tiny_checkpoints
-from harness.models.videollava import SKIP_QUANT as VIDEOLLAVA_SKIP
+from harness.models.videollava import skip_quant as videollava_skip
 from harness.models.videollava import canonical_key as vl_canonical
 from harness.models.videollava import DEFAULT_TEMPLATE, VideoLlavaRunner, check_template
 
@@ -46,8 +46,8 @@ def check_profile(profile: str) -> str:
 # -- one loading path per model -------------------------------------------------------------------
 def _model_class(which: str):
     if which == "drafter":
-        return EventChatLlamaForCausalLM, EventChatConfig.model_type, EVENTGPT_SKIP, EventGPTRunner, eg_canonical
-    return VideoLlavaForConditionalGeneration, "video_llava", VIDEOLLAVA_SKIP, VideoLlavaRunner, vl_canonical
+        return EventChatLlamaForCausalLM, EventChatConfig.model_type, eventgpt_skip, EventGPTRunner, eg_canonical
+    return VideoLlavaForConditionalGeneration, "video_llava", videollava_skip, VideoLlavaRunner, vl_canonical
 
 
 def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", dtype=torch.float32,
@@ -57,7 +57,7 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
     drafter's tower, tokenizer and vocabulary follow harness/models/eventgpt_checkpoint.py."""
     check_quant(quant)
     path = Path(path)
-    cls, model_type, skip, runner_cls, canonical = _model_class(which)
+    cls, model_type, skip_of, runner_cls, canonical = _model_class(which)
     cfg_dict = checkpoint.read_config(path)
     checkpoint.check_model_type(cfg_dict, model_type, path)
     try:
@@ -74,6 +74,7 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
     # from_pretrained converts on load; the pre-check compares version-neutral canonical names.
     required, optional = checkpoint.model_keys(cls, config)
     checkpoint.check_keys(path, have, required, optional, canonical)
+    skip = skip_of(quant, config)
     kwargs = dict(config=config, dtype=dtype, device_map={"": str(device)}, use_safetensors=is_safe)
     if quant == "nf4":
         kwargs["quantization_config"] = bnb_config(skip)
@@ -119,8 +120,9 @@ def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16
     """7B-shaped random model, materialized tensor by tensor on `device` (see quant.materialize_)."""
     check_quant(quant)
     tokenizer = load_tokenizer(ensure_tiny_checkpoints(cache_dir)["tokenizer"])
-    cls, _, skip, runner_cls, _ = _model_class(which)
+    cls, _, skip_of, runner_cls, _ = _model_class(which)
     config = (eventgpt_config if which == "drafter" else videollava_config)("7b-shaped", tokenizer)
+    skip = skip_of(quant, config)
     with init_empty_weights(include_buffers=False):
         model = cls(config)
     materialize_(model, device=device, dtype=dtype, quant=quant, skip_modules=skip, seed=seed)

@@ -11,9 +11,11 @@ costs about one (issue 19); tinygemm keeps 4-bit weights for every M. It ships w
 package), on CUDA as `_weight_int4pack_mm` and on CPU as `_weight_int4pack_mm_for_cpu`, so CPU tests
 run the same module.
 
-Only the language model's linear layers go to 4-bit. The vision tower, projector, adaptor and
-lm_head stay in the compute dtype, as the seed pipeline did: they are a small share of the weights,
-and 4-bit CLIP would change the vision stage timing in a way the real deployment does not.
+Which linears stay in the compute dtype is each model's `skip_quant` (eventgpt.py, videollava.py).
+NF4 follows the seed's loads: transformers quantizes every linear of Video-LLaVA but the output head
+(the seed's BitsAndBytesConfig names no skip modules), towers and projector included, while
+EventGPT's CLIP tower, projector and adaptor are built apart from its language model and stay bf16.
+int4 quantizes the language models only (tinygemm is a decode kernel; the seed has no int4).
 """
 from __future__ import annotations
 

@@ -29,8 +29,20 @@ from harness.models.image_processing import ClipProcessing, clip_preprocess
 
 VIDEO_TOKEN = "<video>"
 N_FRAMES = 8
-# Weights the bitsandbytes quantizer leaves in the compute dtype (see harness.models.quant).
-SKIP_QUANT = ["model.video_tower", "model.image_tower", "model.multi_modal_projector", "lm_head"]
+# Modules each precision leaves in the compute dtype (see harness.models.quant). NF4: what
+# transformers' bitsandbytes quantizer leaves under the seed's config (it loads Video-LLaVA with a
+# BitsAndBytesConfig that names no skip modules, so `get_keys_to_not_convert` keeps only the output
+# head; both towers and the projector are NF4). int4 (ours, no seed counterpart): the language
+# model only, as gpt-fast does, because tinygemm is a decode kernel (slow at the towers' 2056 rows).
+_VISION = ["model.video_tower", "model.image_tower", "model.multi_modal_projector"]
+SKIP_QUANT = {"nf4": ["lm_head"], "int4": _VISION + ["lm_head"]}
+BNB_BLOCK = 64     # bitsandbytes' NF4 block; its CPU kernels need in_features >= one block
+
+
+def skip_quant(quant: str, config) -> list[str]:
+    """SKIP_QUANT[quant]; towers narrower than one NF4 block (only the tiny models') stay unquantized."""
+    narrow = quant == "nf4" and _vision_config(config).hidden_size < BNB_BLOCK
+    return SKIP_QUANT.get(quant, []) + (_VISION if narrow else [])
 
 
 def _vision_config(config):
