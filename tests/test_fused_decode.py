@@ -34,7 +34,7 @@ def _steps(dec, ids, plan):
 PLAN = (12, (12, 13), (13, 17), (15, 16), (16, 25), (25, 26), (26, 28))
 
 
-@pytest.mark.parametrize("attention", ["auto", "sdpa", "math"])
+@pytest.mark.parametrize("attention", ["auto", "sdpa", "math", "split"])
 def test_compiled_steps_match_the_eager_static_path(attention):
     """Decode and verify steps of every size, after crops, give the eager static path's logits (fp32)."""
     model = tiny_llama(11)
@@ -163,7 +163,7 @@ def test_tiny_pair_loads_in_int4_through_the_checkpoint_path():
 # -- GPU --------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.cuda
-@pytest.mark.parametrize("attention", ["sdpa", "math"])
+@pytest.mark.parametrize("attention", ["sdpa", "math", "split"])
 def test_compiled_graphs_match_the_eager_static_path_on_the_gpu(attention):
     """CUDA graphs of the compiled step (inductor) give the eager static path's logits (fp32 tiny model)."""
     if not torch.cuda.is_available():

@@ -238,22 +238,54 @@ def rope_write_attend_math(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_
     return (p @ values).transpose(1, 2).reshape(1, n, -1)
 
 
+def _split_chunk(slots: int) -> int:
+    """Cache slots per chunk of split attention: 128, or the largest smaller power of two that divides
+    `slots` into at least two chunks (small test caches); `slots` itself when none does."""
+    return next((c for c in (128, 64, 32, 16, 8) if slots % c == 0 and slots // c >= 2), slots)
+
+
+def rope_write_attend_split(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float,
+                            gqa: bool):
+    """rope_write_attend_math with P V split over chunks of the cache (flash-decoding's split-KV, as
+    one batched matmul): for a few query rows P V is a long reduction over the cache per head, which
+    one matmul runs on a few dozen thread blocks; as slots/chunk partial products summed in float32
+    it runs on heads x chunks blocks. q K^T already parallelizes over the cache."""
+    n = q.shape[1]
+    q = q.view(1, n, -1, head_dim).transpose(1, 2)
+    k = k.view(1, n, -1, head_dim).transpose(1, 2)
+    v = v.view(1, n, -1, head_dim).transpose(1, 2)
+    q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    kbuf.index_copy_(2, positions, k)
+    vbuf.index_copy_(2, positions, v)
+    keys, values = kbuf, vbuf
+    if gqa:
+        groups = q.shape[1] // kbuf.shape[1]
+        keys, values = kbuf.repeat_interleave(groups, dim=1), vbuf.repeat_interleave(groups, dim=1)
+    heads, slots = q.shape[1], keys.shape[2]
+    chunk = _split_chunk(slots)
+    scores = (q @ keys.transpose(-1, -2)).float() * scale
+    p = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(q.dtype)
+    pc = p.view(1, heads, n, slots // chunk, chunk).transpose(2, 3)           # (1, H, chunks, n, chunk)
+    o = (pc @ values.view(1, heads, slots // chunk, chunk, head_dim)).float().sum(2).to(q.dtype)
+    return o.transpose(1, 2).reshape(1, n, -1)
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
 GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "attend": rope_write_attend,
-        "attend_math": rope_write_attend_math, "silu_mul": silu_mul}
+        "attend_math": rope_write_attend_math, "attend_split": rope_write_attend_split, "silu_mul": silu_mul}
 # Which attention a compiled step of n tokens uses. auto: SDPA for a decode step (n = 1), the matmul
 # form for verify steps (n > 1). Measured on an H200, 7B-shaped, 2070-position prompt
 # (docs/results/h200-decode-precision-probe): SDPA is 0.1-0.2 ms faster at n = 1, the matmul form
 # 1.0-1.1 ms faster at n = 9 in every precision.
-ATTENTION = ("auto", "sdpa", "math")
+ATTENTION = ("auto", "sdpa", "math", "split")
+_ATTEND = {"sdpa": "attend", "math": "attend_math", "split": "attend_split"}
 
 
 def attention_for(attention: str, n: int) -> str:
-    return ("attend" if n == 1 else "attend_math") if attention == "auto" else \
-        ("attend" if attention == "sdpa" else "attend_math")
+    return ("attend" if n == 1 else "attend_math") if attention == "auto" else _ATTEND[attention]
 
 
 class FusedGlue:

@@ -1,0 +1,235 @@
+"""Where a compiled decode step's time goes (issue 19), on the 7B-shaped target's language model.
+
+For each precision and each attention form of the compiled step (models/static_decode.py ATTENTION),
+after a --prompt-position prompt:
+
+  ms        a decode (M = 1) and a verify (M = 9) step replayed from its CUDA graph, CUDA events,
+            median of --reps after warm-up; next to the 32 layers' seven linears alone (one graph)
+  kernels   torch.profiler over --profile-reps replays of the M = 1 graph: per kernel name, time
+            per step; the first kernels of a step in order (duration, gap before); the sum of kernel
+            time against the step's span (the rest is gaps between kernels)
+  fused     (bf16, nf4; --fused-proj) the same step with q/k/v and gate/up each one linear over
+            concatenated weights (NF4: the dequantized weights re-quantized), as gpt-fast does:
+            how much of the step is per-linear overhead. A measurement, not a library path.
+
+  python scripts/decode_kernels.py --out $OUT                 # on a GPU host
+  python scripts/decode_kernels.py --device cpu --profile tiny --precisions bf16 --reps 2   # dry run
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import sys
+import time
+import traceback
+from collections import defaultdict
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from precision_probe import build, linears_ms, prefill, step_ms, timer  # noqa: E402
+
+from harness.models.profiles import static_cache_len  # noqa: E402
+from harness.models.static_decode import StaticDecoder  # noqa: E402
+
+
+def kernels_of(fn, reps: int, device) -> dict:
+    """Kernel activity of `reps` calls of fn: per name ms per call, the first call's sequence."""
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=acts) as prof:
+        for _ in range(reps):
+            fn()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    evs = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+    evs.sort(key=lambda e: e.time_range.start)
+    if not evs:
+        return {"kernels": 0}
+    per = defaultdict(float)
+    count = defaultdict(int)
+    for e in evs:
+        per[e.name] += e.time_range.elapsed_us() / reps
+        count[e.name] += 1
+    total = sum(per.values())
+    span = (evs[-1].time_range.end - evs[0].time_range.start) / reps
+    first_n = len(evs) // reps
+    seq, prev = [], None
+    for e in evs[:min(first_n, 60)]:
+        gap = 0.0 if prev is None else e.time_range.start - prev
+        seq.append({"name": e.name[:90], "us": round(e.time_range.elapsed_us(), 2), "gap_us": round(gap, 2)})
+        prev = e.time_range.end
+    top = sorted(per.items(), key=lambda kv: -kv[1])[:30]
+    return {"kernels_per_call": first_n, "kernel_us_per_call": total, "span_us_per_call": span,
+            "top": [{"name": n[:110], "us_per_call": round(us, 2), "per_call": count[n] / reps} for n, us in top],
+            "sequence": seq}
+
+
+def _nf4_weight(mods):
+    import bitsandbytes as bnb    # optional CUDA dependency, only for the nf4 fused variant
+    w = torch.cat([bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state) for m in mods])
+    q = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=False, compute_dtype=torch.bfloat16,
+                          compress_statistics=True, quant_type="nf4", device="meta")
+    q.weight = bnb.nn.Params4bit(w.cpu(), requires_grad=False, compress_statistics=True, quant_type="nf4").to(w.device)
+    return q
+
+
+def fuse(mods, precision):
+    """One linear computing every module of `mods` on the same input, outputs concatenated."""
+    if precision == "nf4":
+        return _nf4_weight(mods)
+    w = torch.cat([m.weight.data for m in mods])
+    lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
+    lin.weight = nn.Parameter(w, requires_grad=False)
+    return lin
+
+
+class FusedProjDecoder(StaticDecoder):
+    """StaticDecoder whose compiled step calls one q/k/v linear and one gate/up linear per layer."""
+
+    def fuse_projections(self, precision):
+        self.qkv, self.gate_up = [], []
+        for layer in self.dec.layers:
+            a, mlp = layer.self_attn, layer.mlp
+            self.qkv.append((fuse([a.q_proj, a.k_proj, a.v_proj], precision),
+                             (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features)))
+            self.gate_up.append(fuse([mlp.gate_proj, mlp.up_proj], precision))
+        torch.cuda.empty_cache()
+
+    def _fused_layers(self, h, positions, *, keep=1):
+        from harness.models.static_decode import attention_for
+        fn = self.glue.fns
+        layers, n = self.dec.layers, h.shape[1]
+        cos, sin = self.dec.rotary_emb(h, positions[None])
+        cos, sin = cos[:, None], sin[:, None]
+        mask = (self.slots[None, :] <= positions[:, None])[None, None]
+        first = layers[0].input_layernorm
+        x = fn["norm"](h, first.weight, first.variance_epsilon)
+        attend = fn[attention_for(self.glue.attention, n)]
+        for i, layer in enumerate(layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            lin, sizes = self.qkv[i]
+            q, k, v = lin(x).split(sizes, dim=-1)
+            o = attend(q, k, v, cos, sin, self.k[i], self.v[i], positions, mask, self.head_dim, self.scale, self.gqa)
+            post = layer.post_attention_layernorm
+            h, x = fn["add_norm"](h, attn.o_proj(o), post.weight, post.variance_epsilon)
+            nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.dec.norm
+            gate, up = self.gate_up[i](x).chunk(2, dim=-1)
+            h, x = fn["add_norm"](h, mlp.down_proj(fn["silu_mul"](gate, up)), nxt.weight, nxt.variance_epsilon)
+        return self.head(x[:, -keep:])[0].float()
+
+
+def measure(d, ids, prompt, t, args, device, cuda):
+    if cuda:
+        d.capture_graphs(sizes=(1, 9))
+    with torch.inference_mode():
+        cache = prefill(d, ids[:, :prompt])
+        ms = {m: step_ms(d, cache, prompt, ids[:, prompt:], m, t, args.reps) for m in (1, 9)}
+
+        def one():
+            cache.length = prompt
+            d.forward(cache, input_ids=ids[:, prompt:prompt + 1])
+        k = kernels_of(one, args.profile_reps, device)
+    return {"ms": ms, "kernels_m1": k, "compile_s": d.compile_s,
+            "compile_error": d.glue.error if d.glue else None}
+
+
+def probe(args, precision, device, t):
+    cuda = device.type == "cuda"
+    runner = build(args.profile, precision, device)
+    max_len = static_cache_len(runner, 50) if args.profile != "tiny" else 512
+    prompt = min(args.prompt, max_len - 80)
+    vocab = runner.model.get_input_embeddings().weight.shape[0]
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    ids = torch.randint(3, vocab, (1, prompt + 16), generator=gen).to(device)
+    res = {"precision": precision, "prompt_positions": prompt, "cache_slots": max_len}
+    eager = StaticDecoder(runner.model, max_len=max_len)
+    res["linears_ms"] = {m: linears_ms(eager, m, device, t) for m in (1, 9)}
+    del eager
+    for att in args.attention:
+        try:
+            d = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, attention=att)
+            res[f"compiled-{att}"] = measure(d, ids, prompt, t, args, device, cuda)
+        except Exception as exc:  # noqa: BLE001 - record and go on to the next variant
+            res[f"compiled-{att}"] = {"error": f"{type(exc).__name__}: {exc}"[:400],
+                                      "trace": traceback.format_exc()[-1500:]}
+        d = None
+        gc.collect()
+        torch.cuda.empty_cache() if cuda else None
+    if args.fused_proj and precision in ("bf16", "nf4"):
+        for att in args.fused_attention:
+            try:
+                d = FusedProjDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, attention=att)
+                d.fuse_projections(precision)
+                res[f"fused-proj-{att}"] = measure(d, ids, prompt, t, args, device, cuda)
+            except Exception as exc:  # noqa: BLE001
+                res[f"fused-proj-{att}"] = {"error": f"{type(exc).__name__}: {exc}"[:400],
+                                            "trace": traceback.format_exc()[-1500:]}
+            d = None
+            gc.collect()
+            torch.cuda.empty_cache() if cuda else None
+    for name, v in res.items():
+        if isinstance(v, dict) and "ms" in v:
+            v["step_over_linears_m1"] = v["ms"][1] / res["linears_ms"][1]
+            v["verify9_over_decode"] = v["ms"][9] / v["ms"][1]
+    del runner
+    gc.collect()
+    if cuda:
+        torch.cuda.empty_cache()
+    return res
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="decode-kernels")
+    ap.add_argument("--device", default="cuda")
+    ap.add_argument("--profile", default="7b-shaped")
+    ap.add_argument("--precisions", default="bf16,nf4,int4")
+    ap.add_argument("--attention", default="auto,split")
+    ap.add_argument("--fused-attention", default="split")
+    ap.add_argument("--no-fused-proj", dest="fused_proj", action="store_false")
+    ap.add_argument("--prompt", type=int, default=2070)
+    ap.add_argument("--reps", type=int, default=20)
+    ap.add_argument("--profile-reps", type=int, default=5)
+    ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting precisions after this")
+    args = ap.parse_args()
+    args.attention = args.attention.split(",")
+    args.fused_attention = args.fused_attention.split(",")
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    t, t0 = timer(device), time.perf_counter()
+    results = {"torch": torch.__version__, "device": torch.cuda.get_device_name(device) if device.type == "cuda"
+               else "cpu", "args": {k: v for k, v in vars(args).items()}, "precisions": {}}
+    for p in args.precisions.split(","):
+        if time.perf_counter() - t0 > args.budget_s:
+            results["precisions"][p] = {"skipped": "budget"}
+            continue
+        try:
+            results["precisions"][p] = probe(args, p, device, t)
+        except Exception as exc:  # noqa: BLE001 - keep what was measured
+            results["precisions"][p] = {"error": f"{type(exc).__name__}: {exc}"[:400],
+                                        "trace": traceback.format_exc()[-2000:]}
+        (out / "decode_kernels.json").write_text(json.dumps(results, indent=1))
+        r = results["precisions"][p]
+        for name, v in r.items():
+            if isinstance(v, dict) and "ms" in v:
+                k = v["kernels_m1"]
+                print(f"{p:5s} {name:22s} M=1 {v['ms'][1]:6.2f} ms  M=9 {v['ms'][9]:6.2f} ms  "
+                      f"linears {r['linears_ms'][1]:.2f}  step/lin {v['step_over_linears_m1']:.3f}  "
+                      f"kernels {k.get('kernels_per_call')}  kernel_us {k.get('kernel_us_per_call', 0):.0f} "
+                      f"span_us {k.get('span_us_per_call', 0):.0f}", flush=True)
+            elif isinstance(v, dict) and "error" in v:
+                print(f"{p:5s} {name:22s} ERROR {v['error']}", flush=True)
+    results["wall_s"] = time.perf_counter() - t0
+    (out / "decode_kernels.json").write_text(json.dumps(results, indent=1))
+
+
+if __name__ == "__main__":
+    main()
