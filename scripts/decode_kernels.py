@@ -8,9 +8,8 @@ after a --prompt-position prompt:
   kernels   torch.profiler over --profile-reps replays of the M = 1 graph: per kernel name, time
             per step; the first kernels of a step in order (duration, gap before); the sum of kernel
             time against the step's span (the rest is gaps between kernels)
-  fused     (bf16, nf4; --fused-proj) the same step with q/k/v and gate/up each one linear over
-            concatenated weights (NF4: the dequantized weights re-quantized), as gpt-fast does:
-            how much of the step is per-linear overhead. A measurement, not a library path.
+  unfused   the same step with q/k/v and gate/up called one by one (fuse_projections=False), against
+            the default's one matmul each over concatenated weights (static_decode.FusedLinear)
 
   python scripts/decode_kernels.py --out $OUT                 # on a GPU host
   python scripts/decode_kernels.py --device cpu --profile tiny --precisions bf16 --reps 2   # dry run
@@ -28,13 +27,14 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
-from torch import nn
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from precision_probe import build, linears_ms, prefill, step_ms, timer  # noqa: E402
+
+from harness.models.static_decode import capture  # noqa: E402
 
 from harness.models.profiles import static_cache_len  # noqa: E402
 from harness.models.static_decode import StaticDecoder  # noqa: E402
@@ -71,58 +71,20 @@ def kernels_of(fn, reps: int, device) -> dict:
             "sequence": seq}
 
 
-def _nf4_weight(mods):
-    import bitsandbytes as bnb    # optional CUDA dependency, only for the nf4 fused variant
-    w = torch.cat([bnb.functional.dequantize_4bit(m.weight.data, m.weight.quant_state) for m in mods])
-    q = bnb.nn.Linear4bit(w.shape[1], w.shape[0], bias=False, compute_dtype=torch.bfloat16,
-                          compress_statistics=True, quant_type="nf4", device="meta")
-    q.weight = bnb.nn.Params4bit(w.cpu(), requires_grad=False, compress_statistics=True, quant_type="nf4").to(w.device)
-    return q
+def fused_linears_ms(d, m, device, t):
+    """The step's own linears alone on an M-row input (fused q/k/v and gate/up), as one graph."""
+    cfg = d.dec.config
+    xh = torch.randn(1, m, cfg.hidden_size, device=device, dtype=d.dtype) * 0.5
+    xi = torch.randn(1, m, cfg.intermediate_size, device=device, dtype=d.dtype) * 0.5
 
-
-def fuse(mods, precision):
-    """One linear computing every module of `mods` on the same input, outputs concatenated."""
-    if precision == "nf4":
-        return _nf4_weight(mods)
-    w = torch.cat([m.weight.data for m in mods])
-    lin = nn.Linear(w.shape[1], w.shape[0], bias=False, device="meta")
-    lin.weight = nn.Parameter(w, requires_grad=False)
-    return lin
-
-
-class FusedProjDecoder(StaticDecoder):
-    """StaticDecoder whose compiled step calls one q/k/v linear and one gate/up linear per layer."""
-
-    def fuse_projections(self, precision):
-        self.qkv, self.gate_up = [], []
-        for layer in self.dec.layers:
-            a, mlp = layer.self_attn, layer.mlp
-            self.qkv.append((fuse([a.q_proj, a.k_proj, a.v_proj], precision),
-                             (a.q_proj.out_features, a.k_proj.out_features, a.v_proj.out_features)))
-            self.gate_up.append(fuse([mlp.gate_proj, mlp.up_proj], precision))
-        torch.cuda.empty_cache()
-
-    def _fused_layers(self, h, positions, *, keep=1):
-        from harness.models.static_decode import attention_for
-        fn = self.glue.fns
-        layers, n = self.dec.layers, h.shape[1]
-        cos, sin = self.dec.rotary_emb(h, positions[None])
-        cos, sin = cos[:, None], sin[:, None]
-        mask = (self.slots[None, :] <= positions[:, None])[None, None]
-        first = layers[0].input_layernorm
-        x = fn["norm"](h, first.weight, first.variance_epsilon)
-        attend = fn[attention_for(self.glue.attention, n)]
-        for i, layer in enumerate(layers):
-            attn, mlp = layer.self_attn, layer.mlp
-            lin, sizes = self.qkv[i]
-            q, k, v = lin(x).split(sizes, dim=-1)
-            o = attend(q, k, v, cos, sin, self.k[i], self.v[i], positions, mask, self.head_dim, self.scale, self.gqa)
-            post = layer.post_attention_layernorm
-            h, x = fn["add_norm"](h, attn.o_proj(o), post.weight, post.variance_epsilon)
-            nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.dec.norm
-            gate, up = self.gate_up[i](x).chunk(2, dim=-1)
-            h, x = fn["add_norm"](h, mlp.down_proj(fn["silu_mul"](gate, up)), nxt.weight, nxt.variance_epsilon)
-        return self.head(x[:, -keep:])[0].float()
+    def f():
+        for layer, (qkv, gate_up) in zip(d.dec.layers, d.fused_linears):
+            qkv(xh), layer.self_attn.o_proj(xh), gate_up(xh), layer.mlp.down_proj(xi)
+    if device.type != "cuda":
+        return t(f, reps=3, warm=1)
+    with torch.inference_mode():
+        graph, _ = capture(f, device)
+    return t(graph.replay)
 
 
 def measure(d, ids, prompt, t, args, device, cuda):
@@ -153,30 +115,26 @@ def probe(args, precision, device, t):
     res["linears_ms"] = {m: linears_ms(eager, m, device, t) for m in (1, 9)}
     del eager
     for att in args.attention:
-        try:
-            d = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, attention=att)
-            res[f"compiled-{att}"] = measure(d, ids, prompt, t, args, device, cuda)
-        except Exception as exc:  # noqa: BLE001 - record and go on to the next variant
-            res[f"compiled-{att}"] = {"error": f"{type(exc).__name__}: {exc}"[:400],
-                                      "trace": traceback.format_exc()[-1500:]}
-        d = None
-        gc.collect()
-        torch.cuda.empty_cache() if cuda else None
-    if args.fused_proj and precision in ("bf16", "nf4"):
-        for att in args.fused_attention:
+        for fuse in (True, False):
+            name = f"compiled-{att}" + ("" if fuse else "-unfused")
             try:
-                d = FusedProjDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, attention=att)
-                d.fuse_projections(precision)
-                res[f"fused-proj-{att}"] = measure(d, ids, prompt, t, args, device, cuda)
-            except Exception as exc:  # noqa: BLE001
-                res[f"fused-proj-{att}"] = {"error": f"{type(exc).__name__}: {exc}"[:400],
-                                            "trace": traceback.format_exc()[-1500:]}
+                d = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, attention=att,
+                                  fuse_projections=fuse)
+                res[name] = measure(d, ids, prompt, t, args, device, cuda)
+                res[name]["fused_linears"] = sum(f is not None for pair in d.fused_linears for f in pair)
+                if fuse and res[name]["fused_linears"]:
+                    res[name]["linears_ms"] = {m: fused_linears_ms(d, m, device, t) for m in (1, 9)}
+                res[name]["fused_extra_bytes"] = d.fused_extra_bytes()
+            except Exception as exc:  # noqa: BLE001 - record and go on to the next variant
+                res[name] = {"error": f"{type(exc).__name__}: {exc}"[:400], "trace": traceback.format_exc()[-1500:]}
             d = None
             gc.collect()
             torch.cuda.empty_cache() if cuda else None
     for name, v in res.items():
         if isinstance(v, dict) and "ms" in v:
             v["step_over_linears_m1"] = v["ms"][1] / res["linears_ms"][1]
+            if "linears_ms" in v:
+                v["step_over_own_linears_m1"] = v["ms"][1] / v["linears_ms"][1]
             v["verify9_over_decode"] = v["ms"][9] / v["ms"][1]
     del runner
     gc.collect()
@@ -191,16 +149,13 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--profile", default="7b-shaped")
     ap.add_argument("--precisions", default="bf16,nf4,int4")
-    ap.add_argument("--attention", default="auto,split")
-    ap.add_argument("--fused-attention", default="split")
-    ap.add_argument("--no-fused-proj", dest="fused_proj", action="store_false")
+    ap.add_argument("--attention", default="auto")
     ap.add_argument("--prompt", type=int, default=2070)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--profile-reps", type=int, default=5)
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting precisions after this")
     args = ap.parse_args()
     args.attention = args.attention.split(",")
-    args.fused_attention = args.fused_attention.split(",")
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +177,8 @@ def main():
             if isinstance(v, dict) and "ms" in v:
                 k = v["kernels_m1"]
                 print(f"{p:5s} {name:22s} M=1 {v['ms'][1]:6.2f} ms  M=9 {v['ms'][9]:6.2f} ms  "
-                      f"linears {r['linears_ms'][1]:.2f}  step/lin {v['step_over_linears_m1']:.3f}  "
+                      f"linears {r['linears_ms'][1]:.2f} (own {v.get('linears_ms', r['linears_ms'])[1]:.2f})  "
+                      f"step/lin {v['step_over_linears_m1']:.3f}  "
                       f"kernels {k.get('kernels_per_call')}  kernel_us {k.get('kernel_us_per_call', 0):.0f} "
                       f"span_us {k.get('span_us_per_call', 0):.0f}", flush=True)
             elif isinstance(v, dict) and "error" in v:

@@ -3,6 +3,7 @@ and int4 weight-only linears (models/quant.py, torch's tinygemm op), on CPU; the
 the GPU with CUDA graphs is the gpu-marked test at the end. Timing is scripts/precision_probe.py's."""
 from __future__ import annotations
 
+import bitsandbytes.functional as bnbf
 import pytest
 import torch
 from torch import nn
@@ -12,7 +13,8 @@ from harness import baselines as B
 from harness import engine as E
 from harness.models.base import TextRunner
 from harness.models.quant import Int4Linear, int4_linear, quantize_int4, quantize_int4_
-from harness.models.static_decode import StaticDecoder
+from harness.models.profiles import load_target
+from harness.models.static_decode import StaticDecoder, fuse_nf4_state
 
 from fixtures.engine_testers import CharTokenizer, tiny_llama
 
@@ -34,7 +36,7 @@ def _steps(dec, ids, plan):
 PLAN = (12, (12, 13), (13, 17), (15, 16), (16, 25), (25, 26), (26, 28))
 
 
-@pytest.mark.parametrize("attention", ["auto", "sdpa", "math", "split"])
+@pytest.mark.parametrize("attention", ["auto", "sdpa", "math"])
 def test_compiled_steps_match_the_eager_static_path(attention):
     """Decode and verify steps of every size, after crops, give the eager static path's logits (fp32)."""
     model = tiny_llama(11)
@@ -44,6 +46,58 @@ def test_compiled_steps_match_the_eager_static_path(attention):
     for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     assert fused.glue.error is None and fused.compile_s > 0 and fused._compiled == {1, 4, 9, 2}
+
+
+def test_fused_projections_store_nothing_twice_and_change_no_weight():
+    """The compiled step's q/k/v and gate/up matmuls run over concatenated weights; each module's
+    weight becomes a view into them (one storage), with its values unchanged, and the model still
+    runs through its own modules (the eager path) with the same logits as without fusion."""
+    model = tiny_llama(13)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    ids = torch.randint(3, 90, (1, 40))
+    plain = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK, fuse_projections=False)
+    ref = _steps(plain, ids, PLAN)
+    fused = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK)
+    assert len(fused.fused_linears) == 2 and all(f is not None for pair in fused.fused_linears for f in pair)
+    assert not plain.fused_linears and fused.fused_extra_bytes() == 0
+    a = model.model.layers[0].self_attn
+    assert a.q_proj.weight.untyped_storage().data_ptr() == a.v_proj.weight.untyped_storage().data_ptr()
+    assert fused.fused_linears[0][0].sizes == [32, 16, 16]          # GQA: k and v narrower than q
+    for n, p in model.named_parameters():
+        assert torch.equal(p, before[n]), n
+    for a_, b_ in zip(ref, _steps(fused, ids, PLAN)):
+        torch.testing.assert_close(b_, a_, atol=1e-5, rtol=1e-5)
+    for a_, b_ in zip(ref, _steps(StaticDecoder(model, max_len=64), ids, PLAN)):
+        torch.testing.assert_close(b_, a_, atol=1e-5, rtol=1e-5)
+    again = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK)
+    assert again.fused_linears[0][0] is fused.fused_linears[0][0]     # made once per model
+
+
+def test_int4_projections_are_not_fused_and_still_run():
+    """int4 (tinygemm) layers have no concatenated form here: the compiled step calls them one by one."""
+    model = tiny_llama(14, hidden=64)
+    quantize_int4_(model, ["lm_head"])
+    dec = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK)
+    assert all(f is None for pair in dec.fused_linears for f in pair)
+    ids = torch.randint(3, 90, (1, 40))
+    assert all(torch.isfinite(x).all() for x in _steps(dec, ids, PLAN))
+
+
+def test_nf4_fused_state_dequantizes_to_exactly_each_weight():
+    """NF4 q/k/v stacked: the concatenated 4-bit bytes with the float32 absmax dequantize to exactly
+    the concatenation of each module's own (double-quantized) weight, and each module, now a view into
+    the new bytes, still dequantizes to its own weight."""
+    target = load_target("tiny", quant="nf4", dtype=torch.float32)
+    a = target.model.model.language_model.layers[0].self_attn
+    mods = [a.q_proj, a.k_proj, a.v_proj]
+    assert all(m.weight.quant_state.nested for m in mods)
+    own = [bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state) for m in mods]
+    data, state = fuse_nf4_state(mods)
+    assert not state.nested and state.absmax.dtype == torch.float32
+    assert torch.equal(bnbf.dequantize_4bit(data, state), torch.cat(own))
+    for m, w in zip(mods, own):
+        assert m.weight.data.untyped_storage().data_ptr() == data.untyped_storage().data_ptr()
+        assert torch.equal(bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state), w)
 
 
 @pytest.mark.slow
@@ -149,7 +203,6 @@ def test_int4_refuses_widths_tinygemm_cannot_group():
 def test_tiny_pair_loads_in_int4_through_the_checkpoint_path():
     """quant='int4' on the real loading path (from_pretrained, then conversion): LM linears are int4,
     vision tower and lm_head stay in the compute dtype, and a prefill + decode runs."""
-    from harness.models.profiles import load_target
     from test_models_contract import embeds_of
 
     target = load_target("tiny", quant="int4", dtype=torch.float32)
@@ -163,7 +216,7 @@ def test_tiny_pair_loads_in_int4_through_the_checkpoint_path():
 # -- GPU --------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.cuda
-@pytest.mark.parametrize("attention", ["sdpa", "math", "split"])
+@pytest.mark.parametrize("attention", ["sdpa", "math"])
 def test_compiled_graphs_match_the_eager_static_path_on_the_gpu(attention):
     """CUDA graphs of the compiled step (inductor) give the eager static path's logits (fp32 tiny model)."""
     if not torch.cuda.is_available():
@@ -176,6 +229,26 @@ def test_compiled_graphs_match_the_eager_static_path_on_the_gpu(attention):
     assert fused.glue.error is None and fused.compile_s > 0 and fused.pool_bytes >= 0
     for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.cuda
+def test_fused_nf4_projections_give_the_unfused_logits_on_the_gpu():
+    """NF4 q/k/v and gate/up as one bitsandbytes matmul each (float32 absmax) give the logits of the
+    same step calling the modules one by one (the tiny target's language model, bf16 compute)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    target = load_target("tiny", quant="nf4", device="cuda", dtype=torch.bfloat16)
+    ids = torch.randint(3, 90, (1, 40), device="cuda")
+    plain = StaticDecoder(target.model, max_len=64, graphs=True, fused=True, fuse_projections=False)
+    plain.capture_graphs(sizes=(1, 2, 4, 9))
+    ref = _steps(plain, ids, PLAN)
+    fused = StaticDecoder(target.model, max_len=64, graphs=True, fused=True)
+    fused.capture_graphs(sizes=(1, 2, 4, 9))
+    assert all(f is not None for pair in fused.fused_linears for f in pair) and fused.fused_extra_bytes() > 0
+    for a, b in zip(ref, _steps(fused, ids, PLAN)):
+        torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2)
+        assert torch.equal(a.argmax(-1), b.argmax(-1))
 
 
 # -- whole-GPU memory -------------------------------------------------------------------------------

@@ -71,7 +71,9 @@ class CausalLMRunner:
             graphs = impl in GRAPHED_IMPLS and self.device.type == "cuda"
             self.static = StaticDecoder(self.model, max_len=max_len, graphs=graphs, fused=impl == "compiled",
                                         compile_backend=compile_backend)
-            info.update(cache_len=int(max_len), cache_bytes=self.static.memory_bytes())
+            info.update(cache_len=int(max_len), cache_bytes=self.static.memory_bytes(),
+                        fused_linears=sum(f is not None for pair in self.static.fused_linears for f in pair),
+                        fused_extra_bytes=self.static.fused_extra_bytes())
             if graphs:
                 buckets = prefill_buckets(*prompt_tokens, max_len=max_len) if prompt_tokens else []
                 seconds = self.static.capture_graphs(prefill_sizes=buckets)

@@ -238,50 +238,18 @@ def rope_write_attend_math(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_
     return (p @ values).transpose(1, 2).reshape(1, n, -1)
 
 
-def _split_chunk(slots: int) -> int:
-    """Cache slots per chunk of split attention: 128, or the largest smaller power of two that divides
-    `slots` into at least two chunks (small test caches); `slots` itself when none does."""
-    return next((c for c in (128, 64, 32, 16, 8) if slots % c == 0 and slots // c >= 2), slots)
-
-
-def rope_write_attend_split(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float,
-                            gqa: bool):
-    """rope_write_attend_math with P V split over chunks of the cache (flash-decoding's split-KV, as
-    one batched matmul): for a few query rows P V is a long reduction over the cache per head, which
-    one matmul runs on a few dozen thread blocks; as slots/chunk partial products summed in float32
-    it runs on heads x chunks blocks. q K^T already parallelizes over the cache."""
-    n = q.shape[1]
-    q = q.view(1, n, -1, head_dim).transpose(1, 2)
-    k = k.view(1, n, -1, head_dim).transpose(1, 2)
-    v = v.view(1, n, -1, head_dim).transpose(1, 2)
-    q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-    kbuf.index_copy_(2, positions, k)
-    vbuf.index_copy_(2, positions, v)
-    keys, values = kbuf, vbuf
-    if gqa:
-        groups = q.shape[1] // kbuf.shape[1]
-        keys, values = kbuf.repeat_interleave(groups, dim=1), vbuf.repeat_interleave(groups, dim=1)
-    heads, slots = q.shape[1], keys.shape[2]
-    chunk = _split_chunk(slots)
-    scores = (q @ keys.transpose(-1, -2)).float() * scale
-    p = torch.softmax(scores.masked_fill(~mask, float("-inf")), dim=-1).to(q.dtype)
-    pc = p.view(1, heads, n, slots // chunk, chunk).transpose(2, 3)           # (1, H, chunks, n, chunk)
-    o = (pc @ values.view(1, heads, slots // chunk, chunk, head_dim)).float().sum(2).to(q.dtype)
-    return o.transpose(1, 2).reshape(1, n, -1)
-
-
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
 GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "attend": rope_write_attend,
-        "attend_math": rope_write_attend_math, "attend_split": rope_write_attend_split, "silu_mul": silu_mul}
+        "attend_math": rope_write_attend_math, "silu_mul": silu_mul}
 # Which attention a compiled step of n tokens uses. auto: SDPA for a decode step (n = 1), the matmul
 # form for verify steps (n > 1). Measured on an H200, 7B-shaped, 2070-position prompt
 # (docs/results/h200-decode-precision-probe): SDPA is 0.1-0.2 ms faster at n = 1, the matmul form
 # 1.0-1.1 ms faster at n = 9 in every precision.
-ATTENTION = ("auto", "sdpa", "math", "split")
-_ATTEND = {"sdpa": "attend", "math": "attend_math", "split": "attend_split"}
+ATTENTION = ("auto", "sdpa", "math")
+_ATTEND = {"sdpa": "attend", "math": "attend_math"}
 
 
 def attention_for(attention: str, n: int) -> str:
@@ -307,6 +275,100 @@ class FusedGlue:
         self.error = f"{type(exc).__name__}: {text}"[:300]
         warnings.warn(f"torch.compile of the decode step failed; it runs eagerly: {self.error}")
         self.fns = dict(GLUE)
+
+
+# -- one matmul for the linears that read the same input (compiled only) -----------------------------
+class FusedLinear:
+    """q/k/v (or gate/up) as one matmul over their concatenated weights, split after: one kernel
+    where there were three (two), each streaming the same bytes. The modules keep working on their
+    own: their weights become views into the concatenated tensor (dense), or their packed 4-bit
+    bytes do (NF4), so nothing is stored twice but NF4's absmax (`extra_bytes`)."""
+
+    def __init__(self, matmul, sizes: list[int], extra_bytes: int = 0):
+        self.matmul, self.sizes, self.extra_bytes = matmul, sizes, extra_bytes
+
+    def __call__(self, x: torch.Tensor):
+        return self.matmul(x).split(self.sizes, dim=-1)
+
+
+def _fuse_dense(mods) -> FusedLinear | None:
+    if any(type(m) is not torch.nn.Linear for m in mods) or len({m.bias is None for m in mods}) > 1:
+        return None
+    with torch.no_grad():
+        w = torch.cat([m.weight for m in mods])
+        b = None if mods[0].bias is None else torch.cat([m.bias for m in mods])
+        off = 0
+        for m in mods:
+            n = m.out_features
+            m.weight = torch.nn.Parameter(w[off:off + n], requires_grad=False)
+            if b is not None:
+                m.bias = torch.nn.Parameter(b[off:off + n], requires_grad=False)
+            off += n
+    return FusedLinear(lambda x: F.linear(x, w, b), [m.out_features for m in mods])
+
+
+def _nf4_absmax(state) -> torch.Tensor:
+    """The float32 absmax a 4-bit kernel uses: a nested (double-quant) state's, dequantized as
+    bitsandbytes.functional.dequantize_4bit does it."""
+    if not state.nested:
+        return state.absmax.float()
+    import bitsandbytes.functional as bnbf   # deferred: optional CUDA dependency, only for NF4
+
+    return (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
+
+
+def fuse_nf4_state(mods):
+    """(packed bytes, QuantState) of the NF4 linears `mods` stacked along out_features: the bytes
+    concatenated (row-major 4-bit blocks never straddle two weights when in_features is a multiple of
+    the block) and the absmax dequantized to float32 and concatenated, so every weight dequantizes to
+    exactly its own values. Each module's packed bytes become a view into the new buffer."""
+    from bitsandbytes.functional import QuantState
+
+    states = [m.weight.quant_state for m in mods]
+    s0 = states[0]
+    in_f = mods[0].in_features
+    if any(s.quant_type != "nf4" or s.blocksize != s0.blocksize or s.dtype != s0.dtype for s in states) or \
+            any(m.in_features != in_f for m in mods) or in_f % s0.blocksize or \
+            any(getattr(s, "packing_format_for_cpu", False) for s in states):
+        return None
+    with torch.no_grad():
+        data = torch.cat([m.weight.data.reshape(-1) for m in mods]).reshape(-1, 1)
+        absmax = torch.cat([_nf4_absmax(s) for s in states])
+        off = 0
+        for m in mods:
+            n = m.weight.data.numel()
+            m.weight.data = data[off:off + n].view(m.weight.data.shape)
+            off += n
+    state = QuantState(absmax=absmax, shape=torch.Size([sum(m.out_features for m in mods), in_f]),
+                       code=s0.code, blocksize=s0.blocksize, quant_type="nf4", dtype=s0.dtype)
+    return data, state
+
+
+def _fuse_nf4(mods) -> FusedLinear | None:
+    if any(type(m).__name__ != "Linear4bit" or m.bias is not None for m in mods) or \
+            mods[0].weight.device.type != "cuda":      # bitsandbytes' CPU kernels repack weights on first use
+        return None
+    import bitsandbytes as bnb
+
+    fused = fuse_nf4_state(mods)
+    if fused is None:
+        return None
+    data, state = fused
+    dtype = mods[0].compute_dtype or state.dtype
+    return FusedLinear(lambda x: bnb.matmul_4bit(x.to(dtype), data, quant_state=state).to(x.dtype),
+                       [m.out_features for m in mods], extra_bytes=state.absmax.numel() * 4)
+
+
+def fuse_linears(mods) -> FusedLinear | None:
+    """A FusedLinear of `mods` (same input), made once per set of modules and then reused; None when
+    they cannot share one matmul (int4, mixed types, NF4 on CPU): the step then calls them one by one."""
+    key = tuple(id(m) for m in mods)
+    made = getattr(mods[0], "_ppbench_fused", None)
+    if made is not None and made[0] == key:
+        return made[1]
+    fused = _fuse_dense(mods) or _fuse_nf4(mods)
+    mods[0]._ppbench_fused = (key, fused)
+    return fused
 
 
 @dataclass
@@ -347,7 +409,7 @@ class StaticDecoder:
     """Fixed-size K/V buffers plus the Llama forward over them; one live sequence at a time."""
 
     def __init__(self, model: torch.nn.Module, *, max_len: int, graphs: bool = False, fused: bool = False,
-                 compile_backend: str = "inductor", attention: str = "auto"):
+                 compile_backend: str = "inductor", attention: str = "auto", fuse_projections: bool = True):
         self.dec, self.head = llama_parts(model)
         attn = self.dec.layers[0].self_attn
         cfg = self.dec.config
@@ -369,6 +431,10 @@ class StaticDecoder:
         self._compiled: set[int] = set()     # step sizes whose first (compiling) call is done
         self.compile_s = 0.0
         self.pool_bytes = 0      # CUDA memory reserved while capturing (the graphs' private pool)
+        self.fused_linears: list[tuple[FusedLinear | None, FusedLinear | None]] = []
+        if fused and fuse_projections:
+            self.fused_linears = [(fuse_linears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]),
+                                   fuse_linears([l.mlp.gate_proj, l.mlp.up_proj])) for l in self.dec.layers]
         if fused:
             names = {type(layer.mlp.act_fn).__name__ for layer in self.dec.layers}
             if getattr(cfg, "hidden_act", "silu") != "silu":
@@ -381,6 +447,10 @@ class StaticDecoder:
 
     def memory_bytes(self) -> int:
         return 2 * self.k.numel() * self.k.element_size()
+
+    def fused_extra_bytes(self) -> int:
+        """Bytes the fused projections hold beyond the model's own weights (NF4's float32 absmax)."""
+        return sum(f.extra_bytes for pair in self.fused_linears for f in pair if f is not None)
 
     # -- the forward --------------------------------------------------------------------------------
     def _layers(self, h: torch.Tensor, positions: torch.Tensor, *, prefill: bool, keep: int = 1,
@@ -422,13 +492,14 @@ class StaticDecoder:
         attend = fn[attention_for(self.glue.attention, n)]
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
-            o = attend(attn.q_proj(x), attn.k_proj(x), attn.v_proj(x), cos, sin, self.k[i], self.v[i],
-                             positions, mask, self.head_dim, self.scale, self.gqa)
+            qkv, gate_up = self.fused_linears[i] if self.fused_linears else (None, None)
+            q, k, v = qkv(x) if qkv else (attn.q_proj(x), attn.k_proj(x), attn.v_proj(x))
+            o = attend(q, k, v, cos, sin, self.k[i], self.v[i], positions, mask, self.head_dim, self.scale, self.gqa)
             post = layer.post_attention_layernorm
             h, x = fn["add_norm"](h, attn.o_proj(o), post.weight, post.variance_epsilon)
             nxt = layers[i + 1].input_layernorm if i + 1 < len(layers) else self.dec.norm
-            h, x = fn["add_norm"](h, mlp.down_proj(fn["silu_mul"](mlp.gate_proj(x), mlp.up_proj(x))),
-                                  nxt.weight, nxt.variance_epsilon)
+            gate, up = gate_up(x) if gate_up else (mlp.gate_proj(x), mlp.up_proj(x))
+            h, x = fn["add_norm"](h, mlp.down_proj(fn["silu_mul"](gate, up)), nxt.weight, nxt.variance_epsilon)
         return self.head(x[:, -keep:])[0].float()
 
     def _step(self, h: torch.Tensor, positions: torch.Tensor, keep: int) -> torch.Tensor:
