@@ -435,6 +435,8 @@ class StaticDecoder:
         if fused and fuse_projections:
             self.fused_linears = [(fuse_linears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]),
                                    fuse_linears([l.mlp.gate_proj, l.mlp.up_proj])) for l in self.dec.layers]
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()     # the replaced weights' blocks go back to the device
         if fused:
             names = {type(layer.mlp.act_fn).__name__ for layer in self.dec.layers}
             if getattr(cfg, "hidden_act", "silu") != "silu":
