@@ -23,7 +23,7 @@ def target_only(target: CausalLMRunner, sample: Any, *, max_new_tokens: int = 50
     tokens, times, ends, prompt_len = prefix_and_decode(target, sample, max_new_tokens, stop_at_eos=stop_at_eos,
                                                         select=select, costs=res.costs)
     res.n_prompt_tokens = {"target": prompt_len}
-    res.timeline["target_stage_end_ms"] = ends
+    res.timeline.update(target_stage_end_ms=ends, token_ms=times)
     res.ttft_ms, res.e2e_ms = times[0], times[-1]
     res.decode_steps = len(tokens) - 1
     finish_result(res, tokens, set(), max_new_tokens, None)

@@ -584,7 +584,9 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
 
     # The hidden block: d1 is checked against t1 by the prefill logits, the rest by one forward.
     out = [t1]
+    tl["token_ms"] = [res.ttft_ms]        # when out reached each length (ms from t0)
     m = _verify(target, tcache, pt, out, hidden[1:], select, t0, res) if hidden[0] == t1 else -1
+    tl["token_ms"] += [tl["verify_ms"][-1][1]] * (len(out) - 1) if m >= 0 else []
     acc.add_block(len(hidden), m + 1)
     # A draft step that was running when the target became ready (CPU only; CUDA abandons it)
     # joins the block, but only tokens finished inside the window are "hidden".
@@ -605,12 +607,14 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
             plain = plain or gamma != "adaptive" or 1 in costs.verify_ms
             token, start, end = decode_step(target, tcache, out[-1], select)
             out.append(token)
+            tl["token_ms"].append(end - t0)
             costs.add_verify(1, end - start)
             res.decode_steps += 1
         else:
             block, times = side.draft_block(pending, g, len(out), t0)
             tl["draft_token_ms"].extend(times)
             acc.add_block(g, _verify(target, tcache, pt, out, block, select, t0, res))
+            tl["token_ms"] += [tl["verify_ms"][-1][1]] * (len(out) - n_before)
         ended = bool(eos.intersection(out[n_before:]))
         if not plain:
             pending = side.realign(out)

@@ -82,6 +82,20 @@ def test_timeline_is_consistent(rand):
     assert res.ttft_ms >= tl["target_stage_end_ms"]["prefill"]
     assert res.e2e_ms >= res.ttft_ms and res.tpot_ms == pytest.approx((res.e2e_ms - res.ttft_ms) / 19)
     assert res.ideal_e2e_ms is not None and res.ideal_e2e_ms > 0
+    # token_ms: when the output reached each length, first token at TTFT, never decreasing
+    assert len(tl["token_ms"]) >= 20 and tl["token_ms"][0] == res.ttft_ms
+    assert all(a <= b for a, b in zip(tl["token_ms"], tl["token_ms"][1:])) and tl["token_ms"][-1] <= res.e2e_ms
+
+
+def test_target_only_and_the_engine_time_every_token_alike(same, rand):
+    """Both record token_ms (when the output reached each length), so their decode phases compare
+    token by token: target-only's last token is its e2e, and an all-accepted block's tokens share
+    their verify's end."""
+    ref = B.target_only(rand[1], PROMPT, max_new_tokens=12)
+    assert len(ref.timeline["token_ms"]) == 12 and ref.timeline["token_ms"][-1] == ref.e2e_ms
+    res = E.parallel_prefill_decode(*same, PROMPT, max_new_tokens=12, gamma=4)
+    ends = {e for _, e in res.timeline["verify_ms"]}
+    assert set(res.timeline["token_ms"][1:]) <= ends
 
 
 def test_gamma_zero_is_plain_decoding_after_the_window(rand):
@@ -375,7 +389,8 @@ def test_to_record_matches_the_contract(rand):
         "error", "note"}
     assert rec["kind"] == "engine" and rec["mode"] == "parallel" and rec["n_output_tokens"] == 6
     assert rec["token_match_rate"] == 1.0
-    assert set(rec["timeline"]) == {"drafter_stage_end_ms", "target_stage_end_ms", "draft_token_ms", "verify_ms"}
+    assert set(rec["timeline"]) == {"drafter_stage_end_ms", "target_stage_end_ms", "draft_token_ms", "verify_ms",
+                                   "token_ms"}
     json.loads(json.dumps(rec))
     with pytest.raises(ValueError):
         R.to_record(res, sample="typo")
