@@ -1,0 +1,60 @@
+"""Decode phases token by token: each parallel record against target-only on the same sample.
+
+From a run's records.jsonl (the timeline's `token_ms`: when the output reached each length), per
+parallel record: e2e and TTFT of both modes, the first decode gap after the first token, the median
+gap, and the post-TTFT speedup; then means per simulated alpha. Separates the TTFT (host stages,
+where run-to-run noise lives) from the decode phase (where the hidden block pays or costs).
+
+  python scripts/token_gaps.py RUN_DIR/records.jsonl [...]
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import sys
+from collections import defaultdict
+
+
+def gaps(times):
+    return [b - a for a, b in zip(times, times[1:])]
+
+
+def rows(path):
+    recs = [json.loads(line) for line in open(path)]
+    engine = [r for r in recs if r.get("kind") == "engine" and not r.get("error")]
+    base = {r["sample_id"]: r for r in engine if r["mode"] == "target_only"}
+    for r in engine:
+        t = base.get(r["sample_id"])
+        if r["mode"] != "parallel" or t is None or "token_ms" not in r["timeline"] or "token_ms" not in t["timeline"]:
+            continue
+        ga, gb = gaps(t["timeline"]["token_ms"]), gaps(r["timeline"]["token_ms"])
+        yield {"sample": r["sample_id"], "alpha": r["alpha_simulated"], "hidden_block": r["hidden_block"],
+               "e2e": (t["e2e_ms"], r["e2e_ms"]), "ttft": (t["ttft_ms"], r["ttft_ms"]),
+               "first_gap": (ga[0], gb[0]), "median_gap": (statistics.median(ga), statistics.median(gb)),
+               "post_ttft_speedup": (t["e2e_ms"] - t["ttft_ms"]) / (r["e2e_ms"] - r["ttft_ms"])}
+
+
+def main(paths):
+    for path in paths:
+        print(f"== {path}")
+        print("sample | alpha | B | e2e target-only / parallel ms | TTFT | first gap | median gap | post-TTFT speedup")
+        by = defaultdict(list)
+        for x in rows(path):
+            by[x["alpha"]].append(x)
+            print(f"{x['sample'][-14:]} | {x['alpha']} | {x['hidden_block']} | {x['e2e'][0]:.0f} / {x['e2e'][1]:.0f} | "
+                  f"{x['ttft'][0]:.0f} / {x['ttft'][1]:.0f} | {x['first_gap'][0]:.2f} / {x['first_gap'][1]:.2f} | "
+                  f"{x['median_gap'][0]:.2f} / {x['median_gap'][1]:.2f} | {x['post_ttft_speedup']:.3f}")
+        for alpha, xs in by.items():
+            m = statistics.mean
+            print(f"alpha {alpha} (n={len(xs)}): e2e speedup {m(a / b for a, b in (x['e2e'] for x in xs)):.3f}, "
+                  f"TTFT parallel - target-only {m(b - a for a, b in (x['ttft'] for x in xs)):+.1f} ms "
+                  f"(sd {statistics.pstdev([b - a for a, b in (x['ttft'] for x in xs)]):.1f}), "
+                  f"first gap {m(b - a for a, b in (x['first_gap'] for x in xs)):+.2f} ms, "
+                  f"median gap {m(b - a for a, b in (x['median_gap'] for x in xs)):+.3f} ms, "
+                  f"post-TTFT speedup {m(x['post_ttft_speedup'] for x in xs):.3f}")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit(__doc__.strip().splitlines()[-1].strip())
+    main(sys.argv[1:])
