@@ -1,0 +1,39 @@
+"""scripts/token_gaps.py reads real engine records: each parallel record is paired with target-only on
+the same sample, and its per-token gaps come from the records' token_ms."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from harness import baselines as B
+from harness import engine as E
+from harness import results as R
+
+from fixtures.engine_testers import random_pair
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+import token_gaps  # noqa: E402
+
+PROMPT = "what is moving in front of the car?"
+
+
+def test_token_gaps_pairs_each_parallel_record_with_target_only(tmp_path, capsys):
+    """Two engine runs and one target-only run of a sample give two rows: the post-TTFT speedup is
+    target-only's decode phase over the engine's, and the gaps are the records' token_ms differences."""
+    drafter, target = random_pair(0, eos_token_id=None)
+    meta = dict(sample_id="s0", dataset="2s", run_id="r")
+    recs = [R.to_record(B.target_only(target, PROMPT, max_new_tokens=10), **meta)]
+    recs += [R.to_record(E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=10, gamma=g), **meta)
+             for g in (0, 2)]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    rows = list(token_gaps.rows(path))
+    assert len(rows) == 2
+    base, par = recs[0], recs[1]
+    assert rows[0]["e2e"] == (base["e2e_ms"], par["e2e_ms"])
+    assert rows[0]["post_ttft_speedup"] == (base["e2e_ms"] - base["ttft_ms"]) / (par["e2e_ms"] - par["ttft_ms"])
+    t = par["timeline"]["token_ms"]
+    assert rows[0]["first_gap"][1] == t[1] - t[0]
+    token_gaps.main([str(path)])
+    assert "post-TTFT speedup" in capsys.readouterr().out
