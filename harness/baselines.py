@@ -22,12 +22,7 @@ def target_only(target: CausalLMRunner, sample: Any, *, max_new_tokens: int = 50
     res = EngineResult(mode="target_only", gamma=0)
     tokens, times, ends, prompt_len = prefix_and_decode(target, sample, max_new_tokens, stop_at_eos=stop_at_eos,
                                                         select=select, costs=res.costs)
-    res.n_prompt_tokens = {"target": prompt_len}
-    res.timeline.update(target_stage_end_ms=ends, token_ms=times)
-    res.ttft_ms, res.e2e_ms = times[0], times[-1]
-    res.decode_steps = len(tokens) - 1
-    finish_result(res, tokens, set(), max_new_tokens, None)
-    return res
+    return _plain(res, tokens, times, ends, prompt_len, max_new_tokens)
 
 
 @torch.inference_mode()
@@ -43,8 +38,14 @@ def sequential(drafter, target: CausalLMRunner, sample: Any, *,
     res = EngineResult(mode="sequential", gamma=0, note="drafter stages 1-5, then target stages 1-5")
     tokens, times, t_ends, prompt_len = prefix_and_decode(target, sample, max_new_tokens, stop_at_eos=stop_at_eos,
                                                           select=select, t0=t0, costs=res.costs)
+    res.timeline["drafter_stage_end_ms"] = d_ends
+    return _plain(res, tokens, times, t_ends, prompt_len, max_new_tokens)
+
+
+def _plain(res: EngineResult, tokens, times, ends, prompt_len: int, max_new_tokens: int) -> EngineResult:
+    """A result whose output is the target's plain greedy decode (target-only, sequential)."""
     res.n_prompt_tokens = {"target": prompt_len}
-    res.timeline.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends)
+    res.timeline.update(target_stage_end_ms=ends, token_ms=times)
     res.ttft_ms, res.e2e_ms = times[0], times[-1]
     res.decode_steps = len(tokens) - 1
     finish_result(res, tokens, set(), max_new_tokens, None)
