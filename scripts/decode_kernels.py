@@ -34,8 +34,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from precision_probe import build, linears_ms, prefill, step_ms, timer  # noqa: E402
 
-from harness.models.static_decode import capture  # noqa: E402
-
 from harness.models.profiles import static_cache_len  # noqa: E402
 from harness.models.static_decode import StaticDecoder  # noqa: E402
 
@@ -73,18 +71,10 @@ def kernels_of(fn, reps: int, device) -> dict:
 
 def fused_linears_ms(d, m, device, t):
     """The step's own linears alone on an M-row input (fused q/k/v and gate/up), as one graph."""
-    cfg = d.dec.config
-    xh = torch.randn(1, m, cfg.hidden_size, device=device, dtype=d.dtype) * 0.5
-    xi = torch.randn(1, m, cfg.intermediate_size, device=device, dtype=d.dtype) * 0.5
-
-    def f():
-        for layer, (qkv, gate_up) in zip(d.dec.layers, d.fused_linears):
-            qkv(xh), layer.self_attn.o_proj(xh), gate_up(xh), layer.mlp.down_proj(xi)
-    if device.type != "cuda":
-        return t(f, reps=3, warm=1)
-    with torch.inference_mode():
-        graph, _ = capture(f, device)
-    return t(graph.replay)
+    def four(i, layer, xh, xi):
+        qkv, gate_up = d.fused_linears[i]
+        qkv(xh), layer.self_attn.o_proj(xh), gate_up(xh), layer.mlp.down_proj(xi)
+    return linears_ms(d, m, device, t, per_layer=four)
 
 
 def measure(d, ids, prompt, t, args, device, cuda):
@@ -129,7 +119,8 @@ def probe(args, precision, device, t):
                 res[name] = {"error": f"{type(exc).__name__}: {exc}"[:400], "trace": traceback.format_exc()[-1500:]}
             d = None
             gc.collect()
-            torch.cuda.empty_cache() if cuda else None
+            if cuda:
+                torch.cuda.empty_cache()
     for name, v in res.items():
         if isinstance(v, dict) and "ms" in v:
             v["step_over_linears_m1"] = v["ms"][1] / res["linears_ms"][1]

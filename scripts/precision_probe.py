@@ -103,17 +103,22 @@ def build(profile, precision, device):
                        else torch.float32)
 
 
-def linears_ms(dec, m, device, t):
-    """The layers' seven linears on an M-row input, as one graph (eager on CPU)."""
+def seven_linears(i, layer, xh, xi):
+    a, mlp = layer.self_attn, layer.mlp
+    a.q_proj(xh), a.k_proj(xh), a.v_proj(xh), a.o_proj(xh)
+    mlp.gate_proj(xh), mlp.up_proj(xh), mlp.down_proj(xi)
+
+
+def linears_ms(dec, m, device, t, per_layer=seven_linears):
+    """The layers' linears alone on an M-row input (per_layer(i, layer, hidden-wide x,
+    intermediate-wide x) calls them; by default the seven), as one graph (eager on CPU)."""
     cfg = dec.dec.config
     xh = torch.randn(1, m, cfg.hidden_size, device=device, dtype=dec.dtype) * 0.5
     xi = torch.randn(1, m, cfg.intermediate_size, device=device, dtype=dec.dtype) * 0.5
 
     def f():
-        for layer in dec.dec.layers:
-            a, mlp = layer.self_attn, layer.mlp
-            a.q_proj(xh), a.k_proj(xh), a.v_proj(xh), a.o_proj(xh)
-            mlp.gate_proj(xh), mlp.up_proj(xh), mlp.down_proj(xi)
+        for i, layer in enumerate(dec.dec.layers):
+            per_layer(i, layer, xh, xi)
     if device.type != "cuda":
         return t(f, reps=3, warm=1)
     with torch.inference_mode():
