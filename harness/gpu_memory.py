@@ -15,6 +15,31 @@ import threading
 import torch
 
 
+ALLOC_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
+EXPANDABLE = "expandable_segments:True"
+
+
+def allocator_setting(device) -> str | None:
+    """The CUDA allocator setting in force from the environment ("" for torch's default), or None off CUDA."""
+    if torch.device(device).type != "cuda":
+        return None
+    return next((os.environ[name] for name in ALLOC_ENV if os.environ.get(name)), "")
+
+
+def configure_allocator(choice: str, device) -> str | None:
+    """Sets the CUDA caching allocator for this process and the processes it starts (the drafter's
+    inherit the environment); returns allocator_setting. A PYTORCH_CUDA_ALLOC_CONF (or
+    PYTORCH_ALLOC_CONF) in the environment is the user's and wins. "expandable": expandable
+    segments, whose freed pages return to the device on empty_cache, where fixed segments stay
+    reserved while any block in them lives (measured: docs/results/h200-fused-decode)."""
+    setting = allocator_setting(device)
+    if setting == "" and choice == "expandable":
+        os.environ[ALLOC_ENV[0]] = EXPANDABLE
+        torch.cuda.memory._set_allocator_settings(EXPANDABLE)
+        setting = EXPANDABLE
+    return setting
+
+
 def _nvml():
     try:
         import pynvml

@@ -97,6 +97,10 @@ OPTIONS: tuple[Option, ...] = (
            choices=DECODE_CHOICES),
     Option("cache_len", "static KV cache positions (default: visual tokens + text budget + max new tokens + "
            "engine overshoot, rounded up to 128)", type=int, kwargs={"metavar": "N"}),
+    Option("cuda_alloc", "CUDA caching allocator: expandable (expandable segments: the pages of freed blocks "
+           "go back to the device, so replaced weights and capture warm-ups leave no reserved holes) or default "
+           "(torch's fixed segments); a PYTORCH_CUDA_ALLOC_CONF set in the environment wins", "expandable",
+           choices=("expandable", "default")),
     # the engine
     Option("overlap", "hidden drafting: always (until the target is ready) or yield-gpu (only while the "
            "target loads its data); auto: yield-gpu when both models share a GPU, else always", "auto",

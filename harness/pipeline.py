@@ -27,7 +27,7 @@ from .drafter_process import DrafterProcess
 from .engine import resolve_overlap
 from .engine_suite import run_engine_suite
 from .errors import DataError, UsageError
-from .gpu_memory import used_bytes
+from .gpu_memory import allocator_setting, configure_allocator, used_bytes
 from .metrics import MODELS, dedupe, precision_label
 from .models.input_info import describe_inputs
 from .models.profiles import configure_decode, load_drafter, load_target
@@ -204,7 +204,9 @@ def bad_entry_records(run_data: RunData, meta: dict) -> list[dict]:
 
 def open_models(cfg: RunConfig):
     """(drafter, target) for a run; with cfg.drafter_process the drafter is a DrafterProcess, which
-    serves every mode that needs the drafter (close it at the end of the run)."""
+    serves every mode that needs the drafter (close it at the end of the run). The CUDA allocator
+    is set first (cfg.cuda_alloc), before any weight is allocated here or in the drafter's process."""
+    configure_allocator(cfg.cuda_alloc, cfg.torch_device)
     drafter, target = load_models(cfg.profile, device=cfg.torch_device, quant=cfg.quant, dtype=cfg.torch_dtype,
                        drafter_path=cfg.drafter_path, target_path=cfg.target_path,
                        drafter_device=cfg.drafter_device, decode_impl=cfg.decode,
@@ -226,7 +228,8 @@ def config_meta(cfg: RunConfig) -> dict:
             "overlap": cfg.overlap, "drafter_process": cfg.drafter_process,
             "durations": list(cfg.durations), "samples_per_duration": cfg.samples_per_duration,
             "video_reader": cfg.video_reader, "data_scale": None if cfg.data_root else cfg.data_scale,
-            "event_images": cfg.event_images, "videollava_prompt": cfg.videollava_prompt}
+            "event_images": cfg.event_images, "videollava_prompt": cfg.videollava_prompt,
+            "cuda_alloc": allocator_setting(cfg.torch_device)}
 
 
 # -- the main job -------------------------------------------------------------------------------------

@@ -42,6 +42,7 @@ class RunConfig:
     stop_at_eos: bool
     decode: str                  # resolved implementation: hf | static | cuda-graph | compiled
     cache_len: int | None
+    cuda_alloc: str              # "expandable" | "default" (gpu_memory.configure_allocator)
     overlap: str                 # resolved policy: always | yield-gpu
     drafter_process: bool        # resolved
     warmup: int
@@ -276,7 +277,7 @@ def resolve(raw: dict, *, side: str = "cli") -> RunConfig:
         device=device, drafter_device=drafter_device, quant=quant, dtype=dtype,
         max_new_tokens=_int(raw, "max_new_tokens", low=1, flag=flag),
         stop_at_eos=bool(raw.get("stop_at_eos")), decode=decode,
-        cache_len=_int(raw, "cache_len", low=1, flag=flag),
+        cache_len=_int(raw, "cache_len", low=1, flag=flag), cuda_alloc=raw.get("cuda_alloc") or "expandable",
         overlap=resolve_overlap(raw.get("overlap") or "auto", drafter_device, device),
         drafter_process=drafter_process,
         warmup=_int(raw, "warmup", low=0, flag=flag) or 0,

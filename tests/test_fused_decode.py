@@ -3,6 +3,8 @@ and int4 weight-only linears (models/quant.py, torch's tinygemm op), on CPU; the
 the GPU with CUDA graphs is the gpu-marked test at the end. Timing is scripts/precision_probe.py's."""
 from __future__ import annotations
 
+import os
+
 import bitsandbytes.functional as bnbf
 import pytest
 import torch
@@ -86,18 +88,23 @@ def test_int4_projections_are_not_fused_and_still_run():
 def test_nf4_fused_state_dequantizes_to_exactly_each_weight():
     """NF4 q/k/v stacked: the concatenated 4-bit bytes with the float32 absmax dequantize to exactly
     the concatenation of each module's own (double-quantized) weight, and each module, now a view into
-    the new bytes, still dequantizes to its own weight."""
+    the new bytes and the new absmax (its double-quant absmax freed), still dequantizes to its own
+    weight; the extra bytes are the float32 absmax less the states it replaced."""
     target = load_target("tiny", quant="nf4", dtype=torch.float32)
     a = target.model.model.language_model.layers[0].self_attn
     mods = [a.q_proj, a.k_proj, a.v_proj]
     assert all(m.weight.quant_state.nested for m in mods)
     own = [bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state) for m in mods]
-    data, state = fuse_nf4_state(mods)
+    old = sum(m.weight.quant_state.absmax.numel() + 4 * m.weight.quant_state.state2.absmax.numel() for m in mods)
+    data, state, extra = fuse_nf4_state(mods)
     assert not state.nested and state.absmax.dtype == torch.float32
+    assert extra == 4 * state.absmax.numel() - old > 0
     assert torch.equal(bnbf.dequantize_4bit(data, state), torch.cat(own))
     for m, w in zip(mods, own):
+        qs = m.weight.quant_state
         assert m.weight.data.untyped_storage().data_ptr() == data.untyped_storage().data_ptr()
-        assert torch.equal(bnbf.dequantize_4bit(m.weight.data, m.weight.quant_state), w)
+        assert not qs.nested and qs.absmax.untyped_storage().data_ptr() == state.absmax.untyped_storage().data_ptr()
+        assert torch.equal(bnbf.dequantize_4bit(m.weight.data, qs), w)
 
 
 @pytest.mark.slow
@@ -259,6 +266,32 @@ def test_peak_sampler_ignores_cpu_devices_and_reports_nothing_there():
     with PeakSampler(["cpu", torch.device("cpu")]) as s:
         s.__enter__()                       # entering again is harmless
     assert s.devices == [] and s.peaks() == {}
+
+
+@pytest.mark.parametrize("choice, env, want", [
+    ("expandable", {}, "expandable_segments:True"),
+    ("default", {}, ""),
+    ("expandable", {"PYTORCH_CUDA_ALLOC_CONF": "max_split_size_mb:64"}, "max_split_size_mb:64"),
+    ("expandable", {"PYTORCH_ALLOC_CONF": "garbage_collection_threshold:0.6"}, "garbage_collection_threshold:0.6"),
+])
+def test_allocator_choice_reaches_the_environment_unless_the_user_set_one(monkeypatch, choice, env, want):
+    """--cuda-alloc sets the allocator for this process and, through the environment, the drafter's;
+    an allocator setting already in the environment is the user's: kept, never overridden; off CUDA
+    nothing is set."""
+    from harness import gpu_memory
+
+    for name in gpu_memory.ALLOC_ENV:
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    calls = []
+    monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", calls.append)
+    assert gpu_memory.configure_allocator(choice, "cpu") is None and not calls
+    assert gpu_memory.configure_allocator(choice, "cuda:0") == want
+    assert gpu_memory.allocator_setting("cuda") == want
+    assert calls == ([want] if want == gpu_memory.EXPANDABLE else [])
+    after = {n: os.environ[n] for n in gpu_memory.ALLOC_ENV if n in os.environ}
+    assert after == (env or ({"PYTORCH_CUDA_ALLOC_CONF": want} if want else {}))
 
 
 @pytest.mark.gpu

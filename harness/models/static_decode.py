@@ -320,11 +320,22 @@ def _nf4_absmax(state) -> torch.Tensor:
     return (bnbf.dequantize_blockwise(state.absmax, state.state2) + state.offset).float()
 
 
+def _state_bytes(state) -> int:
+    """Bytes of a QuantState's absmax (with its nested state's, under double quant)."""
+    n = state.absmax.numel() * state.absmax.element_size()
+    if state.nested:
+        n += state.state2.absmax.numel() * state.state2.absmax.element_size()
+    return n
+
+
 def fuse_nf4_state(mods):
-    """(packed bytes, QuantState) of the NF4 linears `mods` stacked along out_features: the bytes
-    concatenated (row-major 4-bit blocks never straddle two weights when in_features is a multiple of
-    the block) and the absmax dequantized to float32 and concatenated, so every weight dequantizes to
-    exactly its own values. Each module's packed bytes become a view into the new buffer."""
+    """(packed bytes, QuantState, extra bytes) of the NF4 linears `mods` stacked along out_features:
+    the bytes concatenated (row-major 4-bit blocks never straddle two weights when in_features is a
+    multiple of the block) and the absmax dequantized to float32 and concatenated, so every weight
+    dequantizes to exactly its own values. Each module's packed bytes become a view into the new
+    buffer, and its absmax a view into the float32 one (a plain, not nested, state: the values
+    bitsandbytes' kernels compute from the nested state before every matmul), so the double-quant
+    absmax is freed; `extra bytes` is what the fused form holds beyond the modules' own states."""
     from bitsandbytes.functional import QuantState
 
     states = [m.weight.quant_state for m in mods]
@@ -337,14 +348,17 @@ def fuse_nf4_state(mods):
     with torch.no_grad():
         data = torch.cat([m.weight.data.reshape(-1) for m in mods]).reshape(-1, 1)
         absmax = torch.cat([_nf4_absmax(s) for s in states])
-        off = 0
-        for m in mods:
-            n = m.weight.data.numel()
+        before = sum(_state_bytes(s) for s in states)
+        off = blocks = 0
+        for m, s in zip(mods, states):
+            n, nb = m.weight.data.numel(), s.absmax.numel()
             m.weight.data = data[off:off + n].view(m.weight.data.shape)
-            off += n
+            m.weight.quant_state = QuantState(absmax=absmax[blocks:blocks + nb], shape=s.shape, code=s.code,
+                                              blocksize=s.blocksize, quant_type="nf4", dtype=s.dtype)
+            off, blocks = off + n, blocks + nb
     state = QuantState(absmax=absmax, shape=torch.Size([sum(m.out_features for m in mods), in_f]),
                        code=s0.code, blocksize=s0.blocksize, quant_type="nf4", dtype=s0.dtype)
-    return data, state
+    return data, state, absmax.numel() * absmax.element_size() - before
 
 
 def _fuse_nf4(mods) -> FusedLinear | None:
@@ -356,10 +370,10 @@ def _fuse_nf4(mods) -> FusedLinear | None:
     fused = fuse_nf4_state(mods)
     if fused is None:
         return None
-    data, state = fused
+    data, state, extra = fused
     dtype = mods[0].compute_dtype or state.dtype
     return FusedLinear(lambda x: bnb.matmul_4bit(x.to(dtype), data, quant_state=state).to(x.dtype),
-                       [m.out_features for m in mods], extra_bytes=state.absmax.numel() * 4)
+                       [m.out_features for m in mods], extra_bytes=extra)
 
 
 def fuse_linears(mods) -> FusedLinear | None:
