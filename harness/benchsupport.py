@@ -106,7 +106,7 @@ class BenchSession:
         # Whole devices, every process (NVML), from before the models load to the session's end, as
         # `ppbench run` measures it: the report's whole-run peak.
         self.sampler = PeakSampler({cfg.torch_device, torch.device(cfg.drafter_device)}).__enter__()
-        self.drafter, self.target = pipeline.open_models(cfg)   # the drafter: a runner or a DrafterProcess
+        self.drafter, self.target = pipeline.open_models(cfg, pipeline.run_questions(run_data.samples))  # the drafter: a runner or a DrafterProcess
         injected = _inject_delay([self.drafter, self.target], cfg.inject_delay)
         self.meta = pipeline.run_meta(
             cfg.profile, cfg.torch_device, self.drafter, self.target, cfg.torch_dtype, cfg.quant,

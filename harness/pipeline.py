@@ -84,36 +84,41 @@ PROFILE_LABELS = {
 
 def load_models(profile, *, device, quant, dtype, drafter_path=None, target_path=None,
                 drafter_device=None, decode_impl="auto", max_new_tokens=50, cache_len=None,
-                allow_pickle=False, event_images=5, videollava_prompt="model-card", drafter_process=False):
+                allow_pickle=False, event_images=5, videollava_prompt="model-card", drafter_process=False,
+                questions=()):
     """(drafter, target) runners; the drafter may live on its own device (two-GPU overlap).
-    Each runner's `decode_setup` says which decode implementation it runs (and its cache). With
-    drafter_process the drafter is a DrafterProcess: its weights are built there, never here."""
+    Each runner's `decode_setup` says which decode implementation it runs (and its cache, sized
+    for the run's `questions`). With drafter_process the drafter is a DrafterProcess: its weights
+    are built there, never here."""
     build = start_drafter_process if drafter_process else build_drafter
     drafter = build(profile, device=drafter_device or device, quant=quant, dtype=dtype,
                     path=drafter_path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
-                    cache_len=cache_len, allow_pickle=allow_pickle, event_images=event_images)
+                    cache_len=cache_len, allow_pickle=allow_pickle, event_images=event_images,
+                    questions=tuple(questions))
     target = load_target(profile, device=device, quant=quant, dtype=dtype, path=target_path,
                          allow_pickle=allow_pickle, prompt_template=videollava_prompt)
-    configure_decode([target], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
+    configure_decode([target], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len,
+                     questions=questions)
     return drafter, target
 
 
 def build_drafter(profile, *, device, quant, dtype, path=None, decode_impl="auto", max_new_tokens=50,
-                  cache_len=None, allow_pickle=False, event_images=5):
+                  cache_len=None, allow_pickle=False, event_images=5, questions=()):
     """The drafter runner, decode implementation set up (load_models; a drafter process's factory)."""
     drafter = load_drafter(profile, device=torch.device(device), quant=quant, dtype=dtype, path=path,
                            allow_pickle=allow_pickle, event_images=event_images)
-    configure_decode([drafter], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len)
+    configure_decode([drafter], decode_impl, max_new_tokens=max_new_tokens, cache_len=cache_len,
+                     questions=questions)
     return drafter
 
 
 def start_drafter_process(profile, *, device, quant, dtype, path=None, decode_impl="auto",
-                          max_new_tokens=50, cache_len=None, allow_pickle=False, event_images=5):
+                          max_new_tokens=50, cache_len=None, allow_pickle=False, event_images=5, questions=()):
     """A DrafterProcess building the same drafter (harness/drafter_process.py)."""
     return DrafterProcess(functools.partial(build_drafter, profile, device=str(device), quant=quant, dtype=dtype,
                                             path=path, decode_impl=decode_impl, max_new_tokens=max_new_tokens,
                                             cache_len=cache_len, allow_pickle=allow_pickle,
-                                            event_images=event_images))
+                                            event_images=event_images, questions=questions))
 
 
 QUANT_LABELS = {"nf4": "NF4 4-bit, double quant, bf16 compute (LLM linears)",
@@ -202,9 +207,15 @@ def bad_entry_records(run_data: RunData, meta: dict) -> list[dict]:
     return out
 
 
-def open_models(cfg: RunConfig):
+def run_questions(samples) -> tuple[str, ...]:
+    """The distinct questions of a run's samples: what its static caches and prefill graphs are sized for."""
+    return tuple(sorted({q for q in (getattr(s, "question", None) for s in samples) if q}))
+
+
+def open_models(cfg: RunConfig, questions=()):
     """(drafter, target) for a run; with cfg.drafter_process the drafter is a DrafterProcess, which
-    serves every mode that needs the drafter (close it at the end of the run). The CUDA allocator
+    serves every mode that needs the drafter (close it at the end of the run). Static caches and
+    prefill graphs are sized for `questions` (run_questions; empty: a fixed text budget). The CUDA allocator
     is set first (cfg.cuda_alloc), before any weight is allocated here or in the drafter's process."""
     configure_allocator(cfg.cuda_alloc, cfg.torch_device)
     drafter, target = load_models(cfg.profile, device=cfg.torch_device, quant=cfg.quant, dtype=cfg.torch_dtype,
@@ -212,7 +223,7 @@ def open_models(cfg: RunConfig):
                        drafter_device=cfg.drafter_device, decode_impl=cfg.decode,
                        max_new_tokens=cfg.max_new_tokens, cache_len=cfg.cache_len, allow_pickle=cfg.allow_pickle,
                        event_images=cfg.event_images, videollava_prompt=cfg.videollava_prompt,
-                       drafter_process=cfg.drafter_process)
+                       drafter_process=cfg.drafter_process, questions=questions)
     target.video_reader = cfg.video_reader
     return drafter, target
 
@@ -392,7 +403,7 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None 
     # Whole devices, every process (NVML), from before the models load to the end of the engine runs.
     sampler = PeakSampler({cfg.torch_device, torch.device(cfg.drafter_device)}).__enter__()
     t = time.perf_counter()
-    drafter, target = open_models(cfg)   # a drafter process is daemonic: it ends with this one at worst
+    drafter, target = open_models(cfg, run_questions(run_data.samples))   # a drafter process is daemonic: it ends with this one at worst
     print(f"models: {drafter.name} + {target.name} ({cfg.profile}, {cfg.quant}, {cfg.dtype}, decode "
           f"{cfg.decode}) loaded in {time.perf_counter() - t:.1f} s")
     meta = run_meta(cfg.profile, cfg.torch_device, drafter, target, cfg.torch_dtype, cfg.quant,

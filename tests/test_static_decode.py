@@ -10,12 +10,13 @@ from hypothesis import strategies as st
 
 from harness import baselines as B
 from harness import engine as E
-from harness.models.profiles import configure_decode, load_pair, static_cache_len
+from harness.models.profiles import (ENGINE_OVERSHOOT, TEXT_TOKEN_BUDGET, configure_decode, load_pair,
+                                     static_cache_len, text_token_range)
 from harness.models.static_decode import (PREFILL_BUCKET, CacheFullError, StaticDecoder, prefill_buckets,
                                           resolve_decode_impl)
 
 from fixtures.engine_testers import one_thread, random_pair, same_pair, tiny_llama  # noqa: F401
-from test_models_contract import embeds_of, greedy_run
+from test_models_contract import embeds_of, greedy_run, raw_inputs
 
 
 @pytest.fixture(scope="module")
@@ -145,6 +146,25 @@ def test_cache_len_covers_prompt_generation_and_engine_overshoot(hf_and_static):
         n = static_cache_len(r, 50)
         assert n % 128 == 0 and n >= r.n_visual_tokens + 50 + 64 + 8
         assert r.static.max_len == static_cache_len(r, 32)     # what configure_decode used
+
+
+def test_cache_is_sized_from_the_runs_questions(hf_and_static):
+    """Given the run's questions, each model's static cache holds its visual tokens, the longest
+    question in its own template, the new tokens and the engine's overshoot (rounded up to 128), and
+    a prompt of that longest question really fits it; without them, the fixed text budget."""
+    questions = ("What is in the scene?", "Describe the scene in detail, object by object, left to right.")
+    for r in load_pair("tiny", quant="none", dtype=torch.float32):
+        lengths = [r.prompt_text_tokens(q) for q in questions]
+        assert text_token_range(r, questions) == (min(lengths), max(lengths)) and lengths[1] > lengths[0]
+        assert text_token_range(r) == (1, TEXT_TOKEN_BUDGET)
+        setup = configure_decode([r], "static", max_new_tokens=20, questions=questions)[r.role]
+        need = r.n_visual_tokens + max(lengths) + 20 + ENGINE_OVERSHOOT
+        assert setup["text_tokens"] == [min(lengths), max(lengths)]
+        assert setup["cache_len"] == r.static.max_len == -(-need // 128) * 128 <= static_cache_len(r, 20)
+        embeds = r.encode_vision(r.preprocess(raw_inputs(r), questions[1]))
+        assert embeds.shape[1] == r.n_visual_tokens + max(lengths)          # the count is the prompt's
+        cache, tokens, _ = greedy_run(r, embeds, 20)
+        assert r.cache_len(cache) == embeds.shape[1] + 20 <= r.static.max_len - ENGINE_OVERSHOOT
 
 
 ENGINE_SETTINGS = settings(max_examples=15, deadline=None, derandomize=True,

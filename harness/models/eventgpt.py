@@ -280,6 +280,10 @@ class EventGPTRunner(CausalLMRunner):
         ids = event_prompt_ids(self.tokenizer, question)
         return {"input_ids": torch.tensor([ids], device=self.device), "pixel_values": pixels}
 
+    def prompt_text_tokens(self, question: str) -> int:
+        """Prompt tokens of `question` besides the visual ones (the event marker is replaced by those)."""
+        return len(event_prompt_ids(self.tokenizer, question)) - 1
+
     @torch.inference_mode()
     def encode_vision(self, prepared: dict[str, torch.Tensor]) -> torch.Tensor:
         ids = prepared["input_ids"]

@@ -166,30 +166,45 @@ def load_target(profile: str = "tiny", *, device="cpu", quant="nf4", dtype=torch
 
 
 # Static-cache sizing: visual tokens + prompt text + generated tokens + the engine's largest
-# overshoot (a hidden block of up to 64 drafts verified in one step, or a gamma-8 block).
+# overshoot (a hidden block of up to 64 drafts verified in one step, or a gamma-8 block). The text
+# is the run's longest question in each model's template when the run's questions are known, else
+# TEXT_TOKEN_BUDGET.
 TEXT_TOKEN_BUDGET = 192
 ENGINE_OVERSHOOT = 64 + 8 + 2
 
 
-def static_cache_len(runner, max_new_tokens: int) -> int:
+def static_cache_len(runner, max_new_tokens: int, text_tokens: int = TEXT_TOKEN_BUDGET) -> int:
     n_visual = int(getattr(runner, "n_visual_tokens", 0) or 0)
-    need = n_visual + TEXT_TOKEN_BUDGET + int(max_new_tokens) + ENGINE_OVERSHOOT
+    need = n_visual + int(text_tokens) + int(max_new_tokens) + ENGINE_OVERSHOOT
     return -(-need // 128) * 128
 
 
-def configure_decode(runners, impl: str = "auto", *, max_new_tokens: int = 50,
-                     cache_len: int | None = None) -> dict:
-    """Sets every runner's decode implementation (models/static_decode.py); returns, per runner
-    role, what was set up (impl, cache length and bytes, graph capture time). Graphs are captured
-    here, at load time, never inside a timed region; prefill graphs cover every prompt of the
-    visual tokens plus up to TEXT_TOKEN_BUDGET text tokens."""
-    def prompt_tokens(r):
-        n_visual = int(getattr(r, "n_visual_tokens", 0) or 0)
-        return n_visual + 1, n_visual + TEXT_TOKEN_BUDGET
+def text_token_range(runner, questions=()) -> tuple[int, int]:
+    """(fewest, most) prompt tokens besides the visual ones over the run's questions in this
+    runner's template; (1, TEXT_TOKEN_BUDGET) when they are unknown."""
+    count = getattr(runner, "prompt_text_tokens", None)
+    if not questions or count is None:
+        return 1, TEXT_TOKEN_BUDGET
+    lengths = [count(q) for q in questions]
+    return min(lengths), max(lengths)
 
-    return {r.role: r.use_decode_impl(impl, max_len=cache_len or static_cache_len(r, max_new_tokens),
-                                      prompt_tokens=prompt_tokens(r))
-            for r in runners}
+
+def configure_decode(runners, impl: str = "auto", *, max_new_tokens: int = 50,
+                     cache_len: int | None = None, questions=()) -> dict:
+    """Sets every runner's decode implementation (models/static_decode.py); returns, per runner
+    role, what was set up (impl, cache length and bytes, graph capture time, the text tokens the
+    cache was sized for). Graphs are captured here, at load time, never inside a timed region;
+    prefill graphs cover every prompt of the visual tokens plus the text of the run's `questions`
+    (text_token_range), so a static cache and its graphs are sized from the run."""
+    out = {}
+    for r in runners:
+        n_visual = int(getattr(r, "n_visual_tokens", 0) or 0)
+        lo, hi = text_token_range(r, questions)
+        out[r.role] = r.use_decode_impl(impl, max_len=cache_len or static_cache_len(r, max_new_tokens, hi),
+                                        prompt_tokens=(n_visual + lo, n_visual + hi))
+        if out[r.role].get("decode_impl") != "hf":
+            out[r.role]["text_tokens"] = [lo, hi]
+    return out
 
 
 def load_pair(profile: str = "tiny", *, device="cpu", quant="nf4", dtype=torch.float32, drafter_path=None,

@@ -144,6 +144,10 @@ class VideoLlavaRunner(CausalLMRunner):
         ids = expand_placeholder(ids, video_token_id(self.config), visual_token_count(self.config, len(frames)))
         return {"input_ids": torch.tensor([ids], device=self.device), "pixel_values_videos": frames[None]}
 
+    def prompt_text_tokens(self, question: str) -> int:
+        """Prompt tokens of `question` besides the visual ones (the video placeholder expands to those)."""
+        return len(self.tokenizer(videollava_prompt(question, self.prompt_template)).input_ids) - 1
+
     @torch.inference_mode()
     def vision_features(self, videos: torch.Tensor) -> torch.Tensor:
         """(1, T, 3, S, S) frames -> (T, P + 1, D) projected features ("full": CLS kept)."""
