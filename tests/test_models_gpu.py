@@ -59,7 +59,8 @@ def _greedy(runner, embeds, n):
 
 def test_cuda_graph_decode_matches_eager_static_fp32():
     """Replaying captured graphs gives what the same static forward gives eagerly (fp32, tiny pair),
-    including padded verify steps, and both agree with transformers' forward."""
+    including padded verify steps, and both agree with transformers' forward; the vision graph, in
+    the steps' pool, gives the eager tower's embeddings before and after the steps replay."""
     from harness.models.profiles import configure_decode, load_pair
 
     runs = {}
@@ -99,6 +100,8 @@ def test_cuda_graph_decode_matches_eager_static_fp32():
         s.crop(out["static"][0], n)
         torch.testing.assert_close(g.decode(7, out["cuda-graph"][0]), s.decode(7, out["static"][0]),
                                    atol=1e-4, rtol=1e-4)
+        # the vision graph shares the decoder's pool: after prefill and step replays it still gives the same
+        torch.testing.assert_close(g.encode_vision(prepared), embeds, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")

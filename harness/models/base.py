@@ -80,9 +80,12 @@ class CausalLMRunner:
                 example = self.vision_example()
                 if example is not None:
                     t0 = time.perf_counter()
+                    reserved = torch.cuda.memory_reserved(self.device)
                     try:
-                        self.vision_graph = GraphedFunction(self.vision_features, example)
+                        # Into the decoder's pool: stage 3 never runs while a prefill or a step does.
+                        self.vision_graph = GraphedFunction(self.vision_features, example, pool=self.static._pool)
                         info["vision_graph_input"] = list(example.shape)
+                        info["vision_graph_bytes"] = torch.cuda.memory_reserved(self.device) - reserved
                     except Exception as exc:  # a tower that cannot be captured still runs, eagerly
                         warnings.warn(f"{self.name}: vision stage runs eagerly, its CUDA graph capture "
                                       f"failed: {type(exc).__name__}: {exc}")

@@ -159,14 +159,16 @@ def capture(fn, device: torch.device, pool=None, stream: torch.cuda.Stream | Non
 
 class GraphedFunction:
     """fn(x) -> tensor as a CUDA graph for the one input shape of `example`; any other shape,
-    dtype or device runs fn eagerly. Replay returns a copy (the next replay overwrites the output)."""
+    dtype or device runs fn eagerly. Replay returns a copy (the next replay overwrites the output).
+    `pool`: a graph pool to capture into (a decoder's, whose graphs never run at the same time as
+    this one: their intermediates share memory, and every output is copied out after replay)."""
 
-    def __init__(self, fn, example: torch.Tensor):
+    def __init__(self, fn, example: torch.Tensor, pool=None):
         self.fn = fn
         self.warned, self.eager_calls = False, 0
         self.input = example.detach().clone()
         with torch.inference_mode():
-            self.graph, self.output = capture(lambda: fn(self.input), self.input.device)
+            self.graph, self.output = capture(lambda: fn(self.input), self.input.device, pool)
         if not isinstance(self.output, torch.Tensor):
             raise TypeError(f"a graphed function must return one tensor, got {type(self.output).__name__}")
 
