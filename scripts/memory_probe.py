@@ -12,12 +12,17 @@ sizes, prefill buckets, the vision graph). Each variant runs in its own process:
   no-prefill          no prefill graphs (prefill runs eagerly)
   pair                the NF4 pair in one process (drafter, then target), current code
 
+Caches and prefill graphs are sized for the generated dataset's questions (as a run on it sizes
+them; --questions none: the fixed text budget). The allocator is the environment's
+(PYTORCH_CUDA_ALLOC_CONF; `ppbench run` sets expandable segments unless --cuda-alloc default).
+
   python scripts/memory_probe.py --out $OUT            # GPU host; writes memory-probe.json
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -28,6 +33,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from harness import gpu_memory  # noqa: E402
+from harness.data.synthetic import QUESTIONS  # noqa: E402
 from harness.models import base, static_decode  # noqa: E402
 from harness.models.profiles import configure_decode, load_drafter, load_target  # noqa: E402
 
@@ -43,7 +49,7 @@ def snapshot(label: str, device) -> dict:
             "device_used_gib": used["device_used"] / GiB}
 
 
-def run_variant(variant: str, quant: str, max_new_tokens: int) -> dict:
+def run_variant(variant: str, quant: str, max_new_tokens: int, questions=()) -> dict:
     device = torch.device("cuda")
     torch.cuda.init()
     torch.empty(1, device=device)
@@ -70,19 +76,22 @@ def run_variant(variant: str, quant: str, max_new_tokens: int) -> dict:
     if variant == "no-prefill":
         base.prefill_buckets = lambda *a, **k: []
     t0 = time.perf_counter()
+    drafter_setup = None
     if variant == "pair":
         drafter = load_drafter("7b-shaped", device=device, quant=quant, dtype=torch.bfloat16)
         phases.append(snapshot("drafter weights", device) | {"s": time.perf_counter() - t0})
-        configure_decode([drafter], "compiled", max_new_tokens=max_new_tokens)
+        drafter_setup = configure_decode([drafter], "compiled", max_new_tokens=max_new_tokens,
+                                         questions=questions)["drafter"]
         phases.append(snapshot("drafter decode set up", device) | {"s": time.perf_counter() - t0})
     target = load_target("7b-shaped", device=device, quant=quant, dtype=torch.bfloat16)
     phases.append(snapshot("weights", device) | {"s": time.perf_counter() - t0})
-    setup = configure_decode([target], "compiled", max_new_tokens=max_new_tokens)["target"]
+    setup = configure_decode([target], "compiled", max_new_tokens=max_new_tokens, questions=questions)["target"]
     phases.append(snapshot("decode set up (cache + graphs)", device) | {"s": time.perf_counter() - t0})
     stats = torch.cuda.memory_stats(device)
     return {"variant": variant, "quant": quant, "phases": phases, "captures": captures,
             "setup": {k: v for k, v in setup.items() if k != "graph_sizes"},
             "graph_sizes": setup.get("graph_sizes"),
+            "drafter_setup": drafter_setup and {k: v for k, v in drafter_setup.items() if k != "graph_sizes"},
             "segments": {k: stats.get(k) for k in ("segment.all.current", "segment.large_pool.current",
                                                     "allocation.all.current", "num_alloc_retries")}}
 
@@ -93,17 +102,21 @@ def main() -> int:
     ap.add_argument("--quant", default="nf4")
     ap.add_argument("--max-new-tokens", type=int, default=50)
     ap.add_argument("--variants", default=",".join(VARIANTS))
+    ap.add_argument("--questions", choices=("dataset", "none"), default="dataset")
     ap.add_argument("--one", help=argparse.SUPPRESS)        # child: run one variant, print JSON
     args = ap.parse_args()
     if args.one:
-        print("RESULT " + json.dumps(run_variant(args.one, args.quant, args.max_new_tokens)))
+        questions = tuple(QUESTIONS) if args.questions == "dataset" else ()
+        result = run_variant(args.one, args.quant, args.max_new_tokens, questions)
+        print("RESULT " + json.dumps(result | {"allocator": os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")}))
         return 0
     args.out.mkdir(parents=True, exist_ok=True)
     results = []
     for v in args.variants.split(","):
         t = time.perf_counter()
         p = subprocess.run([sys.executable, __file__, "--out", str(args.out), "--quant", args.quant,
-                            "--max-new-tokens", str(args.max_new_tokens), "--one", v],
+                            "--max-new-tokens", str(args.max_new_tokens), "--questions", args.questions,
+                            "--one", v],
                            capture_output=True, text=True)
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
         if p.returncode or not lines:
