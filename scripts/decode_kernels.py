@@ -34,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from precision_probe import build, linears_ms, prefill, step_ms, timer  # noqa: E402
 
-from harness.models.profiles import static_cache_len  # noqa: E402
+from harness.data.synthetic import QUESTIONS  # noqa: E402
+from harness.models.profiles import static_cache_len, text_token_range  # noqa: E402
 from harness.models.static_decode import StaticDecoder  # noqa: E402
 
 
@@ -95,7 +96,9 @@ def measure(d, ids, prompt, t, args, device, cuda):
 def probe(args, precision, device, t):
     cuda = device.type == "cuda"
     runner = build(args.profile, precision, device)
-    max_len = static_cache_len(runner, 50) if args.profile != "tiny" else 512
+    # The cache a run on the generated dataset sizes (its questions' text), unless --fixed-budget.
+    text = text_token_range(runner, () if args.fixed_budget else QUESTIONS)[1]
+    max_len = static_cache_len(runner, 50, text) if args.profile != "tiny" else 512
     prompt = min(args.prompt, max_len - 80)
     vocab = runner.model.get_input_embeddings().weight.shape[0]
     gen = torch.Generator(device="cpu").manual_seed(0)
@@ -105,7 +108,7 @@ def probe(args, precision, device, t):
     res["linears_ms"] = {m: linears_ms(eager, m, device, t) for m in (1, 9)}
     del eager
     for att in args.attention:
-        for fuse in (True, False):
+        for fuse in (True, False) if args.unfused == "on" else (True,):
             name = f"compiled-{att}" + ("" if fuse else "-unfused")
             try:
                 d = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, attention=att,
@@ -145,6 +148,9 @@ def main():
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--profile-reps", type=int, default=5)
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting precisions after this")
+    ap.add_argument("--unfused", choices=("on", "off"), default="on", help="also time the unfused step")
+    ap.add_argument("--fixed-budget", action="store_true",
+                    help="size the cache for the fixed text budget, not the generated dataset's questions")
     args = ap.parse_args()
     args.attention = args.attention.split(",")
     device = torch.device(args.device)
