@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: gputests | probe | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 | bench | precision
+# Steps: gputests | fusedtests | probe | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 |
+#        bench | precision | memory | kernels
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
 # DRAFTER_PROCESS=on|off sets where the engine's drafter runs: ppbench run's default (unset) is auto,
 # its own process on CUDA (harness/pipeline.py: resolve_drafter_process); the alpha0 probe's
@@ -41,6 +42,25 @@ for step in "$@"; do
       timeout "$(cap "${GPUTESTS_SECS:-150}")" python3 -m pytest tests/test_models_gpu.py -m gpu -q \
         -p no:cacheprovider 2>&1 | tail -n 30 | tee $R/gputests/log.txt
       pack gputests ;;
+    fusedtests)  # issue 19: the compiled step's gpu-marked tests (graphs vs eager per attention form, fused NF4)
+      mkdir -p $R/fusedtests
+      timeout "$(cap "${GPUTESTS_SECS:-150}")" python3 -m pytest tests/test_fused_decode.py -m gpu -q \
+        -p no:cacheprovider 2>&1 | tail -n 30 | tee $R/fusedtests/log.txt
+      pack fusedtests ;;
+    memory)      # issue 19 item 3: the NF4 pair in one process (scripts/memory_probe.py), fixed and expandable segments
+      mkdir -p $R/memory
+      for alloc in fixed expandable; do
+        conf=$([ $alloc = expandable ] && echo expandable_segments:True)
+        PYTORCH_CUDA_ALLOC_CONF=$conf timeout "$(cap "${MEMORY_SECS:-120}")" python3 scripts/memory_probe.py \
+          --out $R/memory/$alloc --variants pair 2>&1 | grep -v Warning | tee $R/memory/$alloc.log
+      done
+      pack memory ;;
+    kernels)     # issue 19: the compiled step's time per precision and attention form (scripts/decode_kernels.py)
+      mkdir -p $R/kernels
+      timeout "$(cap "${KERNELS_SECS:-240}")" python3 scripts/decode_kernels.py --out $R/kernels \
+        --precisions "${PRECISIONS:-bf16,nf4}" --attention "${ATTENTION:-auto}" --unfused "${UNFUSED:-off}" \
+        --budget-s "${KERNELS_BUDGET:-200}" 2>&1 | grep -v Warning | tee $R/kernels/log.txt
+      pack kernels ;;
     probe)       # per-token decode / verify cost of the 7B-shaped target under hf, static, cuda-graph
       mkdir -p $R/probe
       timeout "$(cap "${PROBE_SECS:-200}")" python3 scripts/decode_probe.py --out $R/probe 2>&1 \
