@@ -85,6 +85,7 @@ class CausalLMRunner:
                         # Into the decoder's pool: stage 3 never runs while a prefill or a step does.
                         self.vision_graph = GraphedFunction(self.vision_features, example, pool=self.static._pool)
                         info["vision_graph_input"] = list(example.shape)
+                        torch.cuda.empty_cache()    # the eager warm-ups' blocks, outside the pool
                         info["vision_graph_bytes"] = torch.cuda.memory_reserved(self.device) - reserved
                     except Exception as exc:  # a tower that cannot be captured still runs, eagerly
                         warnings.warn(f"{self.name}: vision stage runs eagerly, its CUDA graph capture "
