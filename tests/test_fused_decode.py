@@ -266,18 +266,47 @@ def test_tiny_pair_loads_in_int4_through_the_checkpoint_path():
 # -- GPU --------------------------------------------------------------------------------------------
 @pytest.mark.gpu
 @pytest.mark.cuda
-@pytest.mark.parametrize("attention", ["sdpa", "math"])
+@pytest.mark.parametrize("attention", ["sdpa", "math", "flex"])
 def test_compiled_graphs_match_the_eager_static_path_on_the_gpu(attention):
-    """CUDA graphs of the compiled step (inductor) give the eager static path's logits (fp32 tiny model)."""
+    """CUDA graphs of the compiled step (inductor) give the eager static path's logits (fp32 tiny model;
+    head_dim 16, the smallest flex's Triton kernels take)."""
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    model = tiny_llama(17).cuda()
+    model = tiny_llama(17, hidden=64).cuda()
     ids = torch.randint(3, 90, (1, 40), device="cuda")
     eager = StaticDecoder(model, max_len=64)
     fused = StaticDecoder(model, max_len=64, graphs=True, fused=True, attention=attention)
     fused.capture_graphs(sizes=(1, 2, 4, 9))
     assert fused.glue.error is None and fused.compile_s > 0 and fused.pool_bytes >= 0
     for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.gpu
+@pytest.mark.cuda
+def test_flex_graphs_recompute_their_cache_blocks_at_every_replay_on_the_gpu():
+    """A flex step's CUDA graph, captured at the cache's last slots (both 128-slot blocks visited),
+    replayed at positions in block 0 visits block 0 only: NaN K/V in block 1 leave the logits equal
+    to the eager path's. Replayed after that at positions in and across block 1, it visits both
+    again (eager's logits). So the block tables follow the graph's `positions` input, not the capture."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    model = tiny_llama(18, hidden=64).cuda()
+    ids = torch.randint(3, 90, (1, 256), device="cuda")
+    eager = StaticDecoder(model, max_len=256)
+    fused = StaticDecoder(model, max_len=256, graphs=True, fused=True, attention="flex")
+    fused.capture_graphs(sizes=(1, 4))
+    assert fused.glue.error is None and fused._sizes == [1, 4]
+    with torch.inference_mode():
+        cache = fused.new_cache()
+        fused.forward(cache, input_ids=ids[:, :20])
+        fused.k[..., FLEX_BLOCK:, :], fused.v[..., FLEX_BLOCK:, :] = float("nan"), float("nan")
+        got = [fused.forward(cache, input_ids=ids[:, 20:21]), fused.forward(cache, input_ids=ids[:, 21:25], keep=4)]
+        fused.k[..., FLEX_BLOCK:, :], fused.v[..., FLEX_BLOCK:, :] = 0.0, 0.0
+    for a, b in zip(_steps(eager, ids, (20, (20, 21), (21, 25))), got):
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    plan = (126, (126, 127), (127, 131), (131, 132), (132, 136))
+    for a, b in zip(_steps(eager, ids, plan), _steps(fused, ids, plan)):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 

@@ -21,7 +21,8 @@ step on an H200 (issue 19). `compiled` runs the same modules: the linears are ca
 (nn.Linear, bitsandbytes Linear4bit, quant.Int4Linear: no kernel of theirs is traced), and the
 code between them is torch.compile'd functions per layer (RoPE + K/V write + attention; residual
 add + next norm; SiLU * up), so each becomes a few fused kernels. Attention is SDPA for a decode
-step and written out as two batched matmuls for verify steps (`ATTENTION`, measured). Compiling
+step and written out as two batched matmuls for verify steps (`ATTENTION`, measured; `flex`, by
+choice: flex_attention over the cache blocks that hold valid positions only). Compiling
 around the linears, not through them, keeps every precision compilable (bitsandbytes' ops are
 never traced) and compiles once for all 32 layers (same shapes). The linears that read the same
 input, q/k/v and gate/up, run as one matmul each over their concatenated weights (`FusedLinear`:
