@@ -267,7 +267,7 @@ def rope_write_attend_flex(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_
                            gqa: bool):
     """rope_write_attend with attention by flex_attention over the cache blocks that hold valid
     positions only (mask: flex_blocks(positions, max_len), built once per step), masked inside
-    them by slot <= position: its cost follows the sequence's length, not the cache's, and
+    them by slot <= position: its reads follow the sequence's length, not the cache's, and
     inductor's flex decoding kernel splits the cache axis across blocks for a few query rows."""
     n, max_len = q.shape[1], kbuf.shape[2]
     q = _rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim)
