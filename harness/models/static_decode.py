@@ -21,8 +21,7 @@ step on an H200 (issue 19). `compiled` runs the same modules: the linears are ca
 (nn.Linear, bitsandbytes Linear4bit, quant.Int4Linear: no kernel of theirs is traced), and the
 code between them is torch.compile'd functions per layer (RoPE + K/V write + attention; residual
 add + next norm; SiLU * up), so each becomes a few fused kernels. Attention is SDPA for a decode
-step and written out as two batched matmuls for verify steps (`ATTENTION`, measured; `flex`, by
-choice: flex_attention over the cache blocks that hold valid positions only). Compiling
+step and written out as two batched matmuls for verify steps (`ATTENTION`, measured). Compiling
 around the linears, not through them, keeps every precision compilable (bitsandbytes' ops are
 never traced) and compiles once for all 32 layers (same shapes). The linears that read the same
 input, q/k/v and gate/up, run as one matmul each over their concatenated weights (`FusedLinear`:
@@ -62,7 +61,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch.nn.attention.flex_attention import BlockMask, flex_attention
 
 DECODE_IMPLS = ("hf", "static", "cuda-graph", "compiled")
 GRAPHED_IMPLS = ("cuda-graph", "compiled")
@@ -210,9 +208,9 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
     return h, rms_norm(h, weight, eps)
 
 
-def _rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim: int):
-    """RoPE on the step's q/k projections and their K/V written into this layer's cache slots.
-    -> q as (1, heads, n, dim)."""
+def rope_write_attend(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float, gqa: bool):
+    """RoPE on the step's q/k projections, their K/V written into this layer's cache slots, and
+    attention of the step's rows over the whole cache (mask: slot <= position). -> (1, n, heads*dim)."""
     n = q.shape[1]
     q = q.view(1, n, -1, head_dim).transpose(1, 2)
     k = k.view(1, n, -1, head_dim).transpose(1, 2)
@@ -220,14 +218,6 @@ def _rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim: int):
     q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
     kbuf.index_copy_(2, positions, k)
     vbuf.index_copy_(2, positions, v)
-    return q
-
-
-def rope_write_attend(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float, gqa: bool):
-    """RoPE on the step's q/k projections, their K/V written into this layer's cache slots, and
-    attention of the step's rows over the whole cache (mask: slot <= position). -> (1, n, heads*dim)."""
-    n = q.shape[1]
-    q = _rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim)
     o = F.scaled_dot_product_attention(q, kbuf, vbuf, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return o.transpose(1, 2).reshape(1, n, -1)
 
@@ -238,7 +228,12 @@ def rope_write_attend_math(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_
     compiler lowers it to two batched matmuls and fused elementwise kernels instead of one SDPA
     kernel (for a few query rows, SDPA's kernels parallelize over heads and query blocks only)."""
     n = q.shape[1]
-    q = _rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim)
+    q = q.view(1, n, -1, head_dim).transpose(1, 2)
+    k = k.view(1, n, -1, head_dim).transpose(1, 2)
+    v = v.view(1, n, -1, head_dim).transpose(1, 2)
+    q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
+    kbuf.index_copy_(2, positions, k)
+    vbuf.index_copy_(2, positions, v)
     keys, values = kbuf, vbuf
     if gqa:
         groups = q.shape[1] // kbuf.shape[1]
@@ -248,55 +243,18 @@ def rope_write_attend_math(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_
     return (p @ values).transpose(1, 2).reshape(1, n, -1)
 
 
-FLEX_BLOCK = 128     # flex_attention's block (query rows x cache slots) of its sparse block tables
-
-
-def flex_blocks(positions: torch.Tensor, max_len: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kv_num_blocks, kv_indices) of a step's rows over a `max_len`-slot cache, as
-    BlockMask.from_kv_blocks takes them: each FLEX_BLOCK of query rows visits the cache blocks
-    0..(its last position) // FLEX_BLOCK, the rest are skipped. Tensor ops only (no .item(), no
-    branch on values): a CUDA graph that captures it recomputes it from `positions` at every replay.
-    A last cache block shorter than FLEX_BLOCK (max_len not a multiple) is flex's partial block."""
-    n = positions.shape[0]
-    q_blocks, kv_blocks = -(-n // FLEX_BLOCK), -(-max_len // FLEX_BLOCK)
-    last = F.pad(positions, (0, q_blocks * FLEX_BLOCK - n)).view(q_blocks, FLEX_BLOCK).amax(-1)
-    num = (torch.div(last, FLEX_BLOCK, rounding_mode="floor") + 1).to(torch.int32).view(1, 1, q_blocks)
-    indices = torch.arange(kv_blocks, dtype=torch.int32, device=positions.device)
-    return num, indices.expand(1, 1, q_blocks, kv_blocks)
-
-
-def rope_write_attend_flex(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float,
-                           gqa: bool):
-    """rope_write_attend with attention by flex_attention over the cache blocks that hold valid
-    positions only (mask: flex_blocks(positions, max_len), built once per step), masked inside
-    them by slot <= position: its reads follow the sequence's length, not the cache's, and
-    inductor's flex decoding kernel splits the cache axis across blocks for a few query rows."""
-    n, max_len = q.shape[1], kbuf.shape[2]
-    q = _rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim)
-
-    def visible(b, h, q_idx, kv_idx):
-        return kv_idx <= positions[q_idx]
-
-    num, indices = mask
-    blocks = BlockMask.from_kv_blocks(num, indices, BLOCK_SIZE=FLEX_BLOCK, mask_mod=visible,
-                                      seq_lengths=(n, max_len), compute_q_blocks=False)
-    o = flex_attention(q, kbuf, vbuf, block_mask=blocks, scale=scale, enable_gqa=gqa)
-    return o.transpose(1, 2).reshape(1, n, -1)
-
-
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
 GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "attend": rope_write_attend,
-        "attend_math": rope_write_attend_math, "attend_flex": rope_write_attend_flex, "silu_mul": silu_mul}
+        "attend_math": rope_write_attend_math, "silu_mul": silu_mul}
 # Which attention a compiled step of n tokens uses. auto: SDPA for a decode step (n = 1), the matmul
 # form for verify steps (n > 1). Measured on an H200, 7B-shaped, 2070-position prompt
 # (docs/results/h200-decode-precision-probe): SDPA is 0.1-0.2 ms faster at n = 1, the matmul form
-# 1.0-1.1 ms faster at n = 9 in every precision. flex: flex_attention over the valid cache blocks
-# only (rope_write_attend_flex), either step size; not measured yet, so not auto's choice.
-ATTENTION = ("auto", "sdpa", "math", "flex")
-_ATTEND = {"sdpa": "attend", "math": "attend_math", "flex": "attend_flex"}
+# 1.0-1.1 ms faster at n = 9 in every precision.
+ATTENTION = ("auto", "sdpa", "math")
+_ATTEND = {"sdpa": "attend", "math": "attend_math"}
 
 
 def attention_for(attention: str, n: int) -> str:
@@ -551,14 +509,10 @@ class StaticDecoder:
         layers, n = self.dec.layers, h.shape[1]
         cos, sin = self.dec.rotary_emb(h, positions[None])
         cos, sin = cos[:, None], sin[:, None]
-        form = attention_for(self.glue.attention, n)
-        if form == "attend_flex":
-            mask = flex_blocks(positions, self.max_len)
-        else:
-            mask = (self.slots[None, :] <= positions[:, None])[None, None]
+        mask = (self.slots[None, :] <= positions[:, None])[None, None]
         first = layers[0].input_layernorm
         x = fn["norm"](h, first.weight, first.variance_epsilon)
-        attend = fn[form]
+        attend = fn[attention_for(self.glue.attention, n)]
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
             qkv, gate_up = self.fused_linears[i] if self.fused_linears else (None, None)
