@@ -15,7 +15,7 @@ drafter's weights: the child serves
   * its part of the sequential baseline (prefix_and_decode, on the parent's clock),
   * the parallel engine's drafter side (drafting -> RemoteDrafting, an engine.DrafterSide): the
     child runs stages 1-4 and hidden drafting while the parent runs the target; the two share
-    `ready` / `on_gpu` events. A draft block of the speculative phase costs one pipe round trip:
+    `ready` / `on_gpu` / `host_done` events. A draft block of the speculative phase costs one pipe round trip:
     the parent knows the child's cache length, so it realigns without asking and the crop travels
     with the next block.
 Assisted generation (transformers generate with assistant_model) needs both models in one process,
@@ -56,9 +56,9 @@ class DrafterProcess:
 
     def __init__(self, factory: Callable[[], Any], *, start_timeout_s: float = 600.0):
         ctx = mp.get_context("spawn")     # never fork a process that may hold CUDA state
-        self.ready, self.on_gpu = ctx.Event(), ctx.Event()
+        self.ready, self.on_gpu, self.host_done = ctx.Event(), ctx.Event(), ctx.Event()
         self._conn, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_serve, args=(factory, child, self.ready, self.on_gpu),
+        self._proc = ctx.Process(target=_serve, args=(factory, child, self.ready, self.on_gpu, self.host_done),
                                  name="ppbench-drafter", daemon=True)
         self._proc.start()
         child.close()
@@ -147,12 +147,13 @@ class RemoteDrafting:
 
     def __init__(self, proc: DrafterProcess, costs: Costs):
         self.proc, self.costs, self.prompt_len = proc, costs, 0
-        self.ready, self.on_gpu = proc.ready, proc.on_gpu
+        self.ready, self.on_gpu, self.host_done = proc.ready, proc.on_gpu, proc.host_done
         self._cache_len, self._crop_to = 0, None
 
     def start(self, sample, t0: float, n_max: int, *, yield_gpu: bool) -> None:
         self.proc.ready.clear()
         self.proc.on_gpu.clear()
+        self.proc.host_done.clear()
         self.proc._send("start", sample, t0, n_max, yield_gpu)
 
     def finish(self):
@@ -184,7 +185,7 @@ class RemoteDrafting:
 
 
 # -- the child --------------------------------------------------------------------------------------
-def _serve(factory, conn, ready, on_gpu) -> None:
+def _serve(factory, conn, ready, on_gpu, host_done) -> None:
     try:
         runner = factory()
         conn.send(("ok", {"name": runner.name, "device": str(runner.device),
@@ -212,7 +213,7 @@ def _serve(factory, conn, ready, on_gpu) -> None:
                 elif method == "start":
                     sample, t0, n_max, yield_gpu = args
                     hidden, times, ends = side.stages_and_hidden(sample, t0, n_max, ready,
-                                                                 on_gpu if yield_gpu else None)
+                                                                 on_gpu if yield_gpu else None, host_done)
                     value = (hidden, times, ends, side.prompt_len, side.cache_len(), _take_costs(side))
                 elif method == "draft_block":
                     _crop(side, args[0])

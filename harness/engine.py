@@ -16,7 +16,10 @@ and starving the drafter (measured: docs/results/README.md at commit 080f728,
 h100-7b-shaped-engine-1gpu-always). So there it
 drafts only while the target loads its data, one step in flight, and waits while the target's
 preprocessing (which ends on the GPU) and GPU stages run ("yield-gpu", the default on a shared
-GPU). Its own stages 1-4 always run.
+GPU). Its own stages 1-4 run when it reaches its GPU stages while the target is still on the host;
+a drafter whose host stages end later sits the sample out (no GPU stage, no hidden block: its
+vision and prefill would only delay the target's, measured: docs/results/h200-fused-decode), and
+the target decodes alone.
 
 Bookkeeping conventions (the two models have different prompt lengths Pd and Pt):
   * `out` is the output so far; out[-1] is the target's pending token (not yet in its cache), so
@@ -43,6 +46,7 @@ Times are ms from the sample's common start.
 from __future__ import annotations
 
 import contextlib
+import math
 import random
 import threading
 import time
@@ -115,10 +119,12 @@ def _question(sample: Any) -> str:
 # -- stages 1-4 -----------------------------------------------------------------------------------
 def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None = None, *,
                       t0: float | None = None, on_host_done: Callable[[], None] | None = None,
-                      ends: dict | None = None):
+                      gpu_if: Callable[[], bool] | None = None, ends: dict | None = None):
     """Stages 1-4 -> (cache, first_logits, {stage: end_ms}); end times are relative to `t0`.
-    on_host_done() is called when the host stages (YIELD_AFTER: loading and preprocessing) are over. `ends`, when given, is
-    filled as each stage ends, so after a failure it says which stages finished."""
+    on_host_done() is called when the host stages (YIELD_AFTER: loading and preprocessing) are over;
+    then gpu_if(), when given, decides whether the GPU stages run at all: False returns
+    (None, None, ends) there. `ends`, when given, is filled as each stage ends, so after a failure
+    it says which stages finished."""
     question = _question(sample) if question is None else question
     t0 = now_ms(runner.device) if t0 is None else t0
     ends = {} if ends is None else ends
@@ -128,6 +134,8 @@ def run_stages_1_to_4(runner: CausalLMRunner, sample: Any, question: str | None 
     ends["preprocess"] = now_ms(runner.device) - t0
     if on_host_done is not None:
         on_host_done()
+    if gpu_if is not None and not gpu_if():
+        return None, None, ends
     embeds = runner.encode_vision(prepared)
     ends["vision"] = now_ms(runner.device) - t0
     cache, logits = runner.prefill(embeds)
@@ -292,9 +300,11 @@ class DrafterSide(Protocol):
     """The drafter's half of one parallel run (its KV cache, stream and emitter), wherever it runs:
     `Drafting` (a thread of this process) or drafter_process.RemoteDrafting (the drafter's own
     process). The target's pipeline sets `on_gpu` when its host stages end and `ready` when its
-    prefill is done; prompt_len is the drafter's prompt length once finish() has returned."""
+    prefill is done; the drafter sets `host_done` when its own host stages end; prompt_len is the
+    drafter's prompt length once finish() has returned."""
     ready: Any
     on_gpu: Any
+    host_done: Any
     prompt_len: int
 
     def start(self, sample, t0: float, n_max: int, *, yield_gpu: bool) -> None:
@@ -344,7 +354,7 @@ class Drafting:
         self.stream = _stream_for(drafter)
         self.cache, self.prompt_len = None, 0
         self.vocab, self.unk = None, 0
-        self.ready, self.on_gpu = threading.Event(), threading.Event()
+        self.ready, self.on_gpu, self.host_done = threading.Event(), threading.Event(), threading.Event()
         self._thread, self._box = None, {}
         _sync_all(drafter)
 
@@ -353,11 +363,12 @@ class Drafting:
             try:
                 with torch.inference_mode():
                     self._box["value"] = self.stages_and_hidden(sample, t0, n_max, self.ready,
-                                                                self.on_gpu if yield_gpu else None)
+                                                                self.on_gpu if yield_gpu else None, self.host_done)
             except BaseException as exc:  # re-raised by finish()
                 self._box["error"] = exc
 
         self._box = {}
+        self.host_done.clear()
         self._thread = threading.Thread(target=run, name="ppbench-drafter", daemon=True)
         self._thread.start()
 
@@ -368,10 +379,19 @@ class Drafting:
             raise self._box["error"]
         return self._box["value"]
 
-    def stages_and_hidden(self, sample, t0: float, n_max: int, ready, pause=None):
-        """-> (hidden tokens, their finish times, drafter stage end times); see _draft_hidden."""
+    def stages_and_hidden(self, sample, t0: float, n_max: int, ready, pause=None, host_done=None):
+        """-> (hidden tokens, their finish times, drafter stage end times); see _draft_hidden.
+        `host_done` is set when the drafter's host stages end. Under yield-gpu (`pause`) a drafter
+        whose host stages end after the target's sits the sample out: no GPU stage, no token
+        ([], [], ends). host_done is set before `pause` is read, so a target that finds it unset
+        after setting `pause` knows the drafter will sit out (parallel_prefill_decode)."""
         with _on(self.stream):
-            self.cache, logits, ends = run_stages_1_to_4(self.runner, sample, t0=t0)
+            self.cache, logits, ends = run_stages_1_to_4(
+                self.runner, sample, t0=t0, on_host_done=None if host_done is None else host_done.set,
+                gpu_if=None if pause is None else (lambda: not pause.is_set()))
+            if logits is None:
+                self.prompt_len = 0
+                return [], [], ends
             self.vocab = logits.shape[-1]
             self.unk = _unk_id(self.runner, self.vocab)
             hidden, times = _draft_hidden(self.runner, self.cache, logits, n_max, ready, self.emit, t0,
@@ -392,7 +412,7 @@ class Drafting:
                                 self.emit, t0, self.costs, feed=self.feed)
 
     def cache_len(self) -> int:
-        return self.runner.cache_len(self.cache)
+        return 0 if self.cache is None else self.runner.cache_len(self.cache)
 
 
 def _draft_hidden(drafter, cache, logits, n_max, ready: threading.Event, emit, t0, costs,
@@ -568,11 +588,17 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
     side = drafter_side(drafter, costs, select, alpha, reference_tokens, seed)
     _sync_all(target)
     t0 = now_ms()
-    side.start(sample, t0, min(hidden_cap, max_new_tokens), yield_gpu=overlap == "yield-gpu")
+    yield_gpu = overlap == "yield-gpu"
+    side.start(sample, t0, min(hidden_cap, max_new_tokens), yield_gpu=yield_gpu)
     try:
         tcache, t1, t_ends, res.ttft_ms = _target_stages(target, sample, t0, select, side)
-    finally:
-        hidden, hidden_ms, d_ends = side.finish()
+    except BaseException:
+        side.finish()
+        raise
+    # Under yield-gpu a drafter still on the host now will sit the sample out (it reads on_gpu, set
+    # by the target, after host_done): decode without waiting for it, and collect it after.
+    late = yield_gpu and not side.host_done.is_set()
+    hidden, hidden_ms, d_ends = ([], [], {}) if late else side.finish()
     # The target's stream is done (synchronized after prefill). Abandoned draft steps may still
     # run on the drafter's stream: all later drafter work stays on that stream (ordered after them
     # on the GPU), and the target's work never waits for it, on a shared GPU either (a
@@ -580,25 +606,27 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
     pt, pd = target.cache_len(tcache), side.prompt_len
     res.n_prompt_tokens = {"drafter": pd, "target": pt}
     tl.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends, draft_token_ms=list(hidden_ms))
-    res.window_ms = t_ends["prefill"] - d_ends["prefill"]
-
-    # The hidden block: d1 is checked against t1 by the prefill logits, the rest by one forward.
     out = [t1]
     tl["token_ms"] = [res.ttft_ms]        # when out reached each length (ms from t0)
-    m = _verify(target, tcache, pt, out, hidden[1:], select, t0, res) if hidden[0] == t1 else -1
-    tl["token_ms"] += [tl["verify_ms"][-1][1]] * (len(out) - 1) if m >= 0 else []
-    acc.add_block(len(hidden), m + 1)
-    # A draft step that was running when the target became ready (CPU only; CUDA abandons it)
-    # joins the block, but only tokens finished inside the window are "hidden".
-    in_window = sum(1 for t in hidden_ms if t <= t_ends["prefill"])
-    res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
-    pending = side.realign(out)
+    # Sat out (yield-gpu, the target reached the GPU first): no window, no block; target-only's loop.
+    res.drafter_sat_out = not hidden
+    if hidden:
+        res.window_ms = t_ends["prefill"] - d_ends["prefill"]
+        # The hidden block: d1 is checked against t1 by the prefill logits, the rest by one forward.
+        m = _verify(target, tcache, pt, out, hidden[1:], select, t0, res) if hidden[0] == t1 else -1
+        tl["token_ms"] += [tl["verify_ms"][-1][1]] * (len(out) - 1) if m >= 0 else []
+        acc.add_block(len(hidden), m + 1)
+        # A draft step that was running when the target became ready (CPU only; CUDA abandons it)
+        # joins the block, but only tokens finished inside the window are "hidden".
+        in_window = sum(1 for t in hidden_ms if t <= t_ends["prefill"])
+        res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
+        pending = side.realign(out)
 
     # Speculative decoding with a fixed or adaptive draft length; gamma 0 = plain target decode.
     # A gamma of 0 chosen from measured costs is kept to the end (`plain`): no block is verified
     # while decoding plainly, so the acceptance estimate and the draft and verify costs it rests on
     # stay as they were; the rest is then target-only's loop, with no drafter bookkeeping.
-    plain, ended = False, bool(eos.intersection(out))
+    plain, ended = res.drafter_sat_out, bool(eos.intersection(out))
     while len(out) < max_new_tokens and not ended:
         g = 0 if plain else _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
         res.gamma_trace.append(g)
@@ -620,6 +648,8 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
             pending = side.realign(out)
 
     res.e2e_ms = now_ms(target.device) - t0
+    if late:
+        tl["drafter_stage_end_ms"] = side.finish()[2]
     _record_acceptance(res, acc)
     finish_result(res, out, eos, max_new_tokens, reference_tokens)
     res.ideal_e2e_ms = _ideal_for(res, hidden_cap, len(res.output_tokens))
@@ -649,7 +679,8 @@ def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | Non
     # The regime the run settled in: adaptive runs that fell back to plain decoding model gamma 0.
     gamma = Counter(res.gamma_trace).most_common(1)[0][0] if res.gamma_trace else 0
     target_ends = res.timeline["target_stage_end_ms"]
-    return ideal_e2e_ms(drafter_ready_ms=res.timeline["drafter_stage_end_ms"]["prefill"],
+    # A drafter that sat the sample out is never ready: no window, the target alone.
+    return ideal_e2e_ms(drafter_ready_ms=res.timeline["drafter_stage_end_ms"].get("prefill", math.inf),
                         target_ready_ms=target_ends["prefill"],
                         draft_until_ms=target_ends[YIELD_AFTER] if res.overlap == "yield-gpu" else None,
                         draft_ms=draft, hidden_step_ms=hidden, verify_ms=c.verify, decode_ms=decode,

@@ -452,6 +452,7 @@ def engine_frame(records: Iterable[dict]) -> pd.DataFrame:
                                               "token_match_rate", "ideal_e2e_ms")},
                      "accept_per_position": r.get("accept_per_position") or [],
                      "accept_blocks": r.get("accept_blocks") or [],
+                     "drafter_sat_out": bool(r.get("drafter_sat_out")),
                      "hidden_capacity": engine_hidden_capacity(r),
                      "fill_comparable": r.get("hidden_block") is not None})
     return pd.DataFrame(rows)
@@ -505,6 +506,7 @@ def engine_summary(engine: pd.DataFrame) -> pd.DataFrame:
                 "hidden_fill": hidden_fill(list(_num(g, "hidden_drafted")), list(g["hidden_capacity"]),
                                            list(g["fill_comparable"])),
                 "hidden_accepted": _num(g, "hidden_accepted").mean(),
+                "sat_out": int(g["drafter_sat_out"].sum()),
                 "window_ms": _num(g, "window_ms").mean(),
                 "token_match_rate": _num(g, "token_match_rate").mean()})
     return _sorted(pd.DataFrame(rows))

@@ -256,6 +256,13 @@ def parallel_prefill(tables: dict, names: dict) -> str:
     return "\n".join(out)
 
 
+def sat_out_text(row) -> str:
+    """'k of n' parallel runs the drafter sat out (metrics.engine_summary sat_out); – for other modes."""
+    if row["mode"] != "parallel":
+        return "–"
+    return f"{int(row.get('sat_out') or 0)} of {int(row['count'])}"
+
+
 def speculative_section(tables: dict, names: dict) -> list[str]:
     e = tables["engine"]
     out = ["### Measured speculative decoding", ""]
@@ -267,11 +274,11 @@ def speculative_section(tables: dict, names: dict) -> list[str]:
              ms(r["e2e_ms"]), ratio(r["speedup_vs_target_only"]), ratio(r["ideal_speedup"]),
              pct(r["measured_over_ideal"]), pct(r["acceptance_rate"]),
              num(r["mean_acceptance_length"], 2), num(r["hidden_drafted"]),
-             pct(r.get("hidden_fill")), num(r["hidden_accepted"]), pct(r["token_match_rate"])]
+             pct(r.get("hidden_fill")), num(r["hidden_accepted"]), sat_out_text(r), pct(r["token_match_rate"])]
             for _, r in spec.iterrows()]
     out += [md_table(["Dataset", "Mode", "γ", "Drafter", "n", "e2e", "Speedup vs target_only",
                       "Ideal speedup", "Measured ÷ ideal", "Acceptance rate", "MAL",
-                      "Hidden drafted", "Hidden fill", "Hidden accepted", "Token match"], rows), "",
+                      "Hidden drafted", "Hidden fill", "Hidden accepted", "Sat out", "Token match"], rows), "",
             "Speedup = mean target_only e2e ÷ mean e2e, paired by sample: both over the samples where "
             "the configuration and target_only completed; ideal speedup likewise with the engine's "
             "ideal_e2e_ms model; acceptance rate = accepted ÷ drafted and MAL = 1 + accepted ÷ verify "
@@ -279,7 +286,9 @@ def speculative_section(tables: dict, names: dict) -> list[str]:
             "inside its own window; hidden fill = Σ hidden drafted ÷ Σ hidden capacity of the same "
             "engine runs (its window at its own hidden-step times), pooled over the row's samples; "
             "n/a where not computable or where records predate the hidden_block field (not "
-            "comparable). Rows marked "
+            "comparable); sat out = parallel runs in which the drafter, under yield-gpu, ended its host "
+            "stages after the target had gone to the GPU, so it ran nothing on the GPU and the target "
+            "decoded alone (no window, no hidden block). Rows marked "
             "*simulated α* are not real drafter outputs.", ""]
     pos = tables["engine_positions"]
     if not pos.empty:

@@ -23,6 +23,7 @@ class EngineResult:
     hidden_block: int = 0      # tokens drafted before verification started (the hidden block)
     hidden_drafted: int = 0    # of those, finished inside the window (by target prefill end)
     hidden_accepted: int = 0   # of those, accepted
+    drafter_sat_out: bool = False   # yield-gpu: the target reached the GPU first; the drafter ran no GPU stage
     drafted: int = 0
     accepted: int = 0
     verify_steps: int = 0
@@ -75,7 +76,7 @@ def token_match_rate(out: Sequence[int], reference: Sequence[int]) -> float:
 
 
 RECORD_KEYS = ("mode", "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "window_ms",
-               "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted", "verify_steps",
+               "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafter_sat_out", "drafted", "accepted", "verify_steps",
                "accept_per_position", "accept_blocks", "token_match_rate", "ideal_e2e_ms", "timeline", "error",
                "note")
 

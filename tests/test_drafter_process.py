@@ -13,8 +13,8 @@ from harness import stages
 from harness.drafter_process import DrafterProcess, DrafterProcessError
 from harness.errors import DataError, ModelLoadError
 
-from fixtures.engine_testers import (Checked, drafter_of, drafter_that_cannot_load, failing_drafter, random_pair, same_pair,
-                            two_arg_failing_drafter)
+from fixtures.engine_testers import (Checked, Slow, drafter_of, drafter_that_cannot_load, failing_drafter, random_pair,
+                                     same_pair, slow_drafter_of, two_arg_failing_drafter)
 
 PROMPT = "what happens next in this scene?"
 
@@ -79,6 +79,26 @@ def test_process_drafter_matches_the_in_process_engine(procs, monkeypatch):
                                                                       local.verify_steps)
     blocks = sum(1 for g in remote.gamma_trace if g > 0)
     assert blocks >= 2 and calls == ["drafting"] + ["draft_block"] * blocks
+
+
+def test_a_drafter_process_still_on_the_host_sits_the_sample_out_and_serves_the_next():
+    """yield-gpu across processes: the child sets host_done before it reads the parent's on_gpu, so
+    a parent whose target reached the GPU first decodes without waiting (e2e ends before the
+    child's preprocessing does) and collects the child after; the next run with a fast target
+    (the child on time) drafts a hidden block again."""
+    drafter, target = random_pair(0)
+    proc = DrafterProcess(functools.partial(slow_drafter_of, "random", 0, preprocess=300))
+    try:
+        late = E.parallel_prefill_decode(proc, Slow(target, preprocess=20), PROMPT, max_new_tokens=12,
+                                         overlap="yield-gpu")
+        on_time = E.parallel_prefill_decode(proc, Slow(target, preprocess=700), PROMPT, max_new_tokens=12,
+                                            overlap="yield-gpu")
+    finally:
+        proc.close()
+    d_ends = late.timeline["drafter_stage_end_ms"]
+    assert late.drafter_sat_out and late.hidden_block == 0 and late.output_tokens == _greedy(target, 12)
+    assert set(d_ends) == {"load", "preprocess"} and late.e2e_ms < d_ends["preprocess"]
+    assert not on_time.drafter_sat_out and on_time.hidden_block >= 1 and on_time.output_tokens == _greedy(target, 12)
 
 
 def test_errors_in_the_drafter_process_keep_their_type_and_message():

@@ -384,7 +384,8 @@ def test_to_record_matches_the_contract(rand):
     assert set(rec) == {
         "kind", "run_id", "dataset", "sample_id", "profile", "device", "dtype", "quant", "decode_impl", "mode",
         "gamma", "alpha_simulated", "e2e_ms", "ttft_ms", "tpot_ms", "n_output_tokens",
-        "output_tokens", "window_ms", "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafted", "accepted",
+        "output_tokens", "window_ms", "overlap", "hidden_block", "hidden_drafted", "hidden_accepted", "drafter_sat_out",
+        "drafted", "accepted",
         "verify_steps", "accept_per_position", "accept_blocks", "token_match_rate", "ideal_e2e_ms", "timeline",
         "error", "note"}
     assert rec["kind"] == "engine" and rec["mode"] == "parallel" and rec["n_output_tokens"] == 6
@@ -439,6 +440,28 @@ def test_hidden_drafted_are_those_finished_inside_the_window(rand):
     assert res.hidden_drafted == sum(t <= ready for t in finished)
     assert res.hidden_block >= res.hidden_drafted >= 1
     assert res.output_tokens == _greedy(target, 12)
+
+
+@pytest.mark.parametrize("overlap", ["always", "yield-gpu"])
+def test_a_drafter_still_on_the_host_when_the_target_goes_to_the_gpu_sits_the_sample_out(rand, overlap):
+    """yield-gpu: the drafter's own vision and prefill would only delay the target's, so a drafter
+    whose host stages (300 ms of preprocessing) end after the target's (30 ms) runs no GPU stage
+    and drafts nothing: no window, no hidden block, the target decodes alone without waiting for
+    it (e2e ends before the drafter's preprocessing does), and the record says so. 'always' drafts."""
+    drafter, target = rand
+    res = E.parallel_prefill_decode(Slow(drafter, preprocess=300),
+                                    Slow(target, load_inputs=10, preprocess=20, encode_vision=60),
+                                    PROMPT, max_new_tokens=12, overlap=overlap)
+    d_ends = res.timeline["drafter_stage_end_ms"]
+    rec = R.to_record(res)
+    assert res.output_tokens == _greedy(target, 12) and res.error is None
+    if overlap == "yield-gpu":
+        assert rec["drafter_sat_out"] is True and rec["window_ms"] is None
+        assert (res.hidden_block, res.drafted, res.verify_steps, res.accept_blocks) == (0, 0, 0, [])
+        assert set(d_ends) == {"load", "preprocess"} and res.e2e_ms < d_ends["preprocess"]
+        assert res.gamma_trace == [0] * 11 and res.ideal_e2e_ms is not None
+    else:
+        assert rec["drafter_sat_out"] is False and res.hidden_block >= 1 and "prefill" in d_ends
 
 
 def test_simulation_seed_differs_between_samples_so_first_coins_follow_alpha():
