@@ -19,6 +19,13 @@ ALLOC_ENV = ("PYTORCH_CUDA_ALLOC_CONF", "PYTORCH_ALLOC_CONF")
 EXPANDABLE = "expandable_segments:True"
 
 
+def _set_allocator_settings(setting: str) -> None:
+    """torch's runtime allocator setter: torch._C._accelerator_setAllocatorSettings where it exists
+    (torch.cuda.memory._set_allocator_settings is a deprecated alias of it), the alias before that."""
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    (setter or torch.cuda.memory._set_allocator_settings)(setting)
+
+
 def allocator_setting(device) -> str | None:
     """The CUDA allocator setting in force from the environment ("" for torch's default), or None off CUDA."""
     if torch.device(device).type != "cuda":
@@ -35,7 +42,7 @@ def configure_allocator(choice: str, device) -> str | None:
     setting = allocator_setting(device)
     if setting == "" and choice == "expandable":
         os.environ[ALLOC_ENV[0]] = EXPANDABLE
-        torch.cuda.memory._set_allocator_settings(EXPANDABLE)
+        _set_allocator_settings(EXPANDABLE)
         setting = EXPANDABLE
     return setting
 

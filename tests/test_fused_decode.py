@@ -285,7 +285,7 @@ def test_allocator_choice_reaches_the_environment_unless_the_user_set_one(monkey
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     calls = []
-    monkeypatch.setattr(torch.cuda.memory, "_set_allocator_settings", calls.append)
+    monkeypatch.setattr(gpu_memory, "_set_allocator_settings", calls.append)
     assert gpu_memory.configure_allocator(choice, "cpu") is None and not calls
     assert gpu_memory.configure_allocator(choice, "cuda:0") == want
     assert gpu_memory.allocator_setting("cuda") == want
