@@ -18,7 +18,7 @@ drafts only while the target loads its data, one step in flight, and waits while
 preprocessing (which ends on the GPU) and GPU stages run ("yield-gpu", the default on a shared
 GPU). Its own stages 1-4 run when it reaches its GPU stages while the target is still on the host;
 a drafter whose host stages end later sits the sample out (no GPU stage, no hidden block: its
-vision and prefill would only delay the target's, measured: docs/results/h200-fused-decode), and
+vision and prefill would only delay the target's, measured: docs/results/h200-alloc-sitout), and
 the target decodes alone.
 
 Bookkeeping conventions (the two models have different prompt lengths Pd and Pt):
