@@ -599,57 +599,59 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
     # by the target, after host_done): decode without waiting for it, and collect it after.
     late = yield_gpu and not side.host_done.is_set()
     hidden, hidden_ms, d_ends = ([], [], {}) if late else side.finish()
-    # The target's stream is done (synchronized after prefill). Abandoned draft steps may still
-    # run on the drafter's stream: all later drafter work stays on that stream (ordered after them
-    # on the GPU), and the target's work never waits for it, on a shared GPU either (a
-    # device-wide synchronize, or the default stream waiting on it, would).
-    pt, pd = target.cache_len(tcache), side.prompt_len
-    res.n_prompt_tokens = {"drafter": pd, "target": pt}
-    tl.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends, draft_token_ms=list(hidden_ms))
-    out = [t1]
-    tl["token_ms"] = [res.ttft_ms]        # when out reached each length (ms from t0)
-    # Sat out (yield-gpu, the target reached the GPU first): no window, no block; target-only's loop.
-    res.drafter_sat_out = not hidden
-    if hidden:
-        res.window_ms = t_ends["prefill"] - d_ends["prefill"]
-        # The hidden block: d1 is checked against t1 by the prefill logits, the rest by one forward.
-        m = _verify(target, tcache, pt, out, hidden[1:], select, t0, res) if hidden[0] == t1 else -1
-        tl["token_ms"] += [tl["verify_ms"][-1][1]] * (len(out) - 1) if m >= 0 else []
-        acc.add_block(len(hidden), m + 1)
-        # A draft step that was running when the target became ready (CPU only; CUDA abandons it)
-        # joins the block, but only tokens finished inside the window are "hidden".
-        in_window = sum(1 for t in hidden_ms if t <= t_ends["prefill"])
-        res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
-        pending = side.realign(out)
-
-    # Speculative decoding with a fixed or adaptive draft length; gamma 0 = plain target decode.
-    # A gamma of 0 chosen from measured costs is kept to the end (`plain`): no block is verified
-    # while decoding plainly, so the acceptance estimate and the draft and verify costs it rests on
-    # stay as they were; the rest is then target-only's loop, with no drafter bookkeeping.
-    plain, ended = res.drafter_sat_out, bool(eos.intersection(out))
-    while len(out) < max_new_tokens and not ended:
-        g = 0 if plain else _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
-        res.gamma_trace.append(g)
-        n_before = len(out)
-        if g == 0:
-            plain = plain or gamma != "adaptive" or 1 in costs.verify_ms
-            token, start, end = decode_step(target, tcache, out[-1], select)
-            out.append(token)
-            tl["token_ms"].append(end - t0)
-            costs.add_verify(1, end - start)
-            res.decode_steps += 1
-        else:
-            block, times = side.draft_block(pending, g, len(out), t0)
-            tl["draft_token_ms"].extend(times)
-            acc.add_block(g, _verify(target, tcache, pt, out, block, select, t0, res))
-            tl["token_ms"] += [tl["verify_ms"][-1][1]] * (len(out) - n_before)
-        ended = bool(eos.intersection(out[n_before:]))
-        if not plain:
+    try:
+        # The target's stream is done (synchronized after prefill). Abandoned draft steps may still
+        # run on the drafter's stream: all later drafter work stays on that stream (ordered after them
+        # on the GPU), and the target's work never waits for it, on a shared GPU either (a
+        # device-wide synchronize, or the default stream waiting on it, would).
+        pt, pd = target.cache_len(tcache), side.prompt_len
+        res.n_prompt_tokens = {"drafter": pd, "target": pt}
+        tl.update(drafter_stage_end_ms=d_ends, target_stage_end_ms=t_ends, draft_token_ms=list(hidden_ms))
+        out = [t1]
+        tl["token_ms"] = [res.ttft_ms]        # when out reached each length (ms from t0)
+        # Sat out (yield-gpu, the target reached the GPU first): no window, no block; target-only's loop.
+        res.drafter_sat_out = not hidden
+        if hidden:
+            res.window_ms = t_ends["prefill"] - d_ends["prefill"]
+            # The hidden block: d1 is checked against t1 by the prefill logits, the rest by one forward.
+            m = _verify(target, tcache, pt, out, hidden[1:], select, t0, res) if hidden[0] == t1 else -1
+            tl["token_ms"] += [tl["verify_ms"][-1][1]] * (len(out) - 1) if m >= 0 else []
+            acc.add_block(len(hidden), m + 1)
+            # A draft step that was running when the target became ready (CPU only; CUDA abandons it)
+            # joins the block, but only tokens finished inside the window are "hidden".
+            in_window = sum(1 for t in hidden_ms if t <= t_ends["prefill"])
+            res.hidden_block, res.hidden_drafted, res.hidden_accepted = len(hidden), in_window, min(m + 1, in_window)
             pending = side.realign(out)
 
-    res.e2e_ms = now_ms(target.device) - t0
-    if late:
-        tl["drafter_stage_end_ms"] = side.finish()[2]
+        # Speculative decoding with a fixed or adaptive draft length; gamma 0 = plain target decode.
+        # A gamma of 0 chosen from measured costs is kept to the end (`plain`): no block is verified
+        # while decoding plainly, so the acceptance estimate and the draft and verify costs it rests on
+        # stay as they were; the rest is then target-only's loop, with no drafter bookkeeping.
+        plain, ended = res.drafter_sat_out, bool(eos.intersection(out))
+        while len(out) < max_new_tokens and not ended:
+            g = 0 if plain else _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
+            res.gamma_trace.append(g)
+            n_before = len(out)
+            if g == 0:
+                plain = plain or gamma != "adaptive" or 1 in costs.verify_ms
+                token, start, end = decode_step(target, tcache, out[-1], select)
+                out.append(token)
+                tl["token_ms"].append(end - t0)
+                costs.add_verify(1, end - start)
+                res.decode_steps += 1
+            else:
+                block, times = side.draft_block(pending, g, len(out), t0)
+                tl["draft_token_ms"].extend(times)
+                acc.add_block(g, _verify(target, tcache, pt, out, block, select, t0, res))
+                tl["token_ms"] += [tl["verify_ms"][-1][1]] * (len(out) - n_before)
+            ended = bool(eos.intersection(out[n_before:]))
+            if not plain:
+                pending = side.realign(out)
+
+        res.e2e_ms = now_ms(target.device) - t0
+    finally:
+        if late:      # a drafter that sat out is collected after the timed run, whatever happened
+            tl["drafter_stage_end_ms"] = side.finish()[2]
     _record_acceptance(res, acc)
     finish_result(res, out, eos, max_new_tokens, reference_tokens)
     res.ideal_e2e_ms = _ideal_for(res, hidden_cap, len(res.output_tokens))
