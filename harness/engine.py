@@ -649,9 +649,13 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
                 pending = side.realign(out)
 
         res.e2e_ms = now_ms(target.device) - t0
-    finally:
-        if late:      # a drafter that sat out is collected after the timed run, whatever happened
-            tl["drafter_stage_end_ms"] = side.finish()[2]
+    except BaseException:
+        if late:      # collect the drafter that sat out; the target's error is the one to raise
+            with contextlib.suppress(Exception):
+                side.finish()
+        raise
+    if late:          # a drafter that sat out is collected after the timed run
+        tl["drafter_stage_end_ms"] = side.finish()[2]
     _record_acceptance(res, acc)
     finish_result(res, out, eos, max_new_tokens, reference_tokens)
     res.ideal_e2e_ms = _ideal_for(res, hidden_cap, len(res.output_tokens))

@@ -839,7 +839,7 @@ def summarize_engine(engine_records: list[dict], stage_records: list[dict]) -> t
         "hidden_drafted": [par[s]["hidden_drafted"] for s in common],
         "hidden_accepted": [par[s]["hidden_accepted"] for s in common],
         "hidden_fill": [par[s]["hidden_drafted"] / capacity[s] for s in common if capacity[s]],
-        "window_ms": [par[s]["window_ms"] for s in common],
+        "window_ms": [par[s]["window_ms"] for s in common if par[s].get("window_ms") is not None],
         "engine_efficiency": [efficiency(par[s]["ideal_e2e_ms"], par[s]["e2e_ms"]) for s in common
                               if par[s].get("ideal_e2e_ms")],
         "token_match_rate": [par[s]["token_match_rate"] for s in common

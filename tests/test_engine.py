@@ -442,6 +442,20 @@ def test_hidden_drafted_are_those_finished_inside_the_window(rand):
     assert res.output_tokens == _greedy(target, 12)
 
 
+def test_a_drafter_that_ends_its_host_stages_during_the_targets_gpu_stages_sits_out_too(rand):
+    """yield-gpu, the other order: the drafter's host stages (100 ms) end after the target's (30 ms)
+    but before the target's prefill ends (330 ms): the target finds it past its host stages and
+    waits for it as usual, and it has run no GPU stage and drafted nothing."""
+    drafter, target = rand
+    res = E.parallel_prefill_decode(Slow(drafter, preprocess=100),
+                                    Slow(target, load_inputs=10, preprocess=20, encode_vision=300),
+                                    PROMPT, max_new_tokens=8, overlap="yield-gpu")
+    d_ends = res.timeline["drafter_stage_end_ms"]
+    assert res.drafter_sat_out and res.window_ms is None and res.hidden_block == 0 and res.accept_blocks == []
+    assert set(d_ends) == {"load", "preprocess"} and d_ends["preprocess"] < res.timeline["target_stage_end_ms"]["prefill"]
+    assert res.output_tokens == _greedy(target, 8) and res.ideal_e2e_ms is not None
+
+
 @pytest.mark.parametrize("overlap", ["always", "yield-gpu"])
 def test_a_drafter_still_on_the_host_when_the_target_goes_to_the_gpu_sits_the_sample_out(rand, overlap):
     """yield-gpu: the drafter's own vision and prefill would only delay the target's, so a drafter

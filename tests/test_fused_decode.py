@@ -105,6 +105,7 @@ def test_nf4_fused_state_dequantizes_to_exactly_each_weight():
         assert m.weight.data.untyped_storage().data_ptr() == data.untyped_storage().data_ptr()
         assert not qs.nested and qs.absmax.untyped_storage().data_ptr() == state.absmax.untyped_storage().data_ptr()
         assert torch.equal(bnbf.dequantize_4bit(m.weight.data, qs), w)
+        assert getattr(m, "quant_state", None) in (None, qs)     # no handle left on the freed state
 
 
 @pytest.mark.slow
@@ -280,8 +281,9 @@ def test_allocator_choice_reaches_the_environment_unless_the_user_set_one(monkey
     nothing is set."""
     from harness import gpu_memory
 
-    for name in gpu_memory.ALLOC_ENV:
-        monkeypatch.delenv(name, raising=False)
+    for name in gpu_memory.ALLOC_ENV:       # set, then deleted: monkeypatch restores what was there
+        monkeypatch.setenv(name, "x")
+        monkeypatch.delenv(name)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     calls = []

@@ -9,7 +9,7 @@ from hypothesis import given, settings, strategies as st
 
 from harness import metrics as M
 from harness.errors import DataError
-from fixtures.record_factory import dataset_records, engine_record, hidden_run, stage_record
+from fixtures.record_factory import dataset_records, engine_record, hidden_run, sat_out_run, stage_record
 
 SETTINGS = settings(max_examples=60, deadline=None)
 times = st.floats(0.0, 1e4, allow_nan=False, allow_infinity=False)
@@ -288,6 +288,24 @@ def test_records_before_hidden_block_make_the_fill_not_comparable():
     row = lambda s: s[(s["dataset"] == "4s") & (s["mode"] == "parallel")].iloc[0]
     assert math.isnan(row(M.engine_summary(M.engine_frame(recs)))["hidden_fill"])
     assert M.summarize_engine(recs, [])[1]["hidden_fill"] is None
+
+
+def test_a_sample_the_drafter_sat_out_is_summarized_and_counted_not_dropped():
+    """A parallel run whose drafter sat out (no window, no block) still counts: its speedup and its
+    zero hidden tokens enter the per-sample lists, it has no window to pool, the report's table
+    counts it under "Sat out", and nothing downstream assumes a window or a drafter prefill."""
+    from harness.report import sat_out_text
+
+    recs = [hidden_run("4s", "a", window_ms=45.0, drafter_ready_ms=20.0, draft_token_ms=[21, 31, 41],
+                       hidden_drafted=3, e2e_ms=90.0),
+            sat_out_run("4s", "b", e2e_ms=101.0),
+            *[engine_record("4s", s, "target_only", e2e_ms=100.0) for s in "ab"]]
+    lists, medians = M.summarize_engine(recs, [])
+    assert medians["samples"] == ["a", "b"] and lists["window_ms"] == [45.0]
+    assert lists["hidden_drafted"] == [3, 0] and lists["overall_speedup"] == pytest.approx([100 / 90, 100 / 101])
+    row = M.engine_summary(M.engine_frame(recs))
+    row = row[(row["dataset"] == "4s") & (row["mode"] == "parallel")].iloc[0]
+    assert row["sat_out"] == 1 and sat_out_text(row) == "1 of 2" and row["window_ms"] == pytest.approx(45.0)
 
 
 def test_speedup_is_paired_by_sample_when_target_only_failed():

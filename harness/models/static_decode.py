@@ -357,6 +357,8 @@ def fuse_nf4_state(mods):
             m.weight.data = data[off:off + n].view(m.weight.data.shape)
             m.weight.quant_state = QuantState(absmax=absmax[blocks:blocks + nb], shape=s.shape, code=s.code,
                                               blocksize=s.blocksize, quant_type="nf4", dtype=s.dtype)
+            if getattr(m, "quant_state", None) is not None:    # transformers' loads keep a second handle
+                m.quant_state = m.weight.quant_state
             off, blocks = off + n, blocks + nb
     state = QuantState(absmax=absmax, shape=torch.Size([sum(m.out_features for m in mods), in_f]),
                        code=s0.code, blocksize=s0.blocksize, quant_type="nf4", dtype=s0.dtype)
