@@ -26,11 +26,14 @@ def _set_allocator_settings(setting: str) -> None:
     (setter or torch.cuda.memory._set_allocator_settings)(setting)
 
 
-def allocator_setting(device) -> str | None:
-    """The CUDA allocator setting in force from the environment ("" for torch's default), or None off CUDA."""
+def allocator_setting(device, choice: str = "default") -> str | None:
+    """The CUDA allocator setting a run with --cuda-alloc `choice` has in force ("" for torch's
+    default), or None off CUDA: the environment's when it names one, else expandable segments
+    for "expandable". No side effect: what configure_allocator sets and meta.json records."""
     if torch.device(device).type != "cuda":
         return None
-    return next((os.environ[name] for name in ALLOC_ENV if os.environ.get(name)), "")
+    env = next((os.environ[name] for name in ALLOC_ENV if os.environ.get(name)), "")
+    return env or (EXPANDABLE if choice == "expandable" else "")
 
 
 def configure_allocator(choice: str, device) -> str | None:
@@ -39,11 +42,10 @@ def configure_allocator(choice: str, device) -> str | None:
     PYTORCH_ALLOC_CONF) in the environment is the user's and wins. "expandable": expandable
     segments, whose freed pages return to the device on empty_cache, where fixed segments stay
     reserved while any block in them lives (measured: docs/results/h200-fused-decode)."""
-    setting = allocator_setting(device)
-    if setting == "" and choice == "expandable":
+    setting = allocator_setting(device, choice)
+    if setting == EXPANDABLE and not any(os.environ.get(name) for name in ALLOC_ENV):
         os.environ[ALLOC_ENV[0]] = EXPANDABLE
         _set_allocator_settings(EXPANDABLE)
-        setting = EXPANDABLE
     return setting
 
 

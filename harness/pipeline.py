@@ -240,7 +240,7 @@ def config_meta(cfg: RunConfig) -> dict:
             "durations": list(cfg.durations), "samples_per_duration": cfg.samples_per_duration,
             "video_reader": cfg.video_reader, "data_scale": None if cfg.data_root else cfg.data_scale,
             "event_images": cfg.event_images, "videollava_prompt": cfg.videollava_prompt,
-            "cuda_alloc": allocator_setting(cfg.torch_device)}
+            "cuda_alloc": allocator_setting(cfg.torch_device, cfg.cuda_alloc)}
 
 
 # -- the main job -------------------------------------------------------------------------------------
@@ -462,7 +462,7 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None 
 
 # Settings that change what a record means: a resumed run must use the same ones.
 RESUME_KEYS = ("profile", "quant", "dtype", "max_new_tokens", "stop_at_eos", "decode_impl", "overlap",
-               "drafter_process", "data_root", "event_images", "videollava_prompt")
+               "drafter_process", "data_root", "event_images", "videollava_prompt", "cuda_alloc")
 
 
 def _resumable_meta(out: Path, now: dict) -> dict | None:

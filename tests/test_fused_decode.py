@@ -289,8 +289,9 @@ def test_allocator_choice_reaches_the_environment_unless_the_user_set_one(monkey
     calls = []
     monkeypatch.setattr(gpu_memory, "_set_allocator_settings", calls.append)
     assert gpu_memory.configure_allocator(choice, "cpu") is None and not calls
+    assert gpu_memory.allocator_setting("cuda", choice) == want          # known before anything is set
     assert gpu_memory.configure_allocator(choice, "cuda:0") == want
-    assert gpu_memory.allocator_setting("cuda") == want
+    assert gpu_memory.allocator_setting("cuda", choice) == want
     assert calls == ([want] if want == gpu_memory.EXPANDABLE else [])
     after = {n: os.environ[n] for n in gpu_memory.ALLOC_ENV if n in os.environ}
     assert after == (env or ({"PYTORCH_CUDA_ALLOC_CONF": want} if want else {}))
