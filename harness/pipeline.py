@@ -403,7 +403,8 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None 
     # Whole devices, every process (NVML), from before the models load to the end of the engine runs.
     sampler = PeakSampler({cfg.torch_device, torch.device(cfg.drafter_device)}).__enter__()
     t = time.perf_counter()
-    drafter, target = open_models(cfg, run_questions(run_data.samples))   # a drafter process is daemonic: it ends with this one at worst
+    # A drafter process is daemonic: it ends with this one at worst.
+    drafter, target = open_models(cfg, run_questions(run_data.samples))
     print(f"models: {drafter.name} + {target.name} ({cfg.profile}, {cfg.quant}, {cfg.dtype}, decode "
           f"{cfg.decode}) loaded in {time.perf_counter() - t:.1f} s")
     meta = run_meta(cfg.profile, cfg.torch_device, drafter, target, cfg.torch_dtype, cfg.quant,

@@ -83,7 +83,7 @@ class CausalLMRunner:
                     reserved = torch.cuda.memory_reserved(self.device)
                     try:
                         # Into the decoder's pool: stage 3 never runs while a prefill or a step does.
-                        self.vision_graph = GraphedFunction(self.vision_features, example, pool=self.static._pool)
+                        self.vision_graph = GraphedFunction(self.vision_features, example, pool=self.static.graph_pool)
                         info["vision_graph_input"] = list(example.shape)
                         torch.cuda.empty_cache()    # the eager warm-ups' blocks, outside the pool
                         info["vision_graph_bytes"] = torch.cuda.memory_reserved(self.device) - reserved

@@ -287,7 +287,8 @@ class FusedLinear:
     """q/k/v (or gate/up) as one matmul over their concatenated weights, split after: one kernel
     where there were three (two), each streaming the same bytes. The modules keep working on their
     own: their weights become views into the concatenated tensor (dense), or their packed 4-bit
-    bytes do (NF4), so nothing is stored twice but NF4's absmax (`extra_bytes`)."""
+    bytes and float32 absmax do (NF4), so nothing is stored twice; `extra_bytes` is what NF4's
+    float32 absmax holds beyond the double-quant absmax it replaces."""
 
     def __init__(self, matmul, sizes: list[int], extra_bytes: int = 0):
         self.matmul, self.sizes, self.extra_bytes = matmul, sizes, extra_bytes
@@ -447,7 +448,7 @@ class StaticDecoder:
         self._sizes: list[int] = []      # sorted keys of self.graphs (looked up on every step)
         self.prefill_graphs: dict[int, _PrefillGraph] = {}
         self._prefill_sizes: list[int] = []
-        self._pool = None
+        self.graph_pool = None   # the private pool every graph of this decoder (and its vision graph) shares
         self.glue = FusedGlue(compile_backend, attention) if fused else None
         self._compiled: set[int] = set()     # step sizes whose first (compiling) call is done
         self.compile_s = 0.0
@@ -474,7 +475,8 @@ class StaticDecoder:
         return 2 * self.k.numel() * self.k.element_size()
 
     def fused_extra_bytes(self) -> int:
-        """Bytes the fused projections hold beyond the model's own weights (NF4's float32 absmax)."""
+        """Bytes the fused projections hold beyond the model's own weights (NF4's float32 absmax, less
+        the double-quant absmax it replaced)."""
         return sum(f.extra_bytes for pair in self.fused_linears for f in pair if f is not None)
 
     # -- the forward --------------------------------------------------------------------------------
@@ -641,8 +643,8 @@ class StaticDecoder:
             step = lambda: self._step(self.dec.embed_tokens(ids), positions, k)  # noqa: E731
             if self.glue is not None:
                 step()                  # compiles (timed apart, in compile_s) before capture's warm-up
-            graph, logits = capture(step, self.device, self._pool)
-            self._pool = graph.pool()
+            graph, logits = capture(step, self.device, self.graph_pool)
+            self.graph_pool = graph.pool()
             self.graphs[k] = _Graph(graph, ids, positions, logits)
         self._sizes = sorted(self.graphs)
         buckets = sorted(b for b in set(prefill_sizes) if 0 < b <= self.max_len)
@@ -654,8 +656,8 @@ class StaticDecoder:
             for b in buckets:
                 last = torch.zeros(1, dtype=torch.long, device=self.device)
                 graph, logits = capture(lambda: self._layers(embeds[:, :b], self.slots[:b], prefill=True,
-                                                             rows=last), self.device, self._pool)
-                self._pool = graph.pool()
+                                                             rows=last), self.device, self.graph_pool)
+                self.graph_pool = graph.pool()
                 self.prefill_graphs[b] = _PrefillGraph(graph, embeds[:, :b], last, logits)
             self._prefill_sizes = sorted(self.prefill_graphs)
         torch.cuda.synchronize(self.device)

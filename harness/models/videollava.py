@@ -140,13 +140,17 @@ class VideoLlavaRunner(CausalLMRunner):
         tower = self.model.model.video_tower
         proc = self.processing or ClipProcessing.square(_vision_config(self.config).image_size)
         frames = clip_preprocess(list(raw), proc, device=self.device, dtype=tower.dtype)
-        ids = self.tokenizer(videollava_prompt(question, self.prompt_template)).input_ids
-        ids = expand_placeholder(ids, video_token_id(self.config), visual_token_count(self.config, len(frames)))
+        ids = expand_placeholder(self._text_ids(question), video_token_id(self.config),
+                                 visual_token_count(self.config, len(frames)))
         return {"input_ids": torch.tensor([ids], device=self.device), "pixel_values_videos": frames[None]}
+
+    def _text_ids(self, question: str) -> list[int]:
+        """The prompt's token ids with the one video placeholder not yet expanded."""
+        return self.tokenizer(videollava_prompt(question, self.prompt_template)).input_ids
 
     def prompt_text_tokens(self, question: str) -> int:
         """Prompt tokens of `question` besides the visual ones (the video placeholder expands to those)."""
-        return len(self.tokenizer(videollava_prompt(question, self.prompt_template)).input_ids) - 1
+        return len(self._text_ids(question)) - 1
 
     @torch.inference_mode()
     def vision_features(self, videos: torch.Tensor) -> torch.Tensor:
