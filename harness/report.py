@@ -487,6 +487,8 @@ def configuration(meta: dict, tables: dict, names: dict) -> str:
                       + (f" (graph pools {gib(setup['graph_pool_bytes'])})" if setup.get("graph_pool_bytes") else "")
                       if setup.get("graph_sizes") else "")
             graphs += (f"; torch.compile {setup['compile_s']} s at load, not timed" if "compile_s" in setup else "") \
+                + (f"; attention: {setup['attention']['decode']} (decode), {setup['attention']['verify']} (verify)"
+                   if setup.get("attention") else "") \
                 + (f"; compile failed, eager glue: {setup['compile_error']}" if setup.get("compile_error") else "")
             out.append(f"- **{names[m]} static KV cache:** {gib(setup['cache_bytes'])} "
                        f"({setup['cache_len']} positions){graphs}")

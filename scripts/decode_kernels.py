@@ -1,6 +1,7 @@
 """Where a compiled decode step's time goes (issue 19), on the 7B-shaped target's language model.
 
-For each precision and each attention form of the compiled step (models/static_decode.py ATTENTION),
+For each precision and each attention form of the compiled step (models/static_decode.py ATTENTION;
+'triton' once per --triton-chunks value, models/decode_attention.py),
 after a --prompt-position prompt:
 
   ms        a decode (M = 1) and a verify (M = 9) step replayed from its CUDA graph, CUDA events,
@@ -8,10 +9,13 @@ after a --prompt-position prompt:
   kernels   torch.profiler over --profile-reps replays of the M = 1 graph: per kernel name, time
             per step; the first kernels of a step in order (duration, gap before); the sum of kernel
             time against the step's span (the rest is gaps between kernels)
+  rounds    (--rounds N) the M = 1 step and the seven linears alone, interleaved N times: the median
+            of the per-round ratios (step / linears, both CUDA events)
   unfused   the same step with q/k/v and gate/up called one by one (fuse_projections=False), against
             the default's one matmul each over concatenated weights (static_decode.FusedLinear)
 
   python scripts/decode_kernels.py --out $OUT                 # on a GPU host
+  python scripts/decode_kernels.py --out $OUT --attention sdpa,triton --triton-chunks 64,128,256
   python scripts/decode_kernels.py --device cpu --profile tiny --precisions bf16 --reps 2   # dry run
 """
 from __future__ import annotations
@@ -32,10 +36,11 @@ from torch.profiler import ProfilerActivity, profile
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from precision_probe import build, linears_ms, prefill, step_ms, timer  # noqa: E402
+from precision_probe import build, linears_fn, linears_ms, prefill, step_ms, timer  # noqa: E402
 
 from harness.data.synthetic import QUESTIONS  # noqa: E402
 from harness.models.profiles import static_cache_len, text_token_range  # noqa: E402
+from harness.models import decode_attention  # noqa: E402
 from harness.models.static_decode import StaticDecoder  # noqa: E402
 
 
@@ -89,12 +94,27 @@ def measure(d, ids, prompt, t, args, device, cuda):
             cache.length = prompt
             d.forward(cache, input_ids=ids[:, prompt:prompt + 1])
         k = kernels_of(one, args.profile_reps, device)
-    return {"ms": ms, "kernels_m1": k, "compile_s": d.compile_s,
-            "compile_error": d.glue.error if d.glue else None}
+        # Step and linears-alone interleaved, round by round: the ratio from neighbouring measurements
+        # (a denominator measured once moved 4% between calls, docs/results/h200-fused-decode).
+        rounds = []
+        if args.rounds:
+            lin = linears_fn(d, 1, device)
+            for _ in range(args.rounds):
+                rounds.append({"step": step_ms(d, cache, prompt, ids[:, prompt:], 1, t, args.reps),
+                               "linears": t(lin, reps=args.reps)})
+    out = {"ms": ms, "kernels_m1": k, "compile_s": d.compile_s,
+           "compile_error": d.glue.error if d.glue else None}
+    if rounds:
+        out["interleaved_m1"] = {"rounds": rounds,
+                                 "step_over_linears_median": statistics.median(r["step"] / r["linears"] for r in rounds),
+                                 "step_median": statistics.median(r["step"] for r in rounds),
+                                 "linears_median": statistics.median(r["linears"] for r in rounds)}
+    return out
 
 
 def probe(args, precision, device, t):
     cuda = device.type == "cuda"
+    default_chunk = decode_attention.CHUNK
     runner = build(args.profile, precision, device)
     # The cache a run on the generated dataset sizes (its questions' text), unless --fixed-budget.
     text = text_token_range(runner, () if args.fixed_budget else QUESTIONS)[1]
@@ -107,19 +127,25 @@ def probe(args, precision, device, t):
     eager = StaticDecoder(runner.model, max_len=max_len)
     res["linears_ms"] = {m: linears_ms(eager, m, device, t) for m in (1, 9)}
     del eager
-    for att in args.attention:
+    variants = [(att, chunk) for att in args.attention
+                for chunk in (args.triton_chunks if att == "triton" else [None])]
+    for att, chunk in variants:
         for fuse in (True, False) if args.unfused == "on" else (True,):
-            name = f"compiled-{att}" + ("" if fuse else "-unfused")
+            name = f"compiled-{att}" + (f"-chunk{chunk}" if chunk else "") + ("" if fuse else "-unfused")
             try:
+                decode_attention.CHUNK = chunk or default_chunk      # read when a graph is captured
                 d = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, attention=att,
                                   fuse_projections=fuse)
                 res[name] = measure(d, ids, prompt, t, args, device, cuda)
+                res[name]["attention"] = d.glue.kinds()
+                res[name]["triton_chunk"] = decode_attention.CHUNK if "triton" in d.glue.kinds().values() else None
                 res[name]["fused_linears"] = sum(f is not None for pair in d.fused_linears for f in pair)
                 if fuse and res[name]["fused_linears"]:
                     res[name]["linears_ms"] = {m: fused_linears_ms(d, m, device, t) for m in (1, 9)}
                 res[name]["fused_extra_bytes"] = d.fused_extra_bytes()
             except Exception as exc:  # noqa: BLE001 - record and go on to the next variant
                 res[name] = {"error": f"{type(exc).__name__}: {exc}"[:400], "trace": traceback.format_exc()[-1500:]}
+            decode_attention.CHUNK = default_chunk
             d = None
             gc.collect()
             if cuda:
@@ -143,16 +169,21 @@ def main():
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--profile", default="7b-shaped")
     ap.add_argument("--precisions", default="bf16,nf4,int4")
-    ap.add_argument("--attention", default="auto")
+    ap.add_argument("--attention", default="auto", help="comma-separated static_decode.ATTENTION forms")
+    ap.add_argument("--triton-chunks", default="", help="for attention 'triton': cache slots per split, "
+                    "comma-separated (default: decode_attention.CHUNK)")
     ap.add_argument("--prompt", type=int, default=2070)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--profile-reps", type=int, default=5)
+    ap.add_argument("--rounds", type=int, default=0,
+                    help="then the M = 1 step and the seven linears alone, interleaved, this many rounds")
     ap.add_argument("--budget-s", type=float, default=1e9, help="stop starting precisions after this")
     ap.add_argument("--unfused", choices=("on", "off"), default="on", help="also time the unfused step")
     ap.add_argument("--fixed-budget", action="store_true",
                     help="size the cache for the fixed text budget, not the generated dataset's questions")
     args = ap.parse_args()
     args.attention = args.attention.split(",")
+    args.triton_chunks = [int(c) for c in args.triton_chunks.split(",") if c] or [None]
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -178,6 +209,11 @@ def main():
                       f"step/lin {v['step_over_linears_m1']:.3f}  "
                       f"kernels {k.get('kernels_per_call')}  kernel_us {k.get('kernel_us_per_call', 0):.0f} "
                       f"span_us {k.get('span_us_per_call', 0):.0f}", flush=True)
+                if "interleaved_m1" in v:
+                    il = v["interleaved_m1"]
+                    print(f"{p:5s} {name:22s} interleaved x{len(il['rounds'])}: step {il['step_median']:.3f} ms, "
+                          f"linears {il['linears_median']:.3f} ms, step/lin {il['step_over_linears_median']:.3f}",
+                          flush=True)
             elif isinstance(v, dict) and "error" in v:
                 print(f"{p:5s} {name:22s} ERROR {v['error']}", flush=True)
     results["wall_s"] = time.perf_counter() - t0

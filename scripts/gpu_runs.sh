@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: gputests | fusedtests | probe | alpha0 | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 |
+# Steps: gputests | fusedtests | probe | alpha0 | dsecdata | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 |
 #        bench | precision | memory | kernels
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
 # DRAFTER_PROCESS=on|off sets where the engine's drafter runs: ppbench run's default (unset) is auto,
-# its own process on CUDA (harness/pipeline.py: resolve_drafter_process); the alpha0 probe's
-# default is a thread, and DRAFTER_PROCESS=on runs it with the drafter in its own process.
+# its own process on CUDA (harness/pipeline.py: resolve_drafter_process), and so is the alpha0
+# probe's (DRAFTER_PROCESS=off: a thread).
 # Each python step runs under `timeout` so a slow step still leaves its (incremental) records and
 # a report rebuilt from them. PROFILE / DEVICE / SAMPLES override the defaults (CPU dry runs).
 set -uo pipefail
@@ -59,6 +59,7 @@ for step in "$@"; do
       mkdir -p $R/kernels
       timeout "$(cap "${KERNELS_SECS:-240}")" python3 scripts/decode_kernels.py --out $R/kernels \
         --precisions "${PRECISIONS:-bf16,nf4}" --attention "${ATTENTION:-auto}" --unfused "${UNFUSED:-off}" \
+        --triton-chunks "${TRITON_CHUNKS:-}" --rounds "${ROUNDS:-0}" \
         --budget-s "${KERNELS_BUDGET:-200}" 2>&1 | grep -v Warning | tee $R/kernels/log.txt
       pack kernels ;;
     probe)       # per-token decode / verify cost of the 7B-shaped target under hf, static, cuda-graph
@@ -66,13 +67,21 @@ for step in "$@"; do
       timeout "$(cap "${PROBE_SECS:-200}")" python3 scripts/decode_probe.py --out $R/probe 2>&1 \
         | grep -v Warning | tee $R/probe/log.txt
       pack probe ;;
-    alpha0)      # issue 5: alpha ~ 0 (real drafter of a random pair) vs target-only, alternating, repeated
-      n=alpha0${DRAFTER_DEVICE:+-2gpu}${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}; mkdir -p $R/$n
-      timeout "$(cap "${ALPHA0_SECS:-120}")" python3 scripts/overlap_probe.py --out $R/$n \
-        --durations "${ALPHA0_DURATIONS:-1s,4s,10s,20s}" --reps "${ALPHA0_REPS:-4}" \
-        ${DRAFTER_DEVICE:+--drafter-device $DRAFTER_DEVICE} $([ "${DRAFTER_PROCESS:-}" = on ] && echo --drafter-process) 2>&1 \
-        | grep -v Warning | tee $R/$n/log.txt
+    alpha0)      # issues 5 and 19: target-only and the parallel engine (real drafter, simulated alpha 0) alternating
+                 # on the same samples, per step host vs GPU time and the SM clock (scripts/overlap_probe.py);
+                 # DRAFTER_PROCESS=off: the drafter in a thread; ALPHA0_ROOT: data (dsecdata's /tmp/dsec-i)
+      n=alpha0${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}; mkdir -p $R/$n
+      timeout "$(cap "${ALPHA0_SECS:-200}")" python3 scripts/overlap_probe.py --out $R/$n \
+        ${ALPHA0_ROOT:+--data-root $ALPHA0_ROOT} --durations "${ALPHA0_DURATIONS:-2s,10s,20s}" \
+        --per-duration "${ALPHA0_PER:-2}" --reps "${ALPHA0_REPS:-3}" --alphas "${ALPHA0_ALPHAS:-none,0}" \
+        $([ "${DRAFTER_PROCESS:-}" = off ] && echo --drafter-thread) 2>&1 | grep -v Warning | tee $R/$n/log.txt
       pack $n ;;
+    dsecdata)    # DSEC-scale data (1440x1080 video at 20 Hz, 2 x 22 s) generated and imported to /tmp/dsec-i
+      mkdir -p $R/dsecdata
+      timeout "$(cap 90)" python3 -m harness dataset generate --out /tmp/dsec-g --scale dsec --sequences 2 \
+        --sequence-s 22 --workers 8 --force 2>&1 | tail -n 3 | tee $R/dsecdata/log.txt
+      timeout "$(cap 60)" python3 -m harness dataset import-dsec /tmp/dsec-g --out /tmp/dsec-i --workers 4 \
+        --samples-per-duration "${DSEC_SAMPLES:-2}" --force 2>&1 | tail -n 3 | tee -a $R/dsecdata/log.txt ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
       run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
     engine)      # issue 5: both models on one GPU, engine (adaptive gamma) on every sample and alpha

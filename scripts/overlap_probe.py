@@ -1,11 +1,17 @@
-"""How much does the parallel engine cost the target when nothing is accepted (real drafter tokens
-of a random-weight pair: alpha ~ 0)? Loads the 7B-shaped pair once; runs target-only and the
-parallel engine (adaptive gamma) on the same samples, alternating, and prints the median e2e ratio
-with a bootstrap CI: the repeated measurement behind issue 5's "at alpha = 0 at most 2% slower
-than target-only". (Its GIL switch-interval sweep is retired: it changed nothing, docs/results/README.md
-at commit 080f728, h100-overlap-probe.)
+"""How much does the parallel engine cost the target when nothing is accepted (issue 19: "alpha = 0 no
+slower than target-only by more than 1%")? Loads the 7B-shaped pair once, as `ppbench run` does
+(allocator, caches sized for the samples' questions, the drafter in its own process unless
+--drafter-thread), and runs target-only and the parallel engine on the same samples, alternating:
+the parallel engine with the real (random-weight) drafter and/or a simulated alpha = 0 drafter.
 
-    python3 scripts/overlap_probe.py --out DIR [--durations 4s] [--reps 3] [--drafter-process]
+Per run it separates where the time goes: TTFT (stages 1-4: host stages and the prefill), and each
+plain decode step both as the host sees it (decode_step's start to end, the token on the host) and
+as the GPU ran it (CUDA events around the step's forward), with the SM clock (NVML) read every 10th
+step. A decode phase that is slower after a parallel prefill shows up in one of these: host time
+only (the host), GPU time at the same clock (the GPU's work), or a lower clock.
+
+    python3 scripts/overlap_probe.py --out DIR [--data-root D] [--durations 2s,10s,20s]
+                                     [--per-duration 2] [--reps 3] [--alphas none,0]
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import torch
 
 from harness import baselines, data, engine
 from harness.engine_suite import warm_up_engine
-from harness.pipeline import load_models
+from harness.gpu_memory import configure_allocator
+from harness.pipeline import load_models, run_questions
 
 
 def _median_ci(values, n_boot: int = 2000, seed: int = 0):
@@ -29,44 +36,120 @@ def _median_ci(values, n_boot: int = 2000, seed: int = 0):
     return meds[int(0.025 * n_boot)], meds[int(0.975 * n_boot)]
 
 
+class StepLog:
+    """Wraps engine.decode_step: per plain decode step, host ms and GPU ms (CUDA events), SM MHz."""
+
+    def __init__(self, device):
+        self.inner, self.device, self.steps = engine.decode_step, device, []
+        self.nvml = self.handle = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml, self.handle = pynvml, pynvml.nvmlDeviceGetHandleByIndex(device.index or 0)
+        except Exception:  # noqa: BLE001 - no NVML: no clocks
+            pass
+
+    def clock(self):
+        return None if self.nvml is None else self.nvml.nvmlDeviceGetClockInfo(self.handle, self.nvml.NVML_CLOCK_SM)
+
+    def __call__(self, runner, cache, token, select=engine.greedy):
+        a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        forward = runner.decode
+
+        def timed(tok, c):
+            a.record()
+            out = forward(tok, c)
+            b.record()
+            return out
+
+        runner.decode = timed
+        try:
+            token, start, end = self.inner(runner, cache, token, select)
+        finally:
+            del runner.decode               # the instance attribute; the class's method again
+        self.steps.append({"host": end - start, "events": (a, b), "at": end,
+                           "mhz": self.clock() if len(self.steps) % 10 == 0 else None})
+        return token, start, end
+
+    def take(self) -> list[dict]:
+        out = [{"host": s["host"], "gpu": s["events"][0].elapsed_time(s["events"][1]), "at": s["at"], "mhz": s["mhz"]}
+               for s in self.steps]
+        self.steps = []
+        return out
+
+
+def summary(res, steps) -> dict:
+    host, gpu = [s["host"] for s in steps], [s["gpu"] for s in steps]
+    mhz = [s["mhz"] for s in steps if s["mhz"] is not None]
+    return {"e2e": res.e2e_ms, "ttft": res.ttft_ms, "steps": len(steps),
+            "host_step_median": statistics.median(host) if host else None,
+            "gpu_step_median": statistics.median(gpu) if gpu else None,
+            "host_minus_gpu_median": statistics.median(h - g for h, g in zip(host, gpu)) if host else None,
+            "first_host": host[0] if host else None, "first_gpu": gpu[0] if gpu else None,
+            "sm_mhz_mean": statistics.mean(mhz) if mhz else None,
+            "target_ends": res.timeline.get("target_stage_end_ms"),
+            "drafter_ends": res.timeline.get("drafter_stage_end_ms"),
+            "hidden_block": res.hidden_block, "sat_out": res.drafter_sat_out, "window_ms": res.window_ms,
+            "per_step": steps}
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
-    ap.add_argument("--durations", default="4s")
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--drafter-device", default=None)
     ap.add_argument("--data-root", default=None)
-    ap.add_argument("--drafter-process", action="store_true", help="the engine's drafter in its own process")
+    ap.add_argument("--durations", default="2s,10s,20s")
+    ap.add_argument("--per-duration", type=int, default=2)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--alphas", default="none,0", help="parallel runs: none = the real drafter, a number = simulated")
+    ap.add_argument("--drafter-thread", action="store_true", help="the engine's drafter in a thread, not a process")
     a = ap.parse_args()
     from harness.data.synthetic import ensure_default_dataset
 
+    device = torch.device("cuda", 0)
     root = Path(a.data_root) if a.data_root else ensure_default_dataset(progress=False)
-    samples = [s for d in a.durations.split(",") for s in data.load_samples(root, d)]
-    drafter, target = load_models("7b-shaped", device=torch.device("cuda"), quant="nf4", dtype=torch.bfloat16,
-                                  drafter_device=a.drafter_device, drafter_process=a.drafter_process)
+    samples = [s for d in a.durations.split(",") for s in data.load_samples(root, d)[:a.per_duration]]
+    alphas = [None if x == "none" else float(x) for x in a.alphas.split(",")]
+    configure_allocator("expandable", device)
+    drafter, target = load_models("7b-shaped", device=device, quant="nf4", dtype=torch.bfloat16,
+                                  drafter_process=not a.drafter_thread, questions=run_questions(samples))
     warm_up_engine(drafter, target, samples[0])
+    log = StepLog(device)
+    engine.decode_step = log
     rows = []
+    out = Path(a.out)
+    out.mkdir(parents=True, exist_ok=True)
     for rep in range(a.reps):
         for s in samples:
             base = baselines.target_only(target, s, max_new_tokens=50)
-            par = engine.parallel_prefill_decode(drafter, target, s, max_new_tokens=50)
-            tl = par.timeline
-            rows.append({"sample": s.id, "rep": rep, "target_only_e2e": base.e2e_ms,
-                         "parallel_e2e": par.e2e_ms, "speedup": base.e2e_ms / par.e2e_ms,
-                         "window_ms": par.window_ms, "hidden_drafted": par.hidden_drafted,
-                         "target_ends": tl["target_stage_end_ms"], "drafter_ends": tl["drafter_stage_end_ms"],
-                         "target_alone_ttft": base.ttft_ms})
-    sel = rows
-    if sel:
-        lo, hi = _median_ci([r["speedup"] for r in sel])
-        print(f"{len(sel)} pairs, speedup median {statistics.median(r['speedup'] for r in sel):.3f} "
-              f"(95% bootstrap CI {lo:.3f}-{hi:.3f}; {sum(r['speedup'] >= 0.98 for r in sel)} within 2%), "
-              f"target prefill end {statistics.median(r['target_ends']['prefill'] for r in sel):.0f} ms "
-              f"(alone ttft {statistics.median(r['target_alone_ttft'] for r in sel):.0f}), hidden "
-              f"{statistics.median(r['hidden_drafted'] for r in sel)}", flush=True)
-    Path(a.out).mkdir(parents=True, exist_ok=True)
-    (Path(a.out) / "overlap_probe.json").write_text(json.dumps(rows, indent=1))
-    if a.drafter_process:
+            row = {"sample": s.id, "rep": rep, "target_only": summary(base, log.take())}
+            for alpha in alphas:
+                par = engine.parallel_prefill_decode(drafter, target, s, max_new_tokens=50, alpha=alpha,
+                                                     reference_tokens=base.output_tokens if alpha is not None else None)
+                row[f"parallel_{alpha}"] = summary(par, log.take())
+            rows.append(row)
+            (out / "overlap_probe.json").write_text(json.dumps(rows, indent=1))
+    engine.decode_step = log.inner
+    lines = []
+    for alpha in alphas:
+        key = f"parallel_{alpha}"
+        ratio = [r["target_only"]["e2e"] / r[key]["e2e"] for r in rows]
+        lo, hi = _median_ci(ratio)
+        d = lambda q: statistics.mean(r[key][q] - r["target_only"][q] for r in rows if r[key][q] is not None
+                                      and r["target_only"][q] is not None)
+        lines.append(f"{key}: {len(rows)} pairs, speedup vs target-only median {statistics.median(ratio):.3f} "
+                     f"(95% CI {lo:.3f}-{hi:.3f}), mean {statistics.mean(ratio):.3f}; parallel - target-only: "
+                     f"TTFT {d('ttft'):+.1f} ms, host step {d('host_step_median'):+.3f} ms, GPU step "
+                     f"{d('gpu_step_median'):+.3f} ms, host-GPU {d('host_minus_gpu_median'):+.3f} ms, first step "
+                     f"host {d('first_host'):+.3f} GPU {d('first_gpu'):+.3f}, SM clock {d('sm_mhz_mean'):+.0f} MHz; "
+                     f"sat out {sum(bool(r[key]['sat_out']) for r in rows)}")
+    t = rows and rows[0]["target_only"]
+    lines.append(f"target-only: host step median {statistics.median(r['target_only']['host_step_median'] for r in rows):.3f}"
+                 f" ms, GPU step {statistics.median(r['target_only']['gpu_step_median'] for r in rows):.3f} ms, "
+                 f"SM clock {t and t['sm_mhz_mean']}")
+    print("\n".join(lines), flush=True)
+    (out / "summary.txt").write_text("\n".join(lines) + "\n")
+    if not a.drafter_thread:
         drafter.close()
 
 

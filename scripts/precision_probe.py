@@ -109,9 +109,9 @@ def seven_linears(i, layer, xh, xi):
     mlp.gate_proj(xh), mlp.up_proj(xh), mlp.down_proj(xi)
 
 
-def linears_ms(dec, m, device, t, per_layer=seven_linears):
+def linears_fn(dec, m, device, per_layer=seven_linears):
     """The layers' linears alone on an M-row input (per_layer(i, layer, hidden-wide x,
-    intermediate-wide x) calls them; by default the seven), as one graph (eager on CPU)."""
+    intermediate-wide x) calls them; by default the seven): one graph's replay on CUDA, else eager."""
     cfg = dec.dec.config
     xh = torch.randn(1, m, cfg.hidden_size, device=device, dtype=dec.dtype) * 0.5
     xi = torch.randn(1, m, cfg.intermediate_size, device=device, dtype=dec.dtype) * 0.5
@@ -120,10 +120,16 @@ def linears_ms(dec, m, device, t, per_layer=seven_linears):
         for i, layer in enumerate(dec.dec.layers):
             per_layer(i, layer, xh, xi)
     if device.type != "cuda":
-        return t(f, reps=3, warm=1)
+        return f
     with torch.inference_mode():
         graph, _ = capture(f, device)
-    return t(graph.replay)
+    return graph.replay
+
+
+def linears_ms(dec, m, device, t, per_layer=seven_linears):
+    """ms of linears_fn's call (median of the timer's reps; 3 on CPU)."""
+    fn = linears_fn(dec, m, device, per_layer)
+    return t(fn) if device.type == "cuda" else t(fn, reps=3, warm=1)
 
 
 def prefill(dec, ids):

@@ -4,6 +4,9 @@ the GPU with CUDA graphs is the gpu-marked test at the end. Timing is scripts/pr
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+from pathlib import Path
 
 import bitsandbytes.functional as bnbf
 import pytest
@@ -18,24 +21,11 @@ from harness.models.quant import Int4Linear, int4_linear, quantize_int4, quantiz
 from harness.models.profiles import load_target
 from harness.models.static_decode import StaticDecoder, fuse_nf4_state
 
-from fixtures.engine_testers import CharTokenizer, tiny_llama
+from fixtures import triton_checks
+from fixtures.engine_testers import STEP_PLAN, CharTokenizer, steps_through, tiny_llama
 
 QUICK = "aot_eager"      # dynamo + AOT tracing (mutations, views, shapes) without a C++ build
-
-
-def _steps(dec, ids, plan):
-    """Prefill ids[:, :plan[0]], then one step per (start, end) of plan[1:] -> list of logits."""
-    out = []
-    with torch.inference_mode():
-        cache = dec.new_cache()
-        dec.forward(cache, input_ids=ids[:, :plan[0]])
-        for start, end in plan[1:]:
-            cache.length = start                       # a crop, as the engine does after a verify
-            out.append(dec.forward(cache, input_ids=ids[:, start:end], keep=end - start))
-    return out
-
-
-PLAN = (12, (12, 13), (13, 17), (15, 16), (16, 25), (25, 26), (26, 28))
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.mark.parametrize("attention", ["auto", "sdpa", "math"])
@@ -45,7 +35,7 @@ def test_compiled_steps_match_the_eager_static_path(attention):
     ids = torch.randint(3, 90, (1, 40))
     eager = StaticDecoder(model, max_len=64)
     fused = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK, attention=attention)
-    for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
+    for a, b in zip(steps_through(eager, ids, STEP_PLAN), steps_through(fused, ids, STEP_PLAN)):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
     assert fused.glue.error is None and fused.compile_s > 0 and fused._compiled == {1, 4, 9, 2}
 
@@ -58,7 +48,7 @@ def test_fused_projections_store_nothing_twice_and_change_no_weight():
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     ids = torch.randint(3, 90, (1, 40))
     plain = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK, fuse_projections=False)
-    ref = _steps(plain, ids, PLAN)
+    ref = steps_through(plain, ids, STEP_PLAN)
     fused = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK)
     assert len(fused.fused_linears) == 2 and all(f is not None for pair in fused.fused_linears for f in pair)
     assert not plain.fused_linears and fused.fused_extra_bytes() == 0
@@ -67,9 +57,9 @@ def test_fused_projections_store_nothing_twice_and_change_no_weight():
     assert fused.fused_linears[0][0].sizes == [32, 16, 16]          # GQA: k and v narrower than q
     for n, p in model.named_parameters():
         assert torch.equal(p, before[n]), n
-    for a_, b_ in zip(ref, _steps(fused, ids, PLAN)):
+    for a_, b_ in zip(ref, steps_through(fused, ids, STEP_PLAN)):
         torch.testing.assert_close(b_, a_, atol=1e-5, rtol=1e-5)
-    for a_, b_ in zip(ref, _steps(StaticDecoder(model, max_len=64), ids, PLAN)):
+    for a_, b_ in zip(ref, steps_through(StaticDecoder(model, max_len=64), ids, STEP_PLAN)):
         torch.testing.assert_close(b_, a_, atol=1e-5, rtol=1e-5)
     again = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK)
     assert again.fused_linears[0][0] is fused.fused_linears[0][0]     # made once per model
@@ -82,7 +72,7 @@ def test_int4_projections_are_not_fused_and_still_run():
     dec = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK)
     assert all(f is None for pair in dec.fused_linears for f in pair)
     ids = torch.randint(3, 90, (1, 40))
-    assert all(torch.isfinite(x).all() for x in _steps(dec, ids, PLAN))
+    assert all(torch.isfinite(x).all() for x in steps_through(dec, ids, STEP_PLAN))
 
 
 def test_nf4_fused_state_dequantizes_to_exactly_each_weight():
@@ -116,7 +106,7 @@ def test_compiled_with_inductor_matches_the_eager_static_path():
     plan = (12, (12, 13), (13, 14))
     eager = StaticDecoder(model, max_len=32)
     fused = StaticDecoder(model, max_len=32, fused=True)
-    for a, b in zip(_steps(eager, ids, plan), _steps(fused, ids, plan)):
+    for a, b in zip(steps_through(eager, ids, plan), steps_through(fused, ids, plan)):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
     assert fused.glue.error is None
 
@@ -130,8 +120,8 @@ def test_compile_failure_falls_back_to_eager_with_a_warning():
     ids = torch.randint(3, 90, (1, 40))
     fused = StaticDecoder(model, max_len=64, fused=True, compile_backend=broken)
     with pytest.warns(UserWarning, match="torch.compile of the decode step failed.*no compiler here"):
-        got = _steps(fused, ids, PLAN)
-    for a, b in zip(_steps(StaticDecoder(model, max_len=64), ids, PLAN), got):
+        got = steps_through(fused, ids, STEP_PLAN)
+    for a, b in zip(steps_through(StaticDecoder(model, max_len=64), ids, STEP_PLAN), got):
         torch.testing.assert_close(b, a, atol=1e-6, rtol=1e-6)
     assert "no compiler here" in fused.glue.error
 
@@ -199,7 +189,7 @@ def test_quantize_int4_replaces_eligible_linears_and_keeps_the_model_working():
     ids = torch.randint(3, 90, (1, 40))
     eager = StaticDecoder(model, max_len=64)
     fused = StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK)
-    for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
+    for a, b in zip(steps_through(eager, ids, STEP_PLAN), steps_through(fused, ids, STEP_PLAN)):
         torch.testing.assert_close(b, a, atol=1e-5, rtol=1e-5)
 
 
@@ -221,7 +211,50 @@ def test_tiny_pair_loads_in_int4_through_the_checkpoint_path():
     assert torch.isfinite(target.decode(int(logits.argmax()), cache)).all()
 
 
+def test_triton_decode_attention_is_masked_sdpa_under_the_interpreter():
+    """decode_attention's split-KV kernels, run by Triton's interpreter on CPU, equal masked SDPA
+    without reading any slot past the position, and the compiled step attending with them equals the
+    eager static path (fixtures/triton_checks.py, in a process of its own: the interpreter is chosen
+    when triton is imported)."""
+    pytest.importorskip("triton")
+    env = {**os.environ, "TRITON_INTERPRET": "1"}
+    r = subprocess.run([sys.executable, "-m", "fixtures.triton_checks"], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr[-3000:]
+    assert f"decode_attention == masked SDPA in {len(triton_checks.CASES)} cases" in r.stdout
+    assert "compiled steps with triton attention == eager static path" in r.stdout
+
+
+def test_auto_attention_is_sdpa_where_triton_cannot_run_and_triton_is_refused_there(monkeypatch):
+    """Off CUDA (no interpreter) 'auto' decodes with SDPA and verifies with the matmul form; asking
+    for 'triton' there is an error that says what it needs, not a silent fallback."""
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    model = tiny_llama(11)
+    assert StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK).glue.kinds() == \
+        {"decode": "sdpa", "verify": "math"}
+    assert StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK, attention="sdpa").glue.kinds() == \
+        {"decode": "sdpa", "verify": "sdpa"}
+    with pytest.raises(ValueError, match="attention 'triton' needs CUDA and the triton package"):
+        StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK, attention="triton")
+
+
 # -- GPU --------------------------------------------------------------------------------------------
+@pytest.mark.gpu
+@pytest.mark.cuda
+def test_triton_decode_attention_on_the_gpu():
+    """On CUDA 'auto' decodes with the split-KV kernels; they equal masked SDPA (fp32, never reading
+    a slot past the position), the compiled step's CUDA graphs with them equal the eager static path,
+    and one captured graph replayed at many positions equals SDPA at each (7B shapes, bf16)."""
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    dev = torch.device("cuda")
+    assert StaticDecoder(tiny_llama(11).cuda(), max_len=64, fused=True).glue.kinds() == \
+        {"decode": "triton", "verify": "math"}
+    triton_checks.attention_matches_sdpa(dev, atol=1e-4)
+    triton_checks.compiled_steps_match(dev, "inductor")
+    triton_checks.graph_replays_match(dev)
+
+
 @pytest.mark.gpu
 @pytest.mark.cuda
 @pytest.mark.parametrize("attention", ["sdpa", "math"])
@@ -235,7 +268,7 @@ def test_compiled_graphs_match_the_eager_static_path_on_the_gpu(attention):
     fused = StaticDecoder(model, max_len=64, graphs=True, fused=True, attention=attention)
     fused.capture_graphs(sizes=(1, 2, 4, 9))
     assert fused.glue.error is None and fused.compile_s > 0 and fused.pool_bytes >= 0
-    for a, b in zip(_steps(eager, ids, PLAN), _steps(fused, ids, PLAN)):
+    for a, b in zip(steps_through(eager, ids, STEP_PLAN), steps_through(fused, ids, STEP_PLAN)):
         torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
 
 
@@ -250,11 +283,11 @@ def test_fused_nf4_projections_give_the_unfused_logits_on_the_gpu():
     ids = torch.randint(3, 90, (1, 40), device="cuda")
     plain = StaticDecoder(target.model, max_len=64, graphs=True, fused=True, fuse_projections=False)
     plain.capture_graphs(sizes=(1, 2, 4, 9))
-    ref = _steps(plain, ids, PLAN)
+    ref = steps_through(plain, ids, STEP_PLAN)
     fused = StaticDecoder(target.model, max_len=64, graphs=True, fused=True)
     fused.capture_graphs(sizes=(1, 2, 4, 9))
     assert all(f is not None for pair in fused.fused_linears for f in pair) and fused.fused_extra_bytes() > 0
-    for a, b in zip(ref, _steps(fused, ids, PLAN)):
+    for a, b in zip(ref, steps_through(fused, ids, STEP_PLAN)):
         torch.testing.assert_close(b, a, atol=2e-2, rtol=2e-2)
         assert torch.equal(a.argmax(-1), b.argmax(-1))
 

@@ -101,6 +101,7 @@ class CausalLMRunner:
             if impl == "compiled":
                 info["compile_s"] = round(self.static.compile_s, 3)
                 info["compile_backend"] = str(self.static.glue.backend)
+                info["attention"] = self.static.glue.kinds()
                 if self.static.glue.error:
                     info["compile_error"] = self.static.glue.error
         self.decode_setup = info

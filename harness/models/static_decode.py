@@ -20,8 +20,9 @@ twenty small kernels per layer, each paying its launch and ramp-up on the GPU: a
 step on an H200 (issue 19). `compiled` runs the same modules: the linears are called as they are
 (nn.Linear, bitsandbytes Linear4bit, quant.Int4Linear: no kernel of theirs is traced), and the
 code between them is torch.compile'd functions per layer (RoPE + K/V write + attention; residual
-add + next norm; SiLU * up), so each becomes a few fused kernels. Attention is SDPA for a decode
-step and written out as two batched matmuls for verify steps (`ATTENTION`, measured). Compiling
+add + next norm; SiLU * up), so each becomes a few fused kernels. Attention in a decode step is
+decode_attention's split-KV Triton kernels on CUDA (SDPA where Triton cannot run), written out as
+two batched matmuls for verify steps (`ATTENTION`, measured). Compiling
 around the linears, not through them, keeps every precision compilable (bitsandbytes' ops are
 never traced) and compiles once for all 32 layers (same shapes). The linears that read the same
 input, q/k/v and gate/up, run as one matmul each over their concatenated weights (`FusedLinear`:
@@ -61,6 +62,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+
+from .decode_attention import available as triton_available
+from .decode_attention import decode_attention
 
 DECODE_IMPLS = ("hf", "static", "cuda-graph", "compiled")
 GRAPHED_IMPLS = ("cuda-graph", "compiled")
@@ -208,9 +212,9 @@ def add_rms_norm(h: torch.Tensor, delta: torch.Tensor, weight: torch.Tensor, eps
     return h, rms_norm(h, weight, eps)
 
 
-def rope_write_attend(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float, gqa: bool):
-    """RoPE on the step's q/k projections, their K/V written into this layer's cache slots, and
-    attention of the step's rows over the whole cache (mask: slot <= position). -> (1, n, heads*dim)."""
+def rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim: int) -> torch.Tensor:
+    """RoPE on the step's q/k projections and their K/V written into this layer's cache slots.
+    -> q as (1, heads, n, head_dim)."""
     n = q.shape[1]
     q = q.view(1, n, -1, head_dim).transpose(1, 2)
     k = k.view(1, n, -1, head_dim).transpose(1, 2)
@@ -218,6 +222,14 @@ def rope_write_attend(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: 
     q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
     kbuf.index_copy_(2, positions, k)
     vbuf.index_copy_(2, positions, v)
+    return q
+
+
+def rope_write_attend(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float, gqa: bool):
+    """rope_write, then attention of the step's rows over the whole cache (mask: slot <= position).
+    -> (1, n, heads*dim)."""
+    n = q.shape[1]
+    q = rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim)
     o = F.scaled_dot_product_attention(q, kbuf, vbuf, attn_mask=mask, scale=scale, enable_gqa=gqa)
     return o.transpose(1, 2).reshape(1, n, -1)
 
@@ -228,12 +240,7 @@ def rope_write_attend_math(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_
     compiler lowers it to two batched matmuls and fused elementwise kernels instead of one SDPA
     kernel (for a few query rows, SDPA's kernels parallelize over heads and query blocks only)."""
     n = q.shape[1]
-    q = q.view(1, n, -1, head_dim).transpose(1, 2)
-    k = k.view(1, n, -1, head_dim).transpose(1, 2)
-    v = v.view(1, n, -1, head_dim).transpose(1, 2)
-    q, k = q * cos + _rotate_half(q) * sin, k * cos + _rotate_half(k) * sin
-    kbuf.index_copy_(2, positions, k)
-    vbuf.index_copy_(2, positions, v)
+    q = rope_write(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim)
     keys, values = kbuf, vbuf
     if gqa:
         groups = q.shape[1] // kbuf.shape[1]
@@ -243,43 +250,77 @@ def rope_write_attend_math(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_
     return (p @ values).transpose(1, 2).reshape(1, n, -1)
 
 
+def triton_attend(rope_write_fn):
+    """rope_write_attend for a decode step (one row) with decode_attention's split-KV kernels, which
+    read only the valid slots (from `positions`, on the GPU; no mask). rope_write_fn is rope_write,
+    compiled or not; the kernels run outside torch.compile."""
+    def attend(q, k, v, cos, sin, kbuf, vbuf, positions, mask, head_dim: int, scale: float, gqa: bool):
+        return decode_attention(rope_write_fn(q, k, v, cos, sin, kbuf, vbuf, positions, head_dim),
+                                kbuf, vbuf, positions, scale)
+    return attend
+
+
 def silu_mul(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
     return F.silu(gate) * up
 
 
-GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "attend": rope_write_attend,
+GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "rope_write": rope_write, "attend": rope_write_attend,
         "attend_math": rope_write_attend_math, "silu_mul": silu_mul}
-# Which attention a compiled step of n tokens uses. auto: SDPA for a decode step (n = 1), the matmul
-# form for verify steps (n > 1). Measured on an H200, 7B-shaped, 2070-position prompt
-# (docs/results/h200-decode-precision-probe): SDPA is 0.1-0.2 ms faster at n = 1, the matmul form
-# 1.0-1.1 ms faster at n = 9 in every precision.
-ATTENTION = ("auto", "sdpa", "math")
+# Which attention a compiled step of n tokens uses. sdpa and math: that form for every step size;
+# triton: decode_attention's split-KV kernels for a decode step (n = 1), the matmul form for verify
+# steps; auto: triton where it can run (CUDA with Triton), else SDPA, for n = 1, and the matmul form
+# for n > 1. Measured on an H200, 7B-shaped, 2070-position prompt (docs/results/h200-decode-precision-probe,
+# h200-fused-decode): SDPA is 0.1-0.2 ms faster than the matmul form at n = 1, the matmul form
+# 1.0-1.1 ms faster at n = 9 in every precision; triton against SDPA at n = 1: h200-fused-decode.
+ATTENTION = ("auto", "sdpa", "math", "triton")
 _ATTEND = {"sdpa": "attend", "math": "attend_math"}
 
 
-def attention_for(attention: str, n: int) -> str:
-    return ("attend" if n == 1 else "attend_math") if attention == "auto" else _ATTEND[attention]
+def attention_for(attention: str, n: int, triton_ok: bool = False) -> str:
+    """The GLUE entry a step of n tokens attends with, under ATTENTION choice `attention`."""
+    if attention in ("auto", "triton"):
+        if n > 1:
+            return "attend_math"
+        return "attend_triton" if attention == "triton" or triton_ok else "attend"
+    return _ATTEND[attention]
 
 
 class FusedGlue:
     """GLUE's functions through torch.compile (one compiled code object each, shared by every layer
     and both models); after a compile failure, the eager functions (`error` says why)."""
 
-    def __init__(self, backend: str = "inductor", attention: str = "auto"):
+    def __init__(self, backend: str = "inductor", attention: str = "auto", device: torch.device | None = None):
         # Step sizes 1..65 recompile once (static first, then dynamic in the step length); allow more
         # than the default 8 so a second model or prefill-size graph never hits the limit.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
+        self.triton_ok = device is not None and triton_available(torch.device(device))
+        if attention == "triton" and not self.triton_ok:
+            raise ValueError(f"attention 'triton' needs CUDA and the triton package (device {device}); "
+                             f"use 'auto' or 'sdpa'")
         self.backend, self.attention = backend, attention
         self.fns = {name: torch.compile(fn, backend=backend) for name, fn in GLUE.items()}
+        self.fns["attend_triton"] = triton_attend(self.fns["rope_write"])
         self.error: str | None = None
+
+    def kinds(self) -> dict[str, str]:
+        """The attention a decode step (one token) and a verify step (several) run: sdpa, math or triton."""
+        names = {"attend": "sdpa", "attend_math": "math", "attend_triton": "triton"}
+        return {"decode": names[attention_for(self.attention, 1, self.triton_ok)],
+                "verify": names[attention_for(self.attention, 2, self.triton_ok)]}
+
+    def attend_fn(self, n: int):
+        return self.fns[attention_for(self.attention, n, self.triton_ok)]
 
     def fall_back(self, exc: BaseException) -> None:
         text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         self.error = f"{type(exc).__name__}: {text}"[:300]
         warnings.warn(f"torch.compile of the decode step failed; it runs eagerly: {self.error}")
         self.fns = dict(GLUE)
+        self.fns["attend_triton"] = triton_attend(rope_write)
+        if self.attention == "auto":       # the failure may be the kernels': decode steps take SDPA
+            self.triton_ok = False
 
 
 # -- one matmul for the linears that read the same input (compiled only) -----------------------------
@@ -449,7 +490,7 @@ class StaticDecoder:
         self.prefill_graphs: dict[int, _PrefillGraph] = {}
         self._prefill_sizes: list[int] = []
         self.graph_pool = None   # the private pool every graph of this decoder (and its vision graph) shares
-        self.glue = FusedGlue(compile_backend, attention) if fused else None
+        self.glue = FusedGlue(compile_backend, attention, self.device) if fused else None
         self._compiled: set[int] = set()     # step sizes whose first (compiling) call is done
         self.compile_s = 0.0
         self.pool_bytes = 0      # CUDA memory reserved while capturing (the graphs' private pool)
@@ -516,7 +557,7 @@ class StaticDecoder:
         mask = (self.slots[None, :] <= positions[:, None])[None, None]
         first = layers[0].input_layernorm
         x = fn["norm"](h, first.weight, first.variance_epsilon)
-        attend = fn[attention_for(self.glue.attention, n)]
+        attend = self.glue.attend_fn(n)
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
             qkv, gate_up = self.fused_linears[i] if self.fused_linears else (None, None)
@@ -613,7 +654,7 @@ class StaticDecoder:
 
     @torch.inference_mode()
     def warm_compile(self, sizes=(1, 2, 3)) -> float:
-        """Compiles the fused step without graphs (CPU): size 1 (SDPA under attention='auto'), then
+        """Compiles the fused step without graphs (CPU): size 1 (the decode step's attention), then
         two sizes above (the matmul form: static, then dynamic in the length), after which no step
         size recompiles. Writes
         only the cache's last slots and invalidates any live cache. Returns seconds spent."""
