@@ -1,7 +1,7 @@
 """Where a compiled decode step's time goes (issue 19), on the 7B-shaped target's language model.
 
 For each precision and each attention form of the compiled step (models/static_decode.py ATTENTION;
-'triton' once per --triton-chunks value, models/decode_attention.py),
+'triton' once per --triton-configs launch configuration, models/decode_attention.py),
 after a --prompt-position prompt:
 
   ms        a decode (M = 1) and a verify (M = 9) step replayed from its CUDA graph, CUDA events,
@@ -15,7 +15,7 @@ after a --prompt-position prompt:
             the default's one matmul each over concatenated weights (static_decode.FusedLinear)
 
   python scripts/decode_kernels.py --out $OUT                 # on a GPU host
-  python scripts/decode_kernels.py --out $OUT --attention sdpa,triton --triton-chunks 64,128,256
+  python scripts/decode_kernels.py --out $OUT --attention sdpa,triton --triton-configs 64:128:4,128:128:8
   python scripts/decode_kernels.py --device cpu --profile tiny --precisions bf16 --reps 2   # dry run
 """
 from __future__ import annotations
@@ -114,7 +114,7 @@ def measure(d, ids, prompt, t, args, device, cuda):
 
 def probe(args, precision, device, t):
     cuda = device.type == "cuda"
-    default_chunk = decode_attention.CHUNK
+    default_cfg = decode_attention.BLOCK_N, decode_attention.CHUNK, decode_attention.NUM_WARPS
     runner = build(args.profile, precision, device)
     # The cache a run on the generated dataset sizes (its questions' text), unless --fixed-budget.
     text = text_token_range(runner, () if args.fixed_budget else QUESTIONS)[1]
@@ -127,25 +127,28 @@ def probe(args, precision, device, t):
     eager = StaticDecoder(runner.model, max_len=max_len)
     res["linears_ms"] = {m: linears_ms(eager, m, device, t) for m in (1, 9)}
     del eager
-    variants = [(att, chunk) for att in args.attention
-                for chunk in (args.triton_chunks if att == "triton" else [None])]
-    for att, chunk in variants:
+    variants = [(att, cfg) for att in args.attention
+                for cfg in (args.triton_configs if att == "triton" else [None])]
+    for att, cfg in variants:
         for fuse in (True, False) if args.unfused == "on" else (True,):
-            name = f"compiled-{att}" + (f"-chunk{chunk}" if chunk else "") + ("" if fuse else "-unfused")
+            name = f"compiled-{att}" + ("-b{}-c{}-w{}".format(*cfg) if cfg else "") + ("" if fuse else "-unfused")
             try:
-                decode_attention.CHUNK = chunk or default_chunk      # read when a graph is captured
+                # read when a graph is captured
+                decode_attention.BLOCK_N, decode_attention.CHUNK, decode_attention.NUM_WARPS = cfg or default_cfg
                 d = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, attention=att,
                                   fuse_projections=fuse)
                 res[name] = measure(d, ids, prompt, t, args, device, cuda)
                 res[name]["attention"] = d.glue.kinds()
-                res[name]["triton_chunk"] = decode_attention.CHUNK if "triton" in d.glue.kinds().values() else None
+                res[name]["triton_config"] = ({"block": decode_attention.BLOCK_N, "chunk": decode_attention.CHUNK,
+                                               "num_warps": decode_attention.NUM_WARPS}
+                                              if "triton" in d.glue.kinds().values() else None)
                 res[name]["fused_linears"] = sum(f is not None for pair in d.fused_linears for f in pair)
                 if fuse and res[name]["fused_linears"]:
                     res[name]["linears_ms"] = {m: fused_linears_ms(d, m, device, t) for m in (1, 9)}
                 res[name]["fused_extra_bytes"] = d.fused_extra_bytes()
             except Exception as exc:  # noqa: BLE001 - record and go on to the next variant
                 res[name] = {"error": f"{type(exc).__name__}: {exc}"[:400], "trace": traceback.format_exc()[-1500:]}
-            decode_attention.CHUNK = default_chunk
+            decode_attention.BLOCK_N, decode_attention.CHUNK, decode_attention.NUM_WARPS = default_cfg
             d = None
             gc.collect()
             if cuda:
@@ -170,8 +173,8 @@ def main():
     ap.add_argument("--profile", default="7b-shaped")
     ap.add_argument("--precisions", default="bf16,nf4,int4")
     ap.add_argument("--attention", default="auto", help="comma-separated static_decode.ATTENTION forms")
-    ap.add_argument("--triton-chunks", default="", help="for attention 'triton': cache slots per split, "
-                    "comma-separated (default: decode_attention.CHUNK)")
+    ap.add_argument("--triton-configs", default="", help="for attention 'triton': BLOCK:CHUNK:WARPS launch "
+                    "configurations, comma-separated (default: decode_attention's BLOCK_N, CHUNK, NUM_WARPS)")
     ap.add_argument("--prompt", type=int, default=2070)
     ap.add_argument("--reps", type=int, default=20)
     ap.add_argument("--profile-reps", type=int, default=5)
@@ -183,7 +186,7 @@ def main():
                     help="size the cache for the fixed text budget, not the generated dataset's questions")
     args = ap.parse_args()
     args.attention = args.attention.split(",")
-    args.triton_chunks = [int(c) for c in args.triton_chunks.split(",") if c] or [None]
+    args.triton_configs = [tuple(int(x) for x in c.split(":")) for c in args.triton_configs.split(",") if c] or [None]
     device = torch.device(args.device)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: gputests | fusedtests | probe | alpha0 | dsecdata | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 |
+# Steps: gputests | fusedtests | attention | probe | alpha0 | dsecdata | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 |
 #        bench | precision | memory | kernels
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
 # DRAFTER_PROCESS=on|off sets where the engine's drafter runs: ppbench run's default (unset) is auto,
@@ -59,9 +59,14 @@ for step in "$@"; do
       mkdir -p $R/kernels
       timeout "$(cap "${KERNELS_SECS:-240}")" python3 scripts/decode_kernels.py --out $R/kernels \
         --precisions "${PRECISIONS:-bf16,nf4}" --attention "${ATTENTION:-auto}" --unfused "${UNFUSED:-off}" \
-        --triton-chunks "${TRITON_CHUNKS:-}" --rounds "${ROUNDS:-0}" \
+        --triton-configs "${TRITON_CONFIGS:-}" --rounds "${ROUNDS:-0}" \
         --budget-s "${KERNELS_BUDGET:-200}" 2>&1 | grep -v Warning | tee $R/kernels/log.txt
       pack kernels ;;
+    attention)   # issue 19: decode-step attention alone, cuDNN SDPA vs the Triton split-KV kernels' launch configurations
+      mkdir -p $R/attention
+      timeout "$(cap "${ATTENTION_SECS:-120}")" python3 scripts/attention_bench.py --out $R/attention 2>&1 \
+        | grep -v Warning | tee $R/attention/log.txt
+      pack attention ;;
     probe)       # per-token decode / verify cost of the 7B-shaped target under hf, static, cuda-graph
       mkdir -p $R/probe
       timeout "$(cap "${PROBE_SECS:-200}")" python3 scripts/decode_probe.py --out $R/probe 2>&1 \

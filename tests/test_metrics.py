@@ -326,6 +326,31 @@ def test_speedup_is_paired_by_sample_when_target_only_failed():
     assert M.speedup([100.0, 300.0], [50.0, 100.0]) == pytest.approx(400 / 150)
 
 
+def test_speedup_after_host_stages_takes_each_runs_own_host_end_out_of_both_sides():
+    """Speedup after the host stages = paired mean (target-only e2e - its host-stage end) / mean
+    (parallel e2e - its own host-stage end): host-stage noise leaves both sides; defined for
+    parallel runs only (a sequential target starts after the drafter's whole run), NaN when a
+    record lacks its host-stage end."""
+    def with_host_end(rec, end):
+        rec["timeline"] = {**rec["timeline"], "target_stage_end_ms": {"load": 5.0, "preprocess": end}}
+        return rec
+
+    recs = [with_host_end(engine_record("4s", "a", "target_only", e2e_ms=300.0), 100.0),
+            with_host_end(engine_record("4s", "b", "target_only", e2e_ms=500.0), 200.0),
+            with_host_end(engine_record("4s", "a", "parallel", gamma=2, e2e_ms=360.0), 150.0),   # host +50
+            with_host_end(engine_record("4s", "b", "parallel", gamma=2, e2e_ms=450.0), 170.0),
+            with_host_end(engine_record("4s", "a", "sequential", gamma=0, e2e_ms=700.0), 500.0),
+            with_host_end(engine_record("4s", "b", "sequential", gamma=0, e2e_ms=800.0), 600.0)]
+    summary = M.engine_summary(M.engine_frame(recs))
+    row = lambda mode: summary[(summary["dataset"] == "4s") & (summary["mode"] == mode)].iloc[0]
+    assert row("parallel")["speedup_vs_target_only"] == pytest.approx(800 / 810)
+    assert row("parallel")["speedup_after_host"] == pytest.approx((200 + 300) / (210 + 280))
+    assert math.isnan(row("sequential")["speedup_after_host"])
+    del recs[2]["timeline"]["target_stage_end_ms"]
+    summary = M.engine_summary(M.engine_frame(recs))
+    assert math.isnan(row("parallel")["speedup_after_host"])
+
+
 def test_pooled_acceptance_counts_every_record_of_the_group():
     rate, mal = M.pooled_acceptance([{"drafted": 4, "accepted": 1, "verify_steps": 2},
                                      {"drafted": 6, "accepted": 6, "verify_steps": 2}])

@@ -28,8 +28,11 @@ try:  # Triton ships with CUDA builds of torch; CPU hosts may lack it
 except ImportError:  # pragma: no cover - depends on the host
     triton = None
 
-CHUNK = 128        # cache slots per split (a multiple of BLOCK_N); measured: docs/results/h200-fused-decode
+# The launch configuration (measured per variant by scripts/attention_bench.py on an H200:
+# docs/results/h200-fused-decode). A script may set these before a graph is captured.
+CHUNK = 128        # cache slots per split (a multiple of BLOCK_N)
 BLOCK_N = 64       # slots a program loads per iteration
+NUM_WARPS = 4      # of the split kernel
 
 
 def interpreting() -> bool:
@@ -63,13 +66,14 @@ if triton is not None:
         for off in range(start, end, BLOCK_N):
             n = off + tl.arange(0, BLOCK_N)
             valid = n < end
+            # K and V both loaded before any arithmetic: one round trip to memory per block, not two.
             k = tl.load(k_ptr + kv * stride_kh + n[:, None] * stride_ks + d[None, :], mask=valid[:, None], other=0.0)
+            v = tl.load(v_ptr + kv * stride_vh + n[:, None] * stride_vs + d[None, :], mask=valid[:, None], other=0.0)
             score = tl.sum(k.to(tl.float32) * q[None, :], axis=1)
             score = tl.where(valid, score, float("-inf"))
             m_new = tl.maximum(m, tl.max(score, axis=0))
             p = tl.exp(score - m_new)
             rescale = tl.exp(m - m_new)
-            v = tl.load(v_ptr + kv * stride_vh + n[:, None] * stride_vs + d[None, :], mask=valid[:, None], other=0.0)
             acc = acc * rescale + tl.sum(p[:, None] * v.to(tl.float32), axis=0)
             l = l * rescale + tl.sum(p, axis=0)
             m = m_new
@@ -96,7 +100,8 @@ if triton is not None:
 
 
 def decode_attention(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, positions: torch.Tensor,
-                     scale: float, *, chunk: int | None = None) -> torch.Tensor:
+                     scale: float, *, chunk: int | None = None, block: int | None = None,
+                     num_warps: int | None = None) -> torch.Tensor:
     """softmax(q K^T * scale) V of one query row per head over the cache slots 0..positions[0].
 
     q: (1, H, 1, D); kbuf, vbuf: (1, H_kv, S, D), the layer's cache (last dim contiguous);
@@ -110,7 +115,9 @@ def decode_attention(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, po
     if heads % kv_heads or dim & (dim - 1) or kbuf.stride(-1) != 1 or vbuf.stride(-1) != 1:
         raise ValueError(f"triton decode attention: unsupported shapes q {tuple(q.shape)}, cache {tuple(kbuf.shape)}")
     chunk = chunk or CHUNK
-    block = min(BLOCK_N, chunk)
+    block = min(block or BLOCK_N, chunk)
+    if chunk % block:
+        raise ValueError(f"triton decode attention: chunk {chunk} is not a multiple of block {block}")
     n_split = triton.cdiv(slots, chunk)
     q = q.reshape(heads, dim)
     if q.stride(-1) != 1:
@@ -120,6 +127,7 @@ def decode_attention(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, po
     out = torch.empty(1, 1, heads * dim, dtype=q.dtype, device=q.device)
     _split_kernel[(heads, n_split)](q, kbuf, vbuf, positions, part, ml, float(scale), n_split,
                                     q.stride(0), kbuf.stride(1), kbuf.stride(2), vbuf.stride(1), vbuf.stride(2),
-                                    GROUP=heads // kv_heads, CHUNK=chunk, BLOCK_N=block, D=dim)
+                                    GROUP=heads // kv_heads, CHUNK=chunk, BLOCK_N=block, D=dim,
+                                    num_warps=num_warps or NUM_WARPS)
     _combine_kernel[(heads,)](part, ml, out, n_split, SPLITS=triton.next_power_of_2(n_split), D=dim)
     return out
