@@ -48,6 +48,8 @@ def main():
     ap.add_argument("--blocks", default="32,64,128")
     ap.add_argument("--chunks", default="64,128,256")
     ap.add_argument("--warps", default="2,4,8")
+    ap.add_argument("--configs", default="", help="BLOCK:CHUNK:WARPS:COMBINE_WARPS,... instead of the grid "
+                    "of --blocks x --chunks x --warps (combining kernel at decode_attention.COMBINE_WARPS)")
     a = ap.parse_args()
     dev = torch.device("cuda")
     out = {"device": torch.cuda.get_device_name(dev), "torch": torch.__version__, "shapes": {}}
@@ -79,14 +81,20 @@ def main():
         record("sdpa over the valid slots only",
                lambda: [F.scaled_dot_product_attention(q, k[:, :, :pos + 1], v[:, :, :pos + 1], scale=scale)
                         for k, v in zip(ks, vs)])
-        for block, chunk, warps in itertools.product(*(map(int, x.split(",")) for x in (a.blocks, a.chunks, a.warps))):
+        if a.configs:
+            configs = [tuple(int(x) for x in c.split(":")) for c in a.configs.split(",")]
+        else:
+            configs = [(b, c, w, DA.COMBINE_WARPS) for b, c, w in
+                       itertools.product(*(map(int, x.split(",")) for x in (a.blocks, a.chunks, a.warps)))]
+        for block, chunk, warps, cwarps in configs:
             if chunk % block:
                 continue
-            got = DA.decode_attention(q, ks[0], vs[0], positions, scale, chunk=chunk, block=block, num_warps=warps)
+            kw = dict(chunk=chunk, block=block, num_warps=warps, combine_warps=cwarps)
+            got = DA.decode_attention(q, ks[0], vs[0], positions, scale, **kw)
             err = (got.float() - want.float()).abs().max().item()
-            record(f"triton block {block} chunk {chunk} warps {warps}",
-                   lambda: [DA.decode_attention(q, k, v, positions, scale, chunk=chunk, block=block, num_warps=warps)
-                            for k, v in zip(ks, vs)], block=block, chunk=chunk, warps=warps, max_abs_err=err)
+            record(f"triton block {block} chunk {chunk} warps {warps}/{cwarps}",
+                   lambda: [DA.decode_attention(q, k, v, positions, scale, **kw) for k, v in zip(ks, vs)],
+                   block=block, chunk=chunk, warps=warps, combine_warps=cwarps, max_abs_err=err)
         out["shapes"][shape] = rows
         del ks, vs
         torch.cuda.empty_cache()

@@ -64,7 +64,8 @@ for step in "$@"; do
       pack kernels ;;
     attention)   # issue 19: decode-step attention alone, cuDNN SDPA vs the Triton split-KV kernels' launch configurations
       mkdir -p $R/attention
-      timeout "$(cap "${ATTENTION_SECS:-120}")" python3 scripts/attention_bench.py --out $R/attention 2>&1 \
+      timeout "$(cap "${ATTENTION_SECS:-120}")" python3 scripts/attention_bench.py --out $R/attention \
+        ${ATTENTION_CONFIGS:+--configs $ATTENTION_CONFIGS} 2>&1 \
         | grep -v Warning | tee $R/attention/log.txt
       pack attention ;;
     probe)       # per-token decode / verify cost of the 7B-shaped target under hf, static, cuda-graph
@@ -75,11 +76,12 @@ for step in "$@"; do
     alpha0)      # issues 5 and 19: target-only and the parallel engine (real drafter, simulated alpha 0) alternating
                  # on the same samples, per step host vs GPU time and the SM clock (scripts/overlap_probe.py);
                  # DRAFTER_PROCESS=off: the drafter in a thread; ALPHA0_ROOT: data (dsecdata's /tmp/dsec-i)
-      n=alpha0${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}; mkdir -p $R/$n
+      n=alpha0${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}${ALPHA0_SAMPLER:+-sampler-$ALPHA0_SAMPLER}; mkdir -p $R/$n
       timeout "$(cap "${ALPHA0_SECS:-200}")" python3 scripts/overlap_probe.py --out $R/$n \
         ${ALPHA0_ROOT:+--data-root $ALPHA0_ROOT} --durations "${ALPHA0_DURATIONS:-2s,10s,20s}" \
         --per-duration "${ALPHA0_PER:-2}" --reps "${ALPHA0_REPS:-3}" --alphas "${ALPHA0_ALPHAS:-none,0}" \
-        $([ "${DRAFTER_PROCESS:-}" = off ] && echo --drafter-thread) 2>&1 | grep -v Warning | tee $R/$n/log.txt
+        $([ "${DRAFTER_PROCESS:-}" = off ] && echo --drafter-thread) $([ "${ALPHA0_SAMPLER:-}" = on ] && echo --sampler) \
+        2>&1 | grep -v Warning | tee $R/$n/log.txt
       pack $n ;;
     dsecdata)    # DSEC-scale data (1440x1080 video at 20 Hz, 2 x 22 s) generated and imported to /tmp/dsec-i
       mkdir -p $R/dsecdata

@@ -11,7 +11,7 @@ step. A decode phase that is slower after a parallel prefill shows up in one of 
 only (the host), GPU time at the same clock (the GPU's work), or a lower clock.
 
     python3 scripts/overlap_probe.py --out DIR [--data-root D] [--durations 2s,10s,20s]
-                                     [--per-duration 2] [--reps 3] [--alphas none,0]
+                                     [--per-duration 2] [--reps 3] [--alphas none,0] [--sampler]
 """
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ import torch
 
 from harness import baselines, data, engine
 from harness.engine_suite import warm_up_engine
-from harness.gpu_memory import configure_allocator
+from harness.gpu_memory import PeakSampler, configure_allocator
 from harness.pipeline import load_models, run_questions
 
 
@@ -103,6 +103,8 @@ def main():
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--alphas", default="none,0", help="parallel runs: none = the real drafter, a number = simulated")
     ap.add_argument("--drafter-thread", action="store_true", help="the engine's drafter in a thread, not a process")
+    ap.add_argument("--sampler", action="store_true",
+                    help="with ppbench run's whole-GPU memory sampler (gpu_memory.PeakSampler, NVML every 50 ms) running")
     a = ap.parse_args()
     from harness.data.synthetic import ensure_default_dataset
 
@@ -116,6 +118,7 @@ def main():
     warm_up_engine(drafter, target, samples[0])
     log = StepLog(device)
     engine.decode_step = log
+    sampler = PeakSampler([device]).__enter__() if a.sampler else None
     rows = []
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,6 +133,8 @@ def main():
             rows.append(row)
             (out / "overlap_probe.json").write_text(json.dumps(rows, indent=1))
     engine.decode_step = log.inner
+    if sampler is not None:
+        sampler.__exit__(None, None, None)
     lines = []
     for alpha in alphas:
         key = f"parallel_{alpha}"

@@ -28,11 +28,13 @@ try:  # Triton ships with CUDA builds of torch; CPU hosts may lack it
 except ImportError:  # pragma: no cover - depends on the host
     triton = None
 
-# The launch configuration (measured per variant by scripts/attention_bench.py on an H200:
-# docs/results/h200-fused-decode). A script may set these before a graph is captured.
-CHUNK = 128        # cache slots per split (a multiple of BLOCK_N)
+# The launch configuration: the fastest of 24 on an H200 at both models' cache shapes, 7B heads
+# (scripts/attention_bench.py, docs/results/h200-fused-decode). A script may set these before a
+# graph is captured.
+CHUNK = 64         # cache slots per split (a multiple of BLOCK_N)
 BLOCK_N = 64       # slots a program loads per iteration
-NUM_WARPS = 4      # of the split kernel
+NUM_WARPS = 2      # of the split kernel
+COMBINE_WARPS = 4  # of the combining kernel
 
 
 def interpreting() -> bool:
@@ -101,7 +103,7 @@ if triton is not None:
 
 def decode_attention(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, positions: torch.Tensor,
                      scale: float, *, chunk: int | None = None, block: int | None = None,
-                     num_warps: int | None = None) -> torch.Tensor:
+                     num_warps: int | None = None, combine_warps: int | None = None) -> torch.Tensor:
     """softmax(q K^T * scale) V of one query row per head over the cache slots 0..positions[0].
 
     q: (1, H, 1, D); kbuf, vbuf: (1, H_kv, S, D), the layer's cache (last dim contiguous);
@@ -129,5 +131,6 @@ def decode_attention(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, po
                                     q.stride(0), kbuf.stride(1), kbuf.stride(2), vbuf.stride(1), vbuf.stride(2),
                                     GROUP=heads // kv_heads, CHUNK=chunk, BLOCK_N=block, D=dim,
                                     num_warps=num_warps or NUM_WARPS)
-    _combine_kernel[(heads,)](part, ml, out, n_split, SPLITS=triton.next_power_of_2(n_split), D=dim)
+    _combine_kernel[(heads,)](part, ml, out, n_split, SPLITS=triton.next_power_of_2(n_split), D=dim,
+                              num_warps=combine_warps or COMBINE_WARPS)
     return out
