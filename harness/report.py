@@ -281,8 +281,8 @@ def speculative_section(tables: dict, names: dict) -> list[str]:
                       "After host stages", "Ideal speedup", "Measured ÷ ideal", "Acceptance rate", "MAL",
                       "Hidden drafted", "Hidden fill", "Hidden accepted", "Sat out", "Token match"], rows), "",
             "Speedup = mean target_only e2e ÷ mean e2e, paired by sample: both over the samples where "
-            "the configuration and target_only completed; after host stages = the same ratio over e2e "
-            "minus the end of the run's own target host stages (load, preprocess), so the target's "
+            "the configuration and target_only completed; after host stages (parallel runs only) = the "
+            "same ratio over e2e minus the end of the run's own target host stages (load, preprocess), so the target's "
             "host-stage noise is out of both sides (the drafter's host stages' cost to the target's is "
             "out too); ideal speedup likewise with the engine's ideal_e2e_ms model; acceptance rate = accepted ÷ drafted and MAL = 1 + accepted ÷ verify "
             "steps, pooled over the row's records; hidden drafted = the run's drafter tokens finished "

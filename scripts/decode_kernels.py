@@ -139,8 +139,10 @@ def probe(args, precision, device, t):
                                   fuse_projections=fuse)
                 res[name] = measure(d, ids, prompt, t, args, device, cuda)
                 res[name]["attention"] = d.glue.kinds()
-                res[name]["triton_config"] = ({"block": decode_attention.BLOCK_N, "chunk": decode_attention.CHUNK,
-                                               "num_warps": decode_attention.NUM_WARPS}
+                res[name]["triton_config"] = ({"block": min(decode_attention.BLOCK_N, decode_attention.CHUNK),
+                                               "chunk": decode_attention.CHUNK,
+                                               "num_warps": decode_attention.NUM_WARPS,
+                                               "combine_warps": decode_attention.COMBINE_WARPS}
                                               if "triton" in d.glue.kinds().values() else None)
                 res[name]["fused_linears"] = sum(f is not None for pair in d.fused_linears for f in pair)
                 if fuse and res[name]["fused_linears"]:

@@ -88,7 +88,8 @@ for step in "$@"; do
       timeout "$(cap 90)" python3 -m harness dataset generate --out /tmp/dsec-g --scale dsec --sequences 2 \
         --sequence-s 22 --workers 8 --force 2>&1 | tail -n 3 | tee $R/dsecdata/log.txt
       timeout "$(cap 60)" python3 -m harness dataset import-dsec /tmp/dsec-g --out /tmp/dsec-i --workers 4 \
-        --samples-per-duration "${DSEC_SAMPLES:-2}" --force 2>&1 | tail -n 3 | tee -a $R/dsecdata/log.txt ;;
+        --samples-per-duration "${DSEC_SAMPLES:-2}" --force 2>&1 | tail -n 3 | tee -a $R/dsecdata/log.txt
+      pack dsecdata ;;
     pipeline)    # issues 3+4: all 9 durations, five stages per model, engine + baselines on 1 sample each
       run_main pipeline "${PIPELINE_SECS:-330}" --samples-per-duration "${SAMPLES:-3}" --engine-samples 1 ;;
     engine)      # issue 5: both models on one GPU, engine (adaptive gamma) on every sample and alpha

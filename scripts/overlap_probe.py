@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 from pathlib import Path
 
@@ -94,6 +95,43 @@ def summary(res, steps) -> dict:
             "per_step": steps}
 
 
+def _mean(xs) -> float:
+    xs = [x for x in xs if x is not None]
+    return statistics.mean(xs) if xs else math.nan
+
+
+def summary_lines(rows, alphas) -> list[str]:
+    """Per parallel configuration: e2e speedup, speedup after the host stages, per-step differences."""
+    if not rows:
+        return ["no pair completed"]
+    lines = []
+    for alpha in alphas:
+        key = f"parallel_{alpha}"
+        ratio = [r["target_only"]["e2e"] / r[key]["e2e"] for r in rows]
+        lo, hi = _median_ci(ratio)
+
+        def d(q):
+            return _mean(r[key][q] - r["target_only"][q] for r in rows
+                         if r[key][q] is not None and r["target_only"][q] is not None)
+        # metrics' speedup after the host stages (e2e minus the run's own target host-stage end), pooled
+        after = lambda r, m: r[m]["e2e"] - r[m]["target_ends"]["preprocess"]
+        post = sum(after(r, "target_only") for r in rows) / sum(after(r, key) for r in rows)
+        post_d = [after(r, key) - after(r, "target_only") for r in rows]
+        lines.append(f"{key}: {len(rows)} pairs, speedup vs target-only median {statistics.median(ratio):.3f} "
+                     f"(95% CI {lo:.3f}-{hi:.3f}), mean {statistics.mean(ratio):.3f}; after the host stages "
+                     f"{post:.4f} (paired difference {statistics.mean(post_d):+.2f} ms, sd "
+                     f"{statistics.pstdev(post_d):.2f}); parallel - target-only: "
+                     f"TTFT {d('ttft'):+.1f} ms, host step {d('host_step_median'):+.3f} ms, GPU step "
+                     f"{d('gpu_step_median'):+.3f} ms, host-GPU {d('host_minus_gpu_median'):+.3f} ms, first step "
+                     f"host {d('first_host'):+.3f} GPU {d('first_gpu'):+.3f}, SM clock {d('sm_mhz_mean'):+.0f} MHz; "
+                     f"sat out {sum(bool(r[key]['sat_out']) for r in rows)}")
+    t = [r["target_only"] for r in rows]
+    lines.append(f"target-only: host step median {statistics.median(x['host_step_median'] for x in t):.3f} ms, "
+                 f"GPU step {statistics.median(x['gpu_step_median'] for x in t):.3f} ms, "
+                 f"SM clock {_mean(x['sm_mhz_mean'] for x in t):.0f} MHz")
+    return lines
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", required=True)
@@ -122,42 +160,30 @@ def main():
     rows = []
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    for rep in range(a.reps):
-        for s in samples:
-            base = baselines.target_only(target, s, max_new_tokens=50)
-            row = {"sample": s.id, "rep": rep, "target_only": summary(base, log.take())}
-            for alpha in alphas:
-                par = engine.parallel_prefill_decode(drafter, target, s, max_new_tokens=50, alpha=alpha,
-                                                     reference_tokens=base.output_tokens if alpha is not None else None)
-                row[f"parallel_{alpha}"] = summary(par, log.take())
-            rows.append(row)
-            (out / "overlap_probe.json").write_text(json.dumps(rows, indent=1))
-    engine.decode_step = log.inner
-    if sampler is not None:
-        sampler.__exit__(None, None, None)
-    lines = []
-    for alpha in alphas:
-        key = f"parallel_{alpha}"
-        ratio = [r["target_only"]["e2e"] / r[key]["e2e"] for r in rows]
-        lo, hi = _median_ci(ratio)
-        d = lambda q: statistics.mean(r[key][q] - r["target_only"][q] for r in rows if r[key][q] is not None
-                                      and r["target_only"][q] is not None)
-        # metrics' speedup after the host stages (e2e minus the run's own target host-stage end), pooled
-        after = lambda r, m: r[m]["e2e"] - r[m]["target_ends"]["preprocess"]
-        post = sum(after(r, "target_only") for r in rows) / sum(after(r, key) for r in rows)
-        post_d = [after(r, key) - after(r, "target_only") for r in rows]
-        lines.append(f"{key}: {len(rows)} pairs, speedup vs target-only median {statistics.median(ratio):.3f} "
-                     f"(95% CI {lo:.3f}-{hi:.3f}), mean {statistics.mean(ratio):.3f}; after the host stages "
-                     f"{post:.4f} (paired difference {statistics.mean(post_d):+.2f} ms, sd "
-                     f"{statistics.pstdev(post_d):.2f}); parallel - target-only: "
-                     f"TTFT {d('ttft'):+.1f} ms, host step {d('host_step_median'):+.3f} ms, GPU step "
-                     f"{d('gpu_step_median'):+.3f} ms, host-GPU {d('host_minus_gpu_median'):+.3f} ms, first step "
-                     f"host {d('first_host'):+.3f} GPU {d('first_gpu'):+.3f}, SM clock {d('sm_mhz_mean'):+.0f} MHz; "
-                     f"sat out {sum(bool(r[key]['sat_out']) for r in rows)}")
-    t = rows and rows[0]["target_only"]
-    lines.append(f"target-only: host step median {statistics.median(r['target_only']['host_step_median'] for r in rows):.3f}"
-                 f" ms, GPU step {statistics.median(r['target_only']['gpu_step_median'] for r in rows):.3f} ms, "
-                 f"SM clock {t and t['sm_mhz_mean']}")
+    try:
+        for rep in range(a.reps):
+            for s in samples:
+                row = {"sample": s.id, "rep": rep}
+                try:
+                    base = baselines.target_only(target, s, max_new_tokens=50)
+                    row["target_only"] = summary(base, log.take())
+                    for alpha in alphas:
+                        par = engine.parallel_prefill_decode(
+                            drafter, target, s, max_new_tokens=50, alpha=alpha,
+                            reference_tokens=base.output_tokens if alpha is not None else None)
+                        row[f"parallel_{alpha}"] = summary(par, log.take())
+                except Exception as exc:  # noqa: BLE001 - record the failure, go on with the next pair
+                    log.take()
+                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                    print(f"{s.id} rep {rep}: {row['error']}", flush=True)
+                rows.append(row)
+                (out / "overlap_probe.json").write_text(json.dumps(rows, indent=1))
+    finally:
+        engine.decode_step = log.inner
+        if sampler is not None:
+            sampler.__exit__(None, None, None)
+    lines = summary_lines([r for r in rows if "error" not in r], alphas)
+    lines.append(f"{sum('error' in r for r in rows)} of {len(rows)} pairs failed")
     print("\n".join(lines), flush=True)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
     if not a.drafter_thread:

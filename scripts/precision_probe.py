@@ -268,7 +268,9 @@ def probe_precision(args, precision, device, t, bandwidth):
         decs["compiled-math"] = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True,
                                               compile_backend=args.compile_backend, attention="math")
     if "eager-write" in args.variants:
+        # SDPA for decode steps (what the override replaces), the matmul form for verify steps
         v = StaticDecoder(runner.model, max_len=max_len, graphs=cuda, fused=True, compile_backend=args.compile_backend)
+        v.glue.triton_ok = False
         v.glue.fns["attend"] = eager_write_attend(args.compile_backend)
         decs["compiled-eager-write"] = v
     setup = {}

@@ -19,7 +19,7 @@ from harness import engine as E
 from harness.models.base import TextRunner
 from harness.models.quant import Int4Linear, int4_linear, quantize_int4, quantize_int4_
 from harness.models.profiles import load_target
-from harness.models.static_decode import StaticDecoder, fuse_nf4_state
+from harness.models.static_decode import GLUE, FusedGlue, StaticDecoder, fuse_nf4_state
 
 from fixtures import triton_checks
 from fixtures.engine_testers import STEP_PLAN, CharTokenizer, steps_through, tiny_llama
@@ -222,7 +222,8 @@ def test_triton_decode_attention_is_masked_sdpa_under_the_interpreter():
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr[-3000:]
     assert f"decode_attention == masked SDPA in {len(triton_checks.CASES)} cases" in r.stdout
-    assert "compiled steps with triton attention == eager static path" in r.stdout
+    assert "compiled steps with triton attention == eager static path, 8-slot splits" in r.stdout
+    assert "head dim 12: decode keeps SDPA under auto, triton refused" in r.stdout
 
 
 def test_auto_attention_is_sdpa_where_triton_cannot_run_and_triton_is_refused_there(monkeypatch):
@@ -234,8 +235,24 @@ def test_auto_attention_is_sdpa_where_triton_cannot_run_and_triton_is_refused_th
         {"decode": "sdpa", "verify": "math"}
     assert StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK, attention="sdpa").glue.kinds() == \
         {"decode": "sdpa", "verify": "sdpa"}
-    with pytest.raises(ValueError, match="attention 'triton' needs CUDA and the triton package"):
+    with pytest.raises(ValueError, match="attention 'triton' needs CUDA, the triton package"):
         StaticDecoder(model, max_len=64, fused=True, compile_backend=QUICK, attention="triton")
+
+
+def test_a_failed_decode_step_compile_moves_auto_decode_steps_to_sdpa_and_a_verify_failure_does_not():
+    """Under 'auto' a failure in the first call of a decode step (n = 1), which may be the Triton
+    kernels', sends decode steps to SDPA; a verify step's failure (n > 1, where the kernels never
+    run) leaves decode steps on the kernels a captured graph may already replay. Both switch the
+    glue to the eager functions and record the error."""
+    glue = FusedGlue(QUICK, "auto")
+    glue.triton_ok = True                                    # as on CUDA with triton
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        glue.fall_back(RuntimeError("verify compile failed"), 9)
+    assert glue.kinds()["decode"] == "triton" and "verify compile failed" in glue.error
+    assert glue.fns["norm"] is GLUE["norm"]
+    with pytest.warns(UserWarning, match="runs eagerly"):
+        glue.fall_back(RuntimeError("decode compile failed"), 1)
+    assert glue.kinds() == {"decode": "sdpa", "verify": "math"}
 
 
 # -- GPU --------------------------------------------------------------------------------------------

@@ -18,6 +18,7 @@ kernels run on CPU tensors (Triton's interpreter), which is how CPU CI checks th
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
 import torch
@@ -29,7 +30,7 @@ except ImportError:  # pragma: no cover - depends on the host
     triton = None
 
 # The launch configuration: the fastest of 24 on an H200 at both models' cache shapes, 7B heads
-# (scripts/attention_bench.py, docs/results/h200-fused-decode). A script may set these before a
+# (scripts/attention_bench.py, docs/results/h200-triton-attention). A script may set these before a
 # graph is captured.
 CHUNK = 64         # cache slots per split (a multiple of BLOCK_N)
 BLOCK_N = 64       # slots a program loads per iteration
@@ -46,6 +47,12 @@ def available(device: torch.device) -> bool:
     if triton is None:
         return False
     return device.type == "cpu" if interpreting() else device.type == "cuda"
+
+
+def supported(heads: int, kv_heads: int, head_dim: int) -> bool:
+    """Whether the kernels take this attention shape: whole groups of query heads per kv head, and a
+    power-of-two head dim (one tl.arange over it)."""
+    return heads % kv_heads == 0 and head_dim >= 1 and head_dim & (head_dim - 1) == 0
 
 
 if triton is not None:
@@ -114,7 +121,7 @@ def decode_attention(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, po
     kv_heads, slots = kbuf.shape[1], kbuf.shape[2]
     if rows != 1 or positions.numel() != 1:
         raise ValueError(f"triton decode attention takes one query row, got {rows}")
-    if heads % kv_heads or dim & (dim - 1) or kbuf.stride(-1) != 1 or vbuf.stride(-1) != 1:
+    if not supported(heads, kv_heads, dim) or kbuf.stride(-1) != 1 or vbuf.stride(-1) != 1:
         raise ValueError(f"triton decode attention: unsupported shapes q {tuple(q.shape)}, cache {tuple(kbuf.shape)}")
     chunk = chunk or CHUNK
     block = min(block or BLOCK_N, chunk)
@@ -127,10 +134,19 @@ def decode_attention(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, po
     part = torch.empty(heads, n_split, dim, dtype=torch.float32, device=q.device)
     ml = torch.empty(heads, n_split, 2, dtype=torch.float32, device=q.device)
     out = torch.empty(1, 1, heads * dim, dtype=q.dtype, device=q.device)
+    # Triton launches on the current device's current stream: make that q's device (a drafter on a
+    # second GPU), where the K/V write before this ran.
+    with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
+        _launch(q, kbuf, vbuf, positions, part, ml, out, scale, n_split, heads, kv_heads, dim, chunk, block,
+                num_warps, combine_warps)
+    return out
+
+
+def _launch(q, kbuf, vbuf, positions, part, ml, out, scale, n_split, heads, kv_heads, dim, chunk, block,
+            num_warps, combine_warps) -> None:
     _split_kernel[(heads, n_split)](q, kbuf, vbuf, positions, part, ml, float(scale), n_split,
                                     q.stride(0), kbuf.stride(1), kbuf.stride(2), vbuf.stride(1), vbuf.stride(2),
                                     GROUP=heads // kv_heads, CHUNK=chunk, BLOCK_N=block, D=dim,
                                     num_warps=num_warps or NUM_WARPS)
     _combine_kernel[(heads,)](part, ml, out, n_split, SPLITS=triton.next_power_of_2(n_split), D=dim,
                               num_warps=combine_warps or COMBINE_WARPS)
-    return out

@@ -36,8 +36,9 @@ The forward reuses the model's own modules in Llama's order: token embeddings, R
 projections (nn.Linear or bitsandbytes Linear4bit), MLP, rotary embedding, final norm, lm_head.
 Only attention over the cache is ours: prefill (empty cache) is causal SDPA over the prompt, as
 transformers does it; later steps attend over all `max_len` cache slots with the mask
-`slot <= position`. Slots past the sequence hold stale K/V (rejected drafts, graph warm-up, padding)
-that the mask hides until a real token overwrites them, so `crop` only moves the length.
+`slot <= position` (a compiled decode step on CUDA reads only slots 0..position, through
+decode_attention's kernels). Slots past the sequence hold stale K/V (rejected drafts, graph warm-up,
+padding) that the mask hides until a real token overwrites them, so `crop` only moves the length.
 
 Graphs exist for step sizes GRAPH_SIZES. A step of k tokens replays the smallest captured size >= k,
 padded with dummy tokens after the real ones: causal masking keeps the dummies out of the real
@@ -64,7 +65,7 @@ import torch
 import torch.nn.functional as F
 
 from .decode_attention import available as triton_available
-from .decode_attention import decode_attention
+from .decode_attention import decode_attention, supported as triton_supported
 
 DECODE_IMPLS = ("hf", "static", "cuda-graph", "compiled")
 GRAPHED_IMPLS = ("cuda-graph", "compiled")
@@ -271,7 +272,7 @@ GLUE = {"norm": rms_norm, "add_norm": add_rms_norm, "rope_write": rope_write, "a
 # steps; auto: triton where it can run (CUDA with Triton), else SDPA, for n = 1, and the matmul form
 # for n > 1. Measured on an H200, 7B-shaped, 2070-position prompt (docs/results/h200-decode-precision-probe,
 # h200-fused-decode): SDPA is 0.1-0.2 ms faster than the matmul form at n = 1, the matmul form
-# 1.0-1.1 ms faster at n = 9 in every precision; triton against SDPA at n = 1: h200-fused-decode.
+# 1.0-1.1 ms faster at n = 9 in every precision; triton against SDPA at n = 1: h200-triton-attention.
 ATTENTION = ("auto", "sdpa", "math", "triton")
 _ATTEND = {"sdpa": "attend", "math": "attend_math"}
 
@@ -289,16 +290,19 @@ class FusedGlue:
     """GLUE's functions through torch.compile (one compiled code object each, shared by every layer
     and both models); after a compile failure, the eager functions (`error` says why)."""
 
-    def __init__(self, backend: str = "inductor", attention: str = "auto", device: torch.device | None = None):
+    def __init__(self, backend: str = "inductor", attention: str = "auto", device: torch.device | None = None,
+                 shape: tuple[int, int, int] | None = None):
+        """shape: (heads, kv heads, head dim) of the model, which the Triton kernels must support."""
         # Step sizes 1..65 recompile once (static first, then dynamic in the step length); allow more
         # than the default 8 so a second model or prefill-size graph never hits the limit.
         torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
         if attention not in ATTENTION:
             raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
-        self.triton_ok = device is not None and triton_available(torch.device(device))
+        self.triton_ok = device is not None and triton_available(torch.device(device)) \
+            and (shape is None or triton_supported(*shape))
         if attention == "triton" and not self.triton_ok:
-            raise ValueError(f"attention 'triton' needs CUDA and the triton package (device {device}); "
-                             f"use 'auto' or 'sdpa'")
+            raise ValueError(f"attention 'triton' needs CUDA, the triton package and a power-of-two head dim "
+                             f"(device {device}, heads / kv heads / head dim {shape}); use 'auto' or 'sdpa'")
         self.backend, self.attention = backend, attention
         self.fns = {name: torch.compile(fn, backend=backend) for name, fn in GLUE.items()}
         self.fns["attend_triton"] = triton_attend(self.fns["rope_write"])
@@ -313,13 +317,15 @@ class FusedGlue:
     def attend_fn(self, n: int):
         return self.fns[attention_for(self.attention, n, self.triton_ok)]
 
-    def fall_back(self, exc: BaseException) -> None:
+    def fall_back(self, exc: BaseException, n: int) -> None:
+        """After the first call of an n-token step failed: the eager functions from now on, and under
+        'auto' a decode step's (n = 1) failure, which may be the kernels', moves decode steps to SDPA."""
         text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
         self.error = f"{type(exc).__name__}: {text}"[:300]
         warnings.warn(f"torch.compile of the decode step failed; it runs eagerly: {self.error}")
         self.fns = dict(GLUE)
         self.fns["attend_triton"] = triton_attend(rope_write)
-        if self.attention == "auto":       # the failure may be the kernels': decode steps take SDPA
+        if self.attention == "auto" and n == 1:
             self.triton_ok = False
 
 
@@ -490,7 +496,8 @@ class StaticDecoder:
         self.prefill_graphs: dict[int, _PrefillGraph] = {}
         self._prefill_sizes: list[int] = []
         self.graph_pool = None   # the private pool every graph of this decoder (and its vision graph) shares
-        self.glue = FusedGlue(compile_backend, attention, self.device) if fused else None
+        self.glue = FusedGlue(compile_backend, attention, self.device,
+                              (cfg.num_attention_heads, cfg.num_key_value_heads, self.head_dim)) if fused else None
         self._compiled: set[int] = set()     # step sizes whose first (compiling) call is done
         self.compile_s = 0.0
         self.pool_bytes = 0      # CUDA memory reserved while capturing (the graphs' private pool)
@@ -554,10 +561,11 @@ class StaticDecoder:
         layers, n = self.dec.layers, h.shape[1]
         cos, sin = self.dec.rotary_emb(h, positions[None])
         cos, sin = cos[:, None], sin[:, None]
-        mask = (self.slots[None, :] <= positions[:, None])[None, None]
+        attend = self.glue.attend_fn(n)
+        # The Triton kernels read the valid length from `positions`: no mask to build.
+        mask = None if attend is fn["attend_triton"] else (self.slots[None, :] <= positions[:, None])[None, None]
         first = layers[0].input_layernorm
         x = fn["norm"](h, first.weight, first.variance_epsilon)
-        attend = self.glue.attend_fn(n)
         for i, layer in enumerate(layers):
             attn, mlp = layer.self_attn, layer.mlp
             qkv, gate_up = self.fused_linears[i] if self.fused_linears else (None, None)
@@ -580,7 +588,7 @@ class StaticDecoder:
             try:
                 out = self._fused_layers(h, positions, keep=keep)
             except Exception as exc:  # noqa: BLE001 - any compiler failure: run the same step eagerly
-                self.glue.fall_back(exc)
+                self.glue.fall_back(exc, h.shape[1])
                 out = self._fused_layers(h, positions, keep=keep)
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
