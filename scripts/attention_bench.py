@@ -11,33 +11,29 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
-import statistics
+import sys
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from harness.models import decode_attention as DA
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from precision_probe import timer  # noqa: E402
+
+from harness.models import decode_attention as DA  # noqa: E402
+from harness.models.static_decode import capture  # noqa: E402
 
 LAYERS, HEADS, DIM = 32, 32, 128
 
 
 def bench(fn, reps: int) -> float:
-    """ms per replay of a graph of fn (fn runs the 32 layers)."""
-    fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    for _ in range(3):
-        graph.replay()
-    ev = [(torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)) for _ in range(reps)]
-    for a, b in ev:
-        a.record()
-        graph.replay()
-        b.record()
-    torch.cuda.synchronize()
-    return statistics.median(a.elapsed_time(b) for a, b in ev)
+    """ms per replay of a graph of fn (fn runs the 32 layers): static_decode.capture's warmed
+    capture, then precision_probe's timer (CUDA events, median of reps)."""
+    dev = torch.device("cuda")
+    graph, _ = capture(fn, dev)
+    return timer(dev)(graph.replay, reps=reps)
 
 
 def main():

@@ -137,16 +137,10 @@ def decode_attention(q: torch.Tensor, kbuf: torch.Tensor, vbuf: torch.Tensor, po
     # Triton launches on the current device's current stream: make that q's device (a drafter on a
     # second GPU), where the K/V write before this ran.
     with torch.cuda.device(q.device) if q.device.type == "cuda" else contextlib.nullcontext():
-        _launch(q, kbuf, vbuf, positions, part, ml, out, scale, n_split, heads, kv_heads, dim, chunk, block,
-                num_warps, combine_warps)
+        _split_kernel[(heads, n_split)](q, kbuf, vbuf, positions, part, ml, float(scale), n_split,
+                                        q.stride(0), kbuf.stride(1), kbuf.stride(2), vbuf.stride(1), vbuf.stride(2),
+                                        GROUP=heads // kv_heads, CHUNK=chunk, BLOCK_N=block, D=dim,
+                                        num_warps=num_warps or NUM_WARPS)
+        _combine_kernel[(heads,)](part, ml, out, n_split, SPLITS=triton.next_power_of_2(n_split), D=dim,
+                                  num_warps=combine_warps or COMBINE_WARPS)
     return out
-
-
-def _launch(q, kbuf, vbuf, positions, part, ml, out, scale, n_split, heads, kv_heads, dim, chunk, block,
-            num_warps, combine_warps) -> None:
-    _split_kernel[(heads, n_split)](q, kbuf, vbuf, positions, part, ml, float(scale), n_split,
-                                    q.stride(0), kbuf.stride(1), kbuf.stride(2), vbuf.stride(1), vbuf.stride(2),
-                                    GROUP=heads // kv_heads, CHUNK=chunk, BLOCK_N=block, D=dim,
-                                    num_warps=num_warps or NUM_WARPS)
-    _combine_kernel[(heads,)](part, ml, out, n_split, SPLITS=triton.next_power_of_2(n_split), D=dim,
-                              num_warps=combine_warps or COMBINE_WARPS)
