@@ -11,7 +11,7 @@ from pathlib import Path
 
 from . import bounds, options, pipeline, runconfig, shard
 from .compare import derive_thresholds, load_save, main_compare
-from .console import EXIT_INTERRUPTED, EXIT_USAGE, error, quiet_third_party
+from .console import EXIT_INTERRUPTED, EXIT_USAGE, error, interrupts_kept, quiet_third_party
 from .errors import PpbenchError, UsageError
 from .models.checkpoint_tools import checkpoint_main
 from .records import load_records
@@ -232,7 +232,8 @@ def main(argv: list[str] | None = None) -> int:
     else is a bug and keeps its traceback."""
     argv = sys.argv[1:] if argv is None else list(argv)
     try:
-        return _dispatch(argv)
+        with interrupts_kept():
+            return _dispatch(argv)
     except UsageError as e:
         error(str(e))
         return EXIT_USAGE

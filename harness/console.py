@@ -1,9 +1,12 @@
 """What a run prints besides its own progress: third-party noise off, failures listed."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Iterable
 
 # Exit codes of `ppbench run` (README, "Exit codes").
@@ -13,6 +16,42 @@ EXIT_USAGE = 2          # a wrong option or input the user can fix; one line, no
 EXIT_FAILURES = 3       # the run finished and wrote its report, but some records failed
 EXIT_INTERRUPTED = 130  # Ctrl-C: the records so far are kept; the message says how to resume
 SHOWN_FAILURES = 10
+
+
+_interrupted = False
+
+
+def _on_sigint(signum, frame):
+    global _interrupted
+    _interrupted = True
+    raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def interrupts_kept():
+    """Ctrl-C raises KeyboardInterrupt as usual, and is remembered: Python swallows the exception
+    where the signal lands in a weakref callback or a __del__ (it only prints "Exception ignored"),
+    and the run would then go on to the end; raise_if_interrupted() raises it again at the next
+    record. Main thread only (elsewhere signals cannot be set): there it changes nothing."""
+    global _interrupted
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _interrupted = False
+    previous = signal.signal(signal.SIGINT, _on_sigint)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        _interrupted = False
+
+
+def raise_if_interrupted() -> None:
+    """KeyboardInterrupt if a Ctrl-C under interrupts_kept() was swallowed on its way up (once)."""
+    global _interrupted
+    if _interrupted:
+        _interrupted = False
+        raise KeyboardInterrupt
 
 
 def quiet_third_party(*, progress: bool = True) -> None:

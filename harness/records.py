@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Iterator
 
+from .console import raise_if_interrupted
+
 
 class RecordWriter:
     def __init__(self, path: str | os.PathLike):
@@ -15,6 +17,13 @@ class RecordWriter:
         self._fh = open(self.path, "a", encoding="utf-8")
 
     def write(self, record: dict) -> None:
+        """Appends the record; once it is on disk, a Ctrl-C that Python swallowed on its way up
+        stops the run here (console.interrupts_kept)."""
+        self.append(record)
+        raise_if_interrupted()
+
+    def append(self, record: dict) -> None:
+        """The record as one JSON line, synced to disk."""
         self._fh.write(json.dumps(record, allow_nan=False, default=_jsonable) + "\n")
         self._fh.flush()
         os.fsync(self._fh.fileno())

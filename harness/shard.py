@@ -436,8 +436,8 @@ class ShardRun:
         run = self
 
         class CountingWriter(RecordWriter):
-            def write(self, record):
-                super().write(record)
+            def append(self, record):
+                super().append(record)
                 run.records_written += 1
                 _test_kill(run.rank, run.records_written)
 

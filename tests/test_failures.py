@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_USAGE
+from harness.console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_USAGE, interrupts_kept
 from harness.data.synthetic import ensure_default_dataset
 from harness.metrics import dedupe
-from harness.records import load_records
+from harness.records import RecordWriter, load_records
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["--max-new-tokens", "4", "--assisted", "off", "--no-progress", "--warmup", "0"]
@@ -92,6 +92,27 @@ def test_a_start_up_failure_leaves_no_run_folder_and_keeps_latest(tmp_path, caps
     assert len(err.splitlines()) == 1 and "wrong model_type" in err and str(bad) in err
     assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == ["latest", "old"]
     assert (tmp_path / "runs" / "latest").resolve() == (tmp_path / "runs" / "old")
+
+
+def test_a_ctrl_c_python_swallowed_stops_the_run_at_the_next_record(tmp_path, monkeypatch):
+    """A Ctrl-C whose KeyboardInterrupt lands in a __del__ (or a weakref callback) is only printed
+    by Python as "Exception ignored", and the run would go on to the end; under the CLI's
+    interrupts_kept it is raised again right after the next record is on disk."""
+    monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)    # the ignored exception
+
+    class Dies:
+        def __del__(self):
+            signal.raise_signal(signal.SIGINT)     # the handler runs here: its exception is swallowed
+
+    path = tmp_path / "records.jsonl"
+    with interrupts_kept(), RecordWriter(path) as writer:
+        writer.write({"n": 1})
+        Dies()
+        with pytest.raises(KeyboardInterrupt):
+            writer.write({"n": 2})
+        writer.write({"n": 3})                     # raised once: the run's own handler takes it from there
+    assert [r["n"] for r in load_records(path)] == [1, 2, 3]
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_ctrl_c_keeps_the_records_and_prints_the_resume_command(tmp_path):
