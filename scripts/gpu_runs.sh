@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU runs behind docs/results/, as run on the lent H100 through the device tool:
 #   bash scripts/gpu_runs.sh STEP [STEP ...]      (repo root; results land in $OUT as .tgz files)
-# Steps: gputests | fusedtests | attention | probe | alpha0 | dsecdata | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 |
+# Steps: alltests | gputests | fusedtests | attention | probe | alpha0 | dsecdata | pipeline | engine | pipeline-2gpu | sweep-nf4 | sweep-nf4-high | sweep-bf16 |
 #        bench | precision | memory | kernels
 # DECODE (default auto = cuda-graph on CUDA) picks the decode implementation for every step;
 # DRAFTER_PROCESS=on|off sets where the engine's drafter runs: ppbench run's default (unset) is auto,
@@ -37,6 +37,11 @@ run_main() {  # name, seconds, ppbench run args...
 
 for step in "$@"; do
   case $step in
+    alltests)    # every gpu-marked test of the model and the compiled-step files, one pytest
+      mkdir -p $R/alltests
+      timeout "$(cap "${GPUTESTS_SECS:-200}")" python3 -m pytest tests/test_models_gpu.py tests/test_fused_decode.py \
+        -m gpu -q -p no:cacheprovider 2>&1 | tail -n 30 | tee $R/alltests/log.txt
+      pack alltests ;;
     gputests)    # the gpu-marked model tests (graph replay vs eager, 7B-shaped memory, second-GPU timing)
       mkdir -p $R/gputests
       timeout "$(cap "${GPUTESTS_SECS:-150}")" python3 -m pytest tests/test_models_gpu.py -m gpu -q \
@@ -76,11 +81,14 @@ for step in "$@"; do
     alpha0)      # issues 5 and 19: target-only and the parallel engine (real drafter, simulated alpha 0) alternating
                  # on the same samples, per step host vs GPU time and the SM clock (scripts/overlap_probe.py);
                  # DRAFTER_PROCESS=off: the drafter in a thread; ALPHA0_ROOT: data (dsecdata's /tmp/dsec-i)
-      n=alpha0${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}${ALPHA0_SAMPLER:+-sampler-$ALPHA0_SAMPLER}; mkdir -p $R/$n
+                 # ALPHA0_ORDERS: alternate,run,run-noseq (each sample's modes as ppbench run orders them, with or
+                 # without sequential); ALPHA0_STAGES=on: the five-stage records first, as ppbench run does
+      n=alpha0${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}${ALPHA0_SAMPLER:+-sampler-$ALPHA0_SAMPLER}${ALPHA0_ORDERS:+-orders}; mkdir -p $R/$n
       timeout "$(cap "${ALPHA0_SECS:-200}")" python3 scripts/overlap_probe.py --out $R/$n \
         ${ALPHA0_ROOT:+--data-root $ALPHA0_ROOT} --durations "${ALPHA0_DURATIONS:-2s,10s,20s}" \
         --per-duration "${ALPHA0_PER:-2}" --reps "${ALPHA0_REPS:-3}" --alphas "${ALPHA0_ALPHAS:-none,0}" \
         $([ "${DRAFTER_PROCESS:-}" = off ] && echo --drafter-thread) $([ "${ALPHA0_SAMPLER:-}" = on ] && echo --sampler) \
+        --orders "${ALPHA0_ORDERS:-alternate}" $([ "${ALPHA0_STAGES:-}" = on ] && echo --stage-records) \
         2>&1 | grep -v Warning | tee $R/$n/log.txt
       pack $n ;;
     dsecdata)    # DSEC-scale data (1440x1080 video at 20 Hz, 2 x 22 s) generated and imported to /tmp/dsec-i

@@ -12,19 +12,29 @@ only (the host), GPU time at the same clock (the GPU's work), or a lower clock.
 
     python3 scripts/overlap_probe.py --out DIR [--data-root D] [--durations 2s,10s,20s]
                                      [--per-duration 2] [--reps 3] [--alphas none,0] [--sampler]
+                                     [--orders alternate,run,run-noseq] [--stage-records]
+
+--orders: how each sample's modes run, each order in turn per sample and rep: `alternate`
+(target-only, then each parallel configuration), `run` (engine_suite.engine_results, the code
+`ppbench run` calls: target-only, sequential, the parallel runs) or `run-noseq` (the same without
+sequential). --stage-records first runs every sample's five-stage records for both models, as
+`ppbench run` does before its engine runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import os
+import platform
 import statistics
+import subprocess
 from pathlib import Path
 
 import torch
 
-from harness import baselines, data, engine
-from harness.engine_suite import warm_up_engine
+from harness import baselines, data, engine, stages
+from harness.engine_suite import engine_results, warm_up_engine
 from harness.gpu_memory import PeakSampler, configure_allocator
 from harness.pipeline import load_models, run_questions
 
@@ -95,16 +105,57 @@ def summary(res, steps) -> dict:
             "per_step": steps}
 
 
+def host_info() -> dict:
+    """The host the probe ran on: cores, affinity, torch's threads, lscpu's summary."""
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines()
+    except Exception:  # noqa: BLE001 - no lscpu
+        lscpu = []
+    keep = ("Model name", "Thread(s) per core", "Core(s) per socket", "Socket(s)", "NUMA node(s)", "CPU(s)")
+    return {"cpu_count": os.cpu_count(), "affinity": len(os.sched_getaffinity(0)),
+            "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
+            "lscpu": [line for line in lscpu if line.split(":")[0].strip() in keep]}
+
+
+def run_order(order: str, drafter, target, s, alphas, log) -> dict:
+    """One sample's modes in `order` -> {mode key: summary}."""
+    row = {}
+    if order == "alternate":
+        base = baselines.target_only(target, s, max_new_tokens=50)
+        row["target_only"] = summary(base, log.take())
+        for alpha in alphas:
+            par = engine.parallel_prefill_decode(
+                drafter, target, s, max_new_tokens=50, alpha=alpha,
+                reference_tokens=base.output_tokens if alpha is not None else None)
+            row[f"parallel_{alpha}"] = summary(par, log.take())
+        return row
+    sim = [a for a in alphas if a is not None]
+    for res in engine_results(drafter, target, s, max_new_tokens=50, alphas=sim, assisted=False,
+                              sequential=order == "run"):
+        if res.error:
+            raise RuntimeError(f"{res.mode}: {res.error}")
+        key = res.mode if res.mode != "parallel" else f"parallel_{res.alpha_simulated}"
+        row[key] = summary(res, log.take())
+    if None not in alphas:
+        row.pop("parallel_None", None)
+    return row
+
+
 def _mean(xs) -> float:
     xs = [x for x in xs if x is not None]
     return statistics.mean(xs) if xs else math.nan
 
 
-def summary_lines(rows, alphas) -> list[str]:
-    """Per parallel configuration: e2e speedup, speedup after the host stages, per-step differences."""
+def summary_lines(rows, alphas, sequential: bool = False) -> list[str]:
+    """Per parallel configuration: e2e speedup, speedup after the host stages, per-step differences;
+    with `sequential`, the sequential baseline's target decode steps against target-only's."""
     if not rows:
         return ["no pair completed"]
     lines = []
+    if sequential:
+        d = [r["sequential"][q] - r["target_only"][q] for r in rows for q in ("host_step_median",)]
+        g = [r["sequential"]["gpu_step_median"] - r["target_only"]["gpu_step_median"] for r in rows]
+        lines.append(f"sequential - target-only ({len(rows)} pairs): host step {_mean(d):+.3f} ms, GPU step {_mean(g):+.3f} ms")
     for alpha in alphas:
         key = f"parallel_{alpha}"
         ratio = [r["target_only"]["e2e"] / r[key]["e2e"] for r in rows]
@@ -143,7 +194,13 @@ def main():
     ap.add_argument("--drafter-thread", action="store_true", help="the engine's drafter in a thread, not a process")
     ap.add_argument("--sampler", action="store_true",
                     help="with ppbench run's whole-GPU memory sampler (gpu_memory.PeakSampler, NVML every 50 ms) running")
+    ap.add_argument("--orders", default="alternate", help="comma-separated: alternate, run, run-noseq")
+    ap.add_argument("--stage-records", action="store_true",
+                    help="first the five-stage records of every sample for both models, as ppbench run does")
     a = ap.parse_args()
+    orders = a.orders.split(",")
+    if not set(orders) <= {"alternate", "run", "run-noseq"}:
+        ap.error(f"--orders: alternate, run or run-noseq, got {a.orders}")
     from harness.data.synthetic import ensure_default_dataset
 
     device = torch.device("cuda", 0)
@@ -154,35 +211,38 @@ def main():
     drafter, target = load_models("7b-shaped", device=device, quant="nf4", dtype=torch.bfloat16,
                                   drafter_process=not a.drafter_thread, questions=run_questions(samples))
     warm_up_engine(drafter, target, samples[0])
+    if a.stage_records:
+        for s in samples:
+            for r in (drafter, target):
+                stages.run_sample(r, s, max_new_tokens=50)
     log = StepLog(device)
     engine.decode_step = log
     sampler = PeakSampler([device]).__enter__() if a.sampler else None
-    rows = []
+    rows, host = [], host_info()
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     try:
         for rep in range(a.reps):
             for s in samples:
-                row = {"sample": s.id, "rep": rep}
-                try:
-                    base = baselines.target_only(target, s, max_new_tokens=50)
-                    row["target_only"] = summary(base, log.take())
-                    for alpha in alphas:
-                        par = engine.parallel_prefill_decode(
-                            drafter, target, s, max_new_tokens=50, alpha=alpha,
-                            reference_tokens=base.output_tokens if alpha is not None else None)
-                        row[f"parallel_{alpha}"] = summary(par, log.take())
-                except Exception as exc:  # noqa: BLE001 - record the failure, go on with the next pair
-                    log.take()
-                    row["error"] = f"{type(exc).__name__}: {exc}"[:300]
-                    print(f"{s.id} rep {rep}: {row['error']}", flush=True)
-                rows.append(row)
-                (out / "overlap_probe.json").write_text(json.dumps(rows, indent=1))
+                for order in orders:
+                    row = {"sample": s.id, "rep": rep, "order": order}
+                    try:
+                        row.update(run_order(order, drafter, target, s, alphas, log))
+                    except Exception as exc:  # noqa: BLE001 - record the failure, go on with the next pair
+                        log.take()
+                        row["error"] = f"{type(exc).__name__}: {exc}"[:300]
+                        print(f"{s.id} rep {rep} {order}: {row['error']}", flush=True)
+                    rows.append(row)
+                    (out / "overlap_probe.json").write_text(json.dumps({"host": host, "rows": rows}, indent=1))
     finally:
         engine.decode_step = log.inner
         if sampler is not None:
             sampler.__exit__(None, None, None)
-    lines = summary_lines([r for r in rows if "error" not in r], alphas)
+    lines = [f"host: {host}"]
+    for order in orders:
+        lines.append(f"== order {order}" + (" (after the five-stage records)" if a.stage_records else ""))
+        lines += summary_lines([r for r in rows if "error" not in r and r["order"] == order], alphas,
+                               sequential=order == "run")
     lines.append(f"{sum('error' in r for r in rows)} of {len(rows)} pairs failed")
     print("\n".join(lines), flush=True)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")
