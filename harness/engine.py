@@ -37,14 +37,19 @@ Bookkeeping conventions (the two models have different prompt lengths Pd and Pt)
     drafter reads changes; such a token can never be drafted, so a draft at its position is rejected.
 
 Timing: one clock everywhere (`now_ms`: host perf_counter after the calling thread's stream has
-finished), one stages-1-4 prefix (`run_stages_1_to_4`) and one greedy decode (`greedy_decode`, one
-`decode_step` at a time), used by the five-stage records (stages.run_sample), the baselines
-(harness/baselines.py) and this engine alike.
+finished), one stages-1-4 prefix (`run_stages_1_to_4`) and one plain greedy decode (`plain_decode`),
+used by the five-stage records (stages.run_sample), the baselines (harness/baselines.py) and this
+engine alike. On CUDA plain decode steps are queued ahead of the host, as gpt-fast's decode loop
+runs: each step's token stays on the GPU and feeds the next step there, and the host reads tokens
+back DECODE_QUEUE steps behind, each with its completion time (a CUDA event against an origin of
+known host time). The GPU runs the steps back to back, so a step costs its GPU time, not a host
+round trip (synchronize, read the token, launch the next) on top.
 
 Times are ms from the sample's common start.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import math
 import random
@@ -71,6 +76,11 @@ _PINNED_TOKENS = 64                      # pinned host slots for queued hidden t
 # queue behind the drafter's kernels.
 YIELD_AFTER = "preprocess"
 OVERLAP_POLICIES = OVERLAP_CHOICES   # harness/options.py: auto, always, yield-gpu
+
+
+# Plain decode steps the host queues ahead of the GPU before it reads a token back (CUDA); 0 = one
+# host round trip per step (decode_step). A step queued past an EOS is computed and dropped.
+DECODE_QUEUE = 4
 
 
 # -- timing -----------------------------------------------------------------------------------------
@@ -237,16 +247,79 @@ def decode_step(runner: CausalLMRunner, cache, token: int, select=greedy) -> tup
     return token, start, now_ms(runner.device)
 
 
+class StepClock:
+    """Completion times of queued work in ms from t0: on a CUDA device, events read back against an
+    origin whose host time is known (recorded, then synchronized); elsewhere the host clock, since
+    CPU work is done when its call returns."""
+
+    def __init__(self, device: torch.device, t0: float):
+        self.cuda, self.t0 = device.type == "cuda", t0
+        if self.cuda:    # the stream the device's work runs on (a drafter may live on a second GPU)
+            self.stream = torch.cuda.current_stream(device)
+            self.origin = torch.cuda.Event(enable_timing=True)
+            self.origin.record(self.stream)
+        self.origin_ms = now_ms(device) - t0
+
+    def mark(self):
+        if not self.cuda:
+            return time.perf_counter() * 1e3 - self.t0
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(self.stream)
+        return event
+
+    def read(self, mark) -> float:
+        """The mark's time; waits for it on CUDA."""
+        if not self.cuda:
+            return mark
+        mark.synchronize()
+        return self.origin_ms + self.origin.elapsed_time(mark)
+
+
+def plain_decode(runner: CausalLMRunner, cache, token: int, n: int, *, eos: set[int], select=greedy,
+                 t0: float = 0.0, costs: Costs | None = None, depth: int | None = None):
+    """Up to n plain greedy steps after `token` (the pending one, not yet in the cache), ending
+    after an EOS -> (tokens, times in ms from t0). Each step's cost (completion to completion)
+    goes to costs as a verify of 1. `depth` (default DECODE_QUEUE on CUDA, 0 elsewhere): steps
+    queued ahead of the host, each step's token fed to the next on the device and read back
+    `depth` steps later; steps queued past an EOS are cropped from the cache. 0: decode_step."""
+    depth = (DECODE_QUEUE if runner.device.type == "cuda" else 0) if depth is None else depth
+    tokens, times = [], []
+    if depth == 0:
+        while len(tokens) < n and (not tokens or tokens[-1] not in eos):
+            token, start, end = decode_step(runner, cache, token, select)
+            tokens.append(token)
+            times.append(end - t0)
+            if costs is not None:
+                costs.add_verify(1, end - start)
+        return tokens, times
+    clock = StepClock(runner.device, t0)
+    prev, queue, queued, nxt = clock.origin_ms, collections.deque(), 0, token
+    while queue or queued < n:
+        while queued < n and len(queue) <= depth:
+            nxt = select(runner.decode(nxt, cache))      # stays on the device: the next step reads it there
+            queue.append((nxt, clock.mark()))
+            queued += 1
+        tok, mark = queue.popleft()
+        tokens.append(int(tok))
+        times.append(clock.read(mark))
+        if costs is not None:
+            costs.add_verify(1, times[-1] - prev)
+        prev = times[-1]
+        if tokens[-1] in eos:
+            break
+    if queue:                                            # queued past the EOS
+        runner.crop(cache, runner.cache_len(cache) - len(queue))
+    return tokens, times
+
+
 def greedy_decode(runner: CausalLMRunner, cache, logits: torch.Tensor, n: int, *, eos: set[int],
                   select=greedy, t0: float = 0.0, costs: Costs | None = None):
     """Plain decode up to n tokens (token 1 from the prefill logits) -> (tokens, times_ms from t0)."""
     tokens, times = [int(select(logits))], [now_ms(runner.device) - t0]
-    while len(tokens) < n and tokens[-1] not in eos:
-        token, start, end = decode_step(runner, cache, tokens[-1], select)
-        tokens.append(token)
-        times.append(end - t0)
-        if costs is not None:
-            costs.add_verify(1, end - start)
+    if n > 1 and tokens[0] not in eos:
+        more, more_times = plain_decode(runner, cache, tokens[0], n - 1, eos=eos, select=select, t0=t0, costs=costs)
+        tokens += more
+        times += more_times
     return tokens, times
 
 
@@ -629,7 +702,15 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
         # stay as they were; the rest is then target-only's loop, with no drafter bookkeeping.
         plain, ended = res.drafter_sat_out, bool(eos.intersection(out))
         while len(out) < max_new_tokens and not ended:
-            g = 0 if plain else _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
+            if plain:             # the rest is target-only's loop
+                more, times = plain_decode(target, tcache, out[-1], max_new_tokens - len(out), eos=eos,
+                                           select=select, t0=t0, costs=costs)
+                out += more
+                tl["token_ms"] += times
+                res.gamma_trace += [0] * len(more)
+                res.decode_steps += len(more)
+                break
+            g = _next_gamma(gamma, acc, costs, max_new_tokens - len(out))
             res.gamma_trace.append(g)
             n_before = len(out)
             if g == 0:
@@ -648,7 +729,8 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
             if not plain:
                 pending = side.realign(out)
 
-        res.e2e_ms = now_ms(target.device) - t0
+        # The last token's time (a plain phase's steps queued past an EOS are not waited for).
+        res.e2e_ms = tl["token_ms"][-1] if plain else now_ms(target.device) - t0
     except BaseException:
         if late:      # collect the drafter that sat out; the target's error is the one to raise
             with contextlib.suppress(Exception):

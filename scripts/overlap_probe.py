@@ -12,12 +12,14 @@ only (the host), GPU time at the same clock (the GPU's work), or a lower clock.
 
     python3 scripts/overlap_probe.py --out DIR [--data-root D] [--durations 2s,10s,20s]
                                      [--per-duration 2] [--reps 3] [--alphas none,0] [--sampler]
-                                     [--orders alternate,run,run-noseq] [--stage-records]
+                                     [--orders alternate,run,run-noseq] [--queues 0,4] [--stage-records]
 
 --orders: how each sample's modes run, each order in turn per sample and rep: `alternate`
 (target-only, then each parallel configuration), `run` (engine_suite.engine_results, the code
 `ppbench run` calls: target-only, sequential, the parallel runs) or `run-noseq` (the same without
-sequential). --stage-records first runs every sample's five-stage records for both models, as
+sequential). --queues: engine.DECODE_QUEUE per configuration (0: one host round trip per plain
+decode step, timed on the host and by CUDA events; otherwise the steps are the gaps between the
+tokens' completion times). --stage-records first runs every sample's five-stage records for both models, as
 `ppbench run` does before its engine runs.
 """
 from __future__ import annotations
@@ -90,7 +92,15 @@ class StepLog:
         return out
 
 
+def steps_from_tokens(res) -> list[dict]:
+    """Queued plain decoding (engine.DECODE_QUEUE > 0) has no per-step host round trip: its steps
+    are the gaps between the tokens' completion times (CUDA events), as GPU and host see them."""
+    t = res.timeline["token_ms"]
+    return [{"host": b - a, "gpu": b - a, "at": b, "mhz": None} for a, b in zip(t, t[1:]) if b > a]
+
+
 def summary(res, steps) -> dict:
+    steps = steps or steps_from_tokens(res)
     host, gpu = [s["host"] for s in steps], [s["gpu"] for s in steps]
     mhz = [s["mhz"] for s in steps if s["mhz"] is not None]
     return {"e2e": res.e2e_ms, "ttft": res.ttft_ms, "steps": len(steps),
@@ -195,10 +205,14 @@ def main():
     ap.add_argument("--sampler", action="store_true",
                     help="with ppbench run's whole-GPU memory sampler (gpu_memory.PeakSampler, NVML every 50 ms) running")
     ap.add_argument("--orders", default="alternate", help="comma-separated: alternate, run, run-noseq")
+    ap.add_argument("--queues", default=None,
+                    help="comma-separated engine.DECODE_QUEUE values, each in turn per sample and order "
+                         "(0: one host round trip per plain decode step; default: the engine's)")
     ap.add_argument("--stage-records", action="store_true",
                     help="first the five-stage records of every sample for both models, as ppbench run does")
     a = ap.parse_args()
     orders = a.orders.split(",")
+    queues = [int(q) for q in a.queues.split(",")] if a.queues else [engine.DECODE_QUEUE]
     if not set(orders) <= {"alternate", "run", "run-noseq"}:
         ap.error(f"--orders: alternate, run or run-noseq, got {a.orders}")
     from harness.data.synthetic import ensure_default_dataset
@@ -224,8 +238,9 @@ def main():
     try:
         for rep in range(a.reps):
             for s in samples:
-                for order in orders:
-                    row = {"sample": s.id, "rep": rep, "order": order}
+                for order, queue in [(o, q) for o in orders for q in queues]:
+                    engine.DECODE_QUEUE = queue
+                    row = {"sample": s.id, "rep": rep, "order": order, "queue": queue}
                     try:
                         row.update(run_order(order, drafter, target, s, alphas, log))
                     except Exception as exc:  # noqa: BLE001 - record the failure, go on with the next pair
@@ -239,10 +254,11 @@ def main():
         if sampler is not None:
             sampler.__exit__(None, None, None)
     lines = [f"host: {host}"]
-    for order in orders:
-        lines.append(f"== order {order}" + (" (after the five-stage records)" if a.stage_records else ""))
-        lines += summary_lines([r for r in rows if "error" not in r and r["order"] == order], alphas,
-                               sequential=order == "run")
+    for order, queue in [(o, q) for o in orders for q in queues]:
+        lines.append(f"== order {order}, decode queue {queue}"
+                     + (" (after the five-stage records)" if a.stage_records else ""))
+        lines += summary_lines([r for r in rows if "error" not in r and r["order"] == order and r["queue"] == queue],
+                               alphas, sequential=order == "run")
     lines.append(f"{sum('error' in r for r in rows)} of {len(rows)} pairs failed")
     print("\n".join(lines), flush=True)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")

@@ -98,6 +98,70 @@ def test_target_only_and_the_engine_time_every_token_alike(same, rand):
     assert set(res.timeline["token_ms"][1:]) <= ends
 
 
+def _prefilled(target):
+    cache, logits, _ = E.run_stages_1_to_4(target, PROMPT)
+    return cache, int(logits.argmax())
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_queued_plain_decode_gives_the_per_step_tokens_cache_and_costs(rand, depth):
+    """Steps queued ahead of the host (the CUDA default, run here on CPU) give the tokens of one
+    host round trip per step, leave the cache as long, time every token in order, and count one
+    plain-decode cost per step."""
+    target = rand[1]
+    out = {}
+    for d in (0, depth):
+        cache, first = _prefilled(target)
+        costs = C.Costs()
+        tokens, times = E.plain_decode(target, cache, first, 9, eos=set(), t0=0.0, costs=costs, depth=d)
+        out[d] = tokens, target.cache_len(cache)
+        assert len(times) == 9 and times == sorted(times)
+        assert len(costs.verify_ms[1]) == 9 and min(costs.verify_ms[1]) >= 0
+    assert out[depth] == out[0]
+
+
+def test_queued_plain_decode_stops_at_eos_and_crops_the_steps_queued_past_it(rand):
+    """An EOS read back while later steps are already queued ends the output there; the steps
+    queued past it are cropped, so the cache holds what one step at a time leaves, and the next
+    step from it computes what it computes there."""
+    target = rand[1]
+    cache, first = _prefilled(target)
+    plain, _ = E.plain_decode(target, cache, first, 12, eos=set(), depth=0)
+    eos = {plain[4]}
+    stop = plain.index(plain[4]) + 1
+    left = {}
+    for d in (0, 3):
+        cache, first = _prefilled(target)
+        tokens, _ = E.plain_decode(target, cache, first, 12, eos=eos, depth=d)
+        assert tokens == plain[:stop]
+        left[d] = target.cache_len(cache), target.decode(tokens[-1], cache)
+    assert left[3][0] == left[0][0]
+    assert torch.equal(left[3][1], left[0][1])
+
+
+def test_the_engine_and_its_baselines_are_lossless_with_queued_plain_decoding(rand, monkeypatch):
+    """With plain decode steps queued (as on CUDA) target-only, sequential and the engine (fixed
+    gamma, adaptive settling on 0, stopping at EOS) give the same output as one step at a time,
+    and the engine's step bookkeeping still adds up."""
+    drafter, target = rand
+    want = {g: E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=16, gamma=g).output_tokens
+            for g in (0, "adaptive")}
+    base = _greedy(target, 16)
+    queued = E.plain_decode
+    monkeypatch.setattr(E, "plain_decode", lambda *a, **k: queued(*a, **{**k, "depth": 3}))
+    assert _greedy(target, 16) == base == want[0] == want["adaptive"]
+    assert B.sequential(drafter, target, PROMPT, max_new_tokens=16).output_tokens == base
+    for g in (0, "adaptive"):
+        res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=16, gamma=g)
+        assert res.output_tokens == base
+        assert res.produced == res.verify_steps + res.accepted + res.decode_steps
+        assert res.decode_steps == res.gamma_trace.count(0)
+        assert len(res.timeline["token_ms"]) == 16 and res.e2e_ms == res.timeline["token_ms"][-1]
+    eos_pair = random_pair(0, eos_token_id=base[5])
+    stopped = E.parallel_prefill_decode(*eos_pair, PROMPT, max_new_tokens=16, gamma=0, stop_at_eos=True)
+    assert stopped.output_tokens == base[:base.index(base[5]) + 1]
+
+
 def test_gamma_zero_is_plain_decoding_after_the_window(rand):
     drafter, target = rand
     res = E.parallel_prefill_decode(drafter, target, PROMPT, max_new_tokens=15, gamma=0)

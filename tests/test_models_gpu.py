@@ -169,6 +169,47 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
             assert res.hidden_accepted == res.hidden_drafted and res.accepted == res.drafted
 
 
+@pytest.mark.parametrize("impl", ["hf", "static", "cuda-graph", "compiled"])
+def test_queued_plain_decode_on_cuda_matches_one_step_at_a_time(impl):
+    """Plain decode steps queued ahead of the host (the CUDA default) give one-step-at-a-time's
+    tokens and cache, stopping at an EOS with the steps queued past it cropped, under every decode
+    implementation; each token's time is its step's completion on the GPU (a GPU spin per step
+    shows in every gap). Tiny fp32 target on a real sample."""
+    from harness.data.synthetic import ensure_default_dataset
+    from harness import data
+    from harness import engine as E
+    from harness.models.profiles import configure_decode, load_pair
+
+    _, target = load_pair("tiny", device="cuda", quant="none", dtype=torch.float32)
+    configure_decode([target], impl, max_new_tokens=24)
+    sample = data.load_samples(ensure_default_dataset(progress=False), "4s")[0]
+
+    def run(depth, n=20, eos=frozenset()):
+        cache, logits, _ = E.run_stages_1_to_4(target, sample)
+        tokens, times = E.plain_decode(target, cache, int(logits.argmax()), n, eos=set(eos), depth=depth)
+        return tokens, times, target.cache_len(cache), target.decode(tokens[-1], cache).float().cpu()
+
+    one = run(0)
+    queued = run(E.DECODE_QUEUE)
+    assert queued[0] == one[0] and queued[2] == one[2]
+    assert torch.allclose(queued[3], one[3], atol=1e-4, rtol=1e-4)
+    assert queued[1] == sorted(queued[1])
+    stop = one[0][6]
+    cut = one[0].index(stop) + 1
+    a, b = run(0, eos={stop}), run(E.DECODE_QUEUE, eos={stop})
+    assert a[0] == b[0] == one[0][:cut] and a[2] == b[2]
+    assert torch.allclose(a[3], b[3], atol=1e-4, rtol=1e-4)
+
+    inner = target.decode
+    target.decode = lambda token, cache: (torch.cuda._sleep(4_000_000), inner(token, cache))[1]   # ~2 ms each
+    try:
+        _, times, _, _ = run(E.DECODE_QUEUE, n=8)
+    finally:
+        del target.decode
+    spin = [b - a for a, b in zip(times, times[1:])]
+    assert min(spin) > 1.0, spin
+
+
 def test_graphed_vision_runs_other_shapes_eagerly_and_says_so():
     from harness.models.profiles import configure_decode, load_pair
 
