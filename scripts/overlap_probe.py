@@ -100,7 +100,9 @@ def steps_from_tokens(res) -> list[dict]:
 
 
 def summary(res, steps) -> dict:
-    steps = steps or steps_from_tokens(res)
+    # queued: every plain step from the token times (the engine's first g = 0 step, before it
+    # settles on plain decoding, is one host round trip and the only one the StepLog sees)
+    steps = steps_from_tokens(res) if engine.DECODE_QUEUE else steps
     host, gpu = [s["host"] for s in steps], [s["gpu"] for s in steps]
     mhz = [s["mhz"] for s in steps if s["mhz"] is not None]
     return {"e2e": res.e2e_ms, "ttft": res.ttft_ms, "steps": len(steps),

@@ -25,7 +25,7 @@ def test_7b_shaped_nf4_memory_and_prefill(which, n_visual):
     print(f"{which}: footprint {footprint / GiB:.2f} GiB, allocated {held / GiB:.2f} GiB, "
           f"build peak {peak_build / GiB:.2f} GiB")
     # NF4 7B (~3.5 GiB) + bf16 embeddings/lm_head (~0.5 GiB) + the drafter's bf16 CLIP-L tower (0.6 GiB;
-    # the target's two towers are NF4, as in the seed's load).
+    # the target's video tower is NF4, as in the seed's load, and its unused image tower is dropped).
     assert 3.5 * GiB < footprint < 6.5 * GiB
     assert held < 7 * GiB
     # built layer by layer: the peak never approaches a bf16 7B copy (13.5 GB)

@@ -41,7 +41,9 @@ def test_loaded_weights_equal_the_checkpoint_tensors(paths, which):
     layout = eg.original_key if which == "drafter" else vl.hub_key
     sd = load_file(paths[which] / "model.safetensors")
     state = runner.model.state_dict()
-    assert {layout(k) for k in state} == set(sd)
+    # the target's image tower is dropped at load (video input never reaches it); all else is loaded
+    dropped = {k for k in sd if k.startswith("image_tower.")} if which == "target" else set()
+    assert {layout(k) for k in state} == set(sd) - dropped and (which == "drafter" or dropped)
     for k, v in state.items():
         assert torch.equal(sd[layout(k)], v), k
 
@@ -198,6 +200,32 @@ def test_video_llava_encode_vision_shapes_on_meta():
     feats = inner.multi_modal_projector(out.hidden_states[cfg.vision_feature_layer])
     assert feats.shape == (8, 257, 4096) and len(ids) == len(runner.tokenizer(
         vl.videollava_prompt("How many cars?")).input_ids) - 1 + 2056
+
+
+def test_the_target_loads_without_its_image_tower_and_transformers_forward_still_agrees(paths):
+    """Video input never reaches Video-LLaVA's image tower, so the loaded target holds none of its
+    weights (from a checkpoint and at 7B shapes on meta), and transformers' own forward of the
+    video prompt still gives the runner's prefill logits (tiny, fp32)."""
+    from transformers import VideoLlavaForConditionalGeneration
+
+    runner = load_target("tiny", quant="none")
+    assert runner.model.model.image_tower is None
+    assert not [n for n, _ in runner.model.named_parameters() if "image_tower" in n]
+    frames = np.random.default_rng(0).integers(0, 256, (8, 36, 64, 3), dtype=np.uint8)
+    prepared = runner.preprocess(frames, "Where is the cyclist going?")
+    _, ours = runner.prefill(runner.encode_vision(prepared))
+    with torch.inference_mode():
+        theirs = runner.model(input_ids=prepared["input_ids"], pixel_values_videos=prepared["pixel_values_videos"],
+                              use_cache=False).logits[0, -1].float()
+    torch.testing.assert_close(ours, theirs, atol=1e-4, rtol=1e-4)
+
+    cfg = videollava_config("7b-shaped", build_tokenizer())
+    with torch.device("meta"):
+        model = VideoLlavaForConditionalGeneration(cfg)
+    n_params = sum(p.numel() for p in model.parameters())
+    tower = sum(p.numel() for p in model.model.image_tower.parameters())
+    assert vl.drop_image_tower_(model) == 0            # nothing materialized on meta
+    assert sum(p.numel() for p in model.parameters()) == n_params - tower and tower > 3e8
 
 
 def test_video_prompt_and_placeholder_expansion(paths):

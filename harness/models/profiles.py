@@ -33,7 +33,7 @@ from harness.models.shapes import (PLANT_SEED_OFFSET, eventgpt_config, videollav
 from harness.models.tiny import ensure_tiny_checkpoints
 from harness.models.videollava import skip_quant as videollava_skip
 from harness.models.videollava import canonical_key as vl_canonical
-from harness.models.videollava import DEFAULT_TEMPLATE, VideoLlavaRunner, check_template
+from harness.models.videollava import DEFAULT_TEMPLATE, VideoLlavaRunner, check_template, drop_image_tower_
 
 PROFILES = ("tiny", "trained", "7b-shaped", "real")
 
@@ -86,6 +86,8 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
     bad = {k: v for k, v in bad.items() if v}
     if bad:
         raise ModelLoadError(f"from_pretrained left weights unloaded: {bad}", path=path)
+    if which == "target":
+        _free_image_tower(model)
     if quant == "int4":        # loaded in `dtype`, then converted layer by layer (models/quant.py)
         quantize_int4_(model, skip)
     if which == "drafter":
@@ -107,6 +109,12 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
     return runner
 
 
+def _free_image_tower(model) -> None:
+    """drop_image_tower_ on a loaded target, its freed pages handed back to the device."""
+    if drop_image_tower_(model) and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def check_event_images(n: int) -> int:
     from harness.data.event_images import EVENT_IMAGE_CHOICES
 
@@ -125,6 +133,8 @@ def build_shaped(which: str, *, device="cuda", quant="nf4", dtype=torch.bfloat16
     skip = skip_of(quant, config)
     with init_empty_weights(include_buffers=False):
         model = cls(config)
+    if which == "target":
+        drop_image_tower_(model)          # never materialized
     materialize_(model, device=device, dtype=dtype, quant=quant, skip_modules=skip, seed=seed)
     plant_next_token_(model, seed=seed + PLANT_SEED_OFFSET[which])   # decisive greedy choices
     runner = runner_cls(model, tokenizer, name=f"{which}:7b-shaped")
