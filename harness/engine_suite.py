@@ -1,12 +1,17 @@
 """Which engine runs a sample gets, and how they become records: shared by `ppbench run` and the
 pytest benchmarks so both measure the same configurations.
 
-Per sample, in this order (same inputs for all):
-  target_only  - the baseline; its output is the reference every other mode must reproduce
+Per sample (same inputs for all):
+  target_only  - first: the baseline; its output is the reference every other mode must reproduce
   sequential   - drafter stages 1-5, then target stages 1-5
   parallel     - parallel prefill + speculative decoding, real drafter tokens, for each gamma
   parallel     - the same with simulated acceptance alpha (labelled), for each alpha x gamma
-  assisted     - transformers' assisted generation, or a record saying why it cannot run
+  assisted     - last: transformers' assisted generation, or a record saying why it cannot run
+Between target_only and assisted the configurations run in an order rotated by the sample's
+position in the run, so across samples none always follows the same one: what ran just before
+moves a run's decode time by up to 3% on the H200 (sequential's target decode after the drafter's
+ran 0.13-0.14 ms a token faster than target-only's in the same process; docs/results/
+h200-queued-decode). Each record's timeline["order"] is its position in its sample's sequence.
 """
 from __future__ import annotations
 
@@ -41,35 +46,42 @@ def simulation_seed(sample) -> int:
 
 def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=("adaptive",),
                    alphas=(), assisted: bool = True, sequential: bool = True,
-                   stop_at_eos: bool = False, overlap: str = "auto",
+                   stop_at_eos: bool = False, overlap: str = "auto", rotation: int = 0,
                    skip=lambda mode, gamma, alpha: False) -> Iterator[EngineResult]:
-    """target-only, sequential, parallel (per alpha and gamma) and assisted generation on one
-    sample. `drafter` is a runner or a DrafterProcess, which serves every mode but assisted."""
+    """target-only, then sequential and parallel (per alpha and gamma) in an order rotated by
+    `rotation` (see the module docstring), then assisted generation, on one sample. `drafter` is a
+    runner or a DrafterProcess, which serves every mode but assisted."""
     kw = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
+    order = iter(range(1 << 30))
     ref = _safe("target_only", lambda: baselines.target_only(target, sample, **kw))
+    ref.timeline["order"] = next(order)
     if not skip("target_only", 0, None):
         yield ref
     reference = ref.output_tokens if not ref.error else None
 
     def finish(res):
+        res.timeline["order"] = next(order)
         if res.error:
             free_memory(target.device)
         elif reference is not None and res.token_match_rate is None:
             res.token_match_rate = token_match_rate(res.output_tokens, reference)
         return res
 
-    if sequential and not skip("sequential", 0, None):
-        yield finish(_safe("sequential", lambda: baselines.sequential(drafter, target, sample, **kw)))
-    for alpha in (None, *alphas):
-        if alpha is not None and reference is None:
-            continue  # simulated acceptance needs the target's reference output
-        for gamma in gammas:
-            if skip("parallel", gamma, alpha):
-                continue
-            yield finish(_safe("parallel", lambda: engine.parallel_prefill_decode(
-                drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
-                seed=simulation_seed(sample), overlap=overlap, **kw),
-                gamma=gamma, alpha_simulated=alpha))
+    def run(mode, gamma, alpha):
+        if mode == "sequential":
+            return _safe("sequential", lambda: baselines.sequential(drafter, target, sample, **kw))
+        return _safe("parallel", lambda: engine.parallel_prefill_decode(
+            drafter, target, sample, gamma=gamma, alpha=alpha, reference_tokens=reference,
+            seed=simulation_seed(sample), overlap=overlap, **kw), gamma=gamma, alpha_simulated=alpha)
+
+    # simulated acceptance needs the target's reference output
+    middle = [("sequential", 0, None)] if sequential else []
+    middle += [("parallel", gamma, alpha) for alpha in (None, *alphas) if alpha is None or reference is not None
+               for gamma in gammas]
+    k = rotation % len(middle) if middle else 0
+    for mode, gamma, alpha in middle[k:] + middle[:k]:
+        if not skip(mode, gamma, alpha):
+            yield finish(run(mode, gamma, alpha))
     if assisted and not skip("assisted", gammas[0], None):
         yield finish(_safe("assisted", lambda: baselines.assisted_generation(
             drafter, target, sample, gamma=gammas[0], **kw), gamma=gammas[0]))
@@ -78,8 +90,9 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
 def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: int = 50,
                        gammas=("adaptive",), alphas=(), assisted: bool = False,
                        sequential: bool = True, stop_at_eos: bool = False, overlap: str = "auto",
-                       meta: dict, done: set | None = None) -> Iterator[dict]:
-    for sample in samples:
+                       meta: dict, done: set | None = None, start: int = 0) -> Iterator[dict]:
+    """Records of engine_results on each sample; the i-th sample's order is rotated by start + i."""
+    for i, sample in enumerate(samples, start):
         base = dict(meta, dataset=sample.dataset, sample_id=sample.id)
 
         def skip(mode, gamma, alpha):
@@ -89,7 +102,7 @@ def engine_records_for(drafter, target, samples: Iterable, *, max_new_tokens: in
         for res in engine_results(drafter, target, sample, max_new_tokens=max_new_tokens,
                                   gammas=gammas, alphas=alphas, assisted=assisted,
                                   sequential=sequential, stop_at_eos=stop_at_eos, overlap=overlap,
-                                  skip=skip):
+                                  rotation=i, skip=skip):
             rec = to_record(res, **base)
             assert record_key(rec)[0] == "engine"
             yield rec
@@ -123,11 +136,11 @@ def run_engine_suite(drafter, target, samples, writer, *, done, cfg, meta, progr
         warm_up_engine(drafter, target, samples[0], overlap=cfg.overlap)
     n = 0
     bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
-    for sample in samples:
+    for i, sample in enumerate(samples):
         for rec in engine_records_for(drafter, target, [sample], max_new_tokens=cfg.max_new_tokens,
                                       gammas=cfg.gammas, alphas=cfg.alphas,
                                       assisted=cfg.assisted, stop_at_eos=cfg.stop_at_eos,
-                                      overlap=cfg.overlap, meta=meta, done=done):
+                                      overlap=cfg.overlap, meta=meta, done=done, start=i):
             writer.write(rec)
             n += 1
         bar.update(1)

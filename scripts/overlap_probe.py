@@ -16,8 +16,9 @@ only (the host), GPU time at the same clock (the GPU's work), or a lower clock.
 
 --orders: how each sample's modes run, each order in turn per sample and rep: `alternate`
 (target-only, then each parallel configuration), `run` (engine_suite.engine_results, the code
-`ppbench run` calls: target-only, sequential, the parallel runs) or `run-noseq` (the same without
-sequential). --queues: engine.DECODE_QUEUE per configuration (0: one host round trip per plain
+`ppbench run` calls, unrotated: target-only, sequential, the parallel runs), `rotated` (the same
+with the configurations after target-only rotated per sample, as ppbench run orders them) or
+`run-noseq` (unrotated, without sequential). --queues: engine.DECODE_QUEUE per configuration (0: one host round trip per plain
 decode step, timed on the host and by CUDA events; otherwise the steps are the gaps between the
 tokens' completion times). --stage-records first runs every sample's five-stage records for both models, as
 `ppbench run` does before its engine runs.
@@ -129,8 +130,9 @@ def host_info() -> dict:
             "lscpu": [line for line in lscpu if line.split(":")[0].strip() in keep]}
 
 
-def run_order(order: str, drafter, target, s, alphas, log) -> dict:
-    """One sample's modes in `order` -> {mode key: summary}."""
+def run_order(order: str, drafter, target, s, alphas, log, rotation: int = 0) -> dict:
+    """One sample's modes in `order` -> {mode key: summary}; `rotated` is `run` with the
+    configurations after target-only rotated by `rotation`, as ppbench run does."""
     row = {}
     if order == "alternate":
         base = baselines.target_only(target, s, max_new_tokens=50)
@@ -143,7 +145,7 @@ def run_order(order: str, drafter, target, s, alphas, log) -> dict:
         return row
     sim = [a for a in alphas if a is not None]
     for res in engine_results(drafter, target, s, max_new_tokens=50, alphas=sim, assisted=False,
-                              sequential=order == "run"):
+                              sequential=order != "run-noseq", rotation=rotation if order == "rotated" else 0):
         if res.error:
             raise RuntimeError(f"{res.mode}: {res.error}")
         key = res.mode if res.mode != "parallel" else f"parallel_{res.alpha_simulated}"
@@ -206,7 +208,7 @@ def main():
     ap.add_argument("--drafter-thread", action="store_true", help="the engine's drafter in a thread, not a process")
     ap.add_argument("--sampler", action="store_true",
                     help="with ppbench run's whole-GPU memory sampler (gpu_memory.PeakSampler, NVML every 50 ms) running")
-    ap.add_argument("--orders", default="alternate", help="comma-separated: alternate, run, run-noseq")
+    ap.add_argument("--orders", default="alternate", help="comma-separated: alternate, run, run-noseq, rotated")
     ap.add_argument("--queues", default=None,
                     help="comma-separated engine.DECODE_QUEUE values, each in turn per sample and order "
                          "(0: one host round trip per plain decode step; default: the engine's)")
@@ -215,8 +217,8 @@ def main():
     a = ap.parse_args()
     orders = a.orders.split(",")
     queues = [int(q) for q in a.queues.split(",")] if a.queues else [engine.DECODE_QUEUE]
-    if not set(orders) <= {"alternate", "run", "run-noseq"}:
-        ap.error(f"--orders: alternate, run or run-noseq, got {a.orders}")
+    if not set(orders) <= {"alternate", "run", "run-noseq", "rotated"}:
+        ap.error(f"--orders: alternate, run, run-noseq or rotated, got {a.orders}")
     from harness.data.synthetic import ensure_default_dataset
 
     device = torch.device("cuda", 0)
@@ -244,7 +246,8 @@ def main():
                     engine.DECODE_QUEUE = queue
                     row = {"sample": s.id, "rep": rep, "order": order, "queue": queue}
                     try:
-                        row.update(run_order(order, drafter, target, s, alphas, log))
+                        row.update(run_order(order, drafter, target, s, alphas, log,
+                                             rotation=rep * len(samples) + samples.index(s)))
                     except Exception as exc:  # noqa: BLE001 - record the failure, go on with the next pair
                         log.take()
                         row["error"] = f"{type(exc).__name__}: {exc}"[:300]
@@ -260,7 +263,7 @@ def main():
         lines.append(f"== order {order}, decode queue {queue}"
                      + (" (after the five-stage records)" if a.stage_records else ""))
         lines += summary_lines([r for r in rows if "error" not in r and r["order"] == order and r["queue"] == queue],
-                               alphas, sequential=order == "run")
+                               alphas, sequential=order in ("run", "rotated"))
     lines.append(f"{sum('error' in r for r in rows)} of {len(rows)} pairs failed")
     print("\n".join(lines), flush=True)
     (out / "summary.txt").write_text("\n".join(lines) + "\n")

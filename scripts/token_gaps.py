@@ -3,7 +3,10 @@
 From a run's records.jsonl (the timeline's `token_ms`: when the output reached each length), per
 parallel record: e2e and TTFT of both modes, the first decode gap after the first token, the median
 gap, and the post-TTFT speedup; then means per simulated alpha. Separates the TTFT (host stages,
-where run-to-run noise lives) from the decode phase (where the hidden block pays or costs).
+where run-to-run noise lives) from the decode phase (where the hidden block pays or costs). Records
+that carry their position in the sample's sequence (timeline["order"], engine_suite) also give the
+order effects: the median decode-step gap of each plain-decoding mode by the mode that ran just
+before it.
 
   python scripts/token_gaps.py RUN_DIR/records.jsonl [...]
 """
@@ -34,6 +37,28 @@ def rows(path):
                "post_ttft_speedup": (t["e2e_ms"] - t["ttft_ms"]) / (r["e2e_ms"] - r["ttft_ms"])}
 
 
+def label(r) -> str:
+    if r["mode"] != "parallel":
+        return r["mode"]
+    return "parallel, real drafter" if r["alpha_simulated"] is None else f"parallel, alpha {r['alpha_simulated']}"
+
+
+def order_effects(path) -> dict:
+    """{(mode, the mode before it): [median gap per record]} for the modes that decode plainly
+    after their first token (target-only, sequential, parallel with the real drafter or alpha 0);
+    the mode before a sample's first is the previous sample's last."""
+    recs = [json.loads(line) for line in open(path)]
+    engine = [r for r in recs if r.get("kind") == "engine" and "order" in r.get("timeline", {})]
+    out, before = defaultdict(list), None
+    for r in engine:               # in the order they ran (records are written as runs end)
+        gap = gaps(r["timeline"].get("token_ms") or [])
+        plain = r["mode"] in ("target_only", "sequential") or (r["mode"] == "parallel" and not r["alpha_simulated"])
+        if not r.get("error") and plain and gap:
+            out[(label(r), before)].append(statistics.median(gap))
+        before = label(r)
+    return out
+
+
 def main(paths):
     for path in paths:
         print(f"== {path}")
@@ -52,6 +77,11 @@ def main(paths):
                   f"first gap {m(b - a for a, b in (x['first_gap'] for x in xs)):+.2f} ms, "
                   f"median gap {m(b - a for a, b in (x['median_gap'] for x in xs)):+.3f} ms, "
                   f"post-TTFT speedup {m(x['post_ttft_speedup'] for x in xs):.3f}")
+        effects = order_effects(path)
+        if effects:
+            print("order effects: median decode gap (ms) of a mode by the mode that ran just before it")
+            for (mode, before), xs in sorted(effects.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+                print(f"  {mode} after {before}: {statistics.median(xs):.3f} (n={len(xs)})")
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from types import SimpleNamespace
 from pathlib import Path
 
 from harness import baselines as B
@@ -37,3 +38,29 @@ def test_token_gaps_pairs_each_parallel_record_with_target_only(tmp_path, capsys
     assert rows[0]["first_gap"][1] == t[1] - t[0]
     token_gaps.main([str(path)])
     assert "post-TTFT speedup" in capsys.readouterr().out
+
+
+def test_order_effects_group_each_plain_decode_by_the_mode_before_it(tmp_path, capsys):
+    """Records of engine_suite carry their position in the sample's sequence; the order effects
+    group each plain-decoding run's median gap by the mode that ran just before it (across
+    samples too), and leave out runs with verify blocks (simulated alpha > 0)."""
+    from harness.engine_suite import engine_records_for
+
+    drafter, target = random_pair(0, eos_token_id=None)
+    samples = [SimpleNamespace(dataset="2s", id=f"s{i}", question=PROMPT + " now" * i) for i in range(2)]
+    recs = list(engine_records_for(drafter, target, samples, max_new_tokens=8, alphas=(0.0, 0.9),
+                                   meta=dict(run_id="r")))
+    assert [r["timeline"]["order"] for r in recs] == [0, 1, 2, 3, 4] * 2
+    # the second sample's configurations after target-only are rotated by one
+    assert [token_gaps.label(r) for r in recs] == [
+        "target_only", "sequential", "parallel, real drafter", "parallel, alpha 0.0", "parallel, alpha 0.9",
+        "target_only", "parallel, real drafter", "parallel, alpha 0.0", "parallel, alpha 0.9", "sequential"]
+    path = tmp_path / "records.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    effects = token_gaps.order_effects(path)
+    assert sum(len(v) for v in effects.values()) == 8            # 2 samples x 4 plain-decoding runs
+    assert ("target_only", None) in effects and not any("0.9" in k[0] for k in effects)
+    assert sorted(str(k[1]) for k in effects if k[0] == "target_only") == ["None", "parallel, alpha 0.9"]
+    assert effects[("sequential", "parallel, alpha 0.9")] and effects[("parallel, real drafter", "target_only")]
+    token_gaps.main([str(path)])
+    assert "order effects" in capsys.readouterr().out
