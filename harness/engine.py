@@ -37,13 +37,14 @@ Bookkeeping conventions (the two models have different prompt lengths Pd and Pt)
     drafter reads changes; such a token can never be drafted, so a draft at its position is rejected.
 
 Timing: one clock everywhere (`now_ms`: host perf_counter after the calling thread's stream has
-finished), one stages-1-4 prefix (`run_stages_1_to_4`) and one plain greedy decode (`plain_decode`),
+finished; CUDA events read back against it where steps are queued), one stages-1-4 prefix (`run_stages_1_to_4`) and one plain greedy decode (`plain_decode`),
 used by the five-stage records (stages.run_sample), the baselines (harness/baselines.py) and this
 engine alike. On CUDA plain decode steps are queued ahead of the host, as gpt-fast's decode loop
-runs: each step's token stays on the GPU and feeds the next step there, and the host reads tokens
-back DECODE_QUEUE steps behind, each with its completion time (a CUDA event against an origin of
-known host time). The GPU runs the steps back to back, so a step costs its GPU time, not a host
-round trip (synchronize, read the token, launch the next) on top.
+runs: each step's token stays on the GPU and feeds the next step there, is copied to pinned host
+memory behind its step, and is read back DECODE_QUEUE steps later with its completion time (a CUDA
+event against an origin of known host time). The host launches while the GPU works through the
+steps queued before, so a step costs its GPU time, not a host round trip (synchronize, read the
+token, launch the next) on top.
 
 Times are ms from the sample's common start.
 """
@@ -292,23 +293,30 @@ def plain_decode(runner: CausalLMRunner, cache, token: int, n: int, *, eos: set[
             if costs is not None:
                 costs.add_verify(1, end - start)
         return tokens, times
+    # Each token is copied to host memory (pinned on CUDA) right behind its step, so reading it
+    # waits for that step only: .item() on the device tensor would wait for every step queued
+    # after it (its copy queues behind them), draining the queue at each read.
+    cuda = runner.device.type == "cuda"
+    host = torch.empty(max(n, _PINNED_TOKENS), dtype=torch.long, pin_memory=cuda)
     clock = StepClock(runner.device, t0)
     prev, queue, queued, nxt = clock.origin_ms, collections.deque(), 0, token
     while queue or queued < n:
         while queued < n and len(queue) <= depth:
             nxt = select(runner.decode(nxt, cache))      # stays on the device: the next step reads it there
-            queue.append((nxt, clock.mark()))
+            host[queued].copy_(nxt, non_blocking=cuda)
+            queue.append((queued, clock.mark()))
             queued += 1
-        tok, mark = queue.popleft()
-        tokens.append(int(tok))
-        times.append(clock.read(mark))
+        i, mark = queue.popleft()
+        times.append(clock.read(mark))                   # waits for step i, and so for its token's copy
+        tokens.append(int(host[i]))
         if costs is not None:
             costs.add_verify(1, times[-1] - prev)
         prev = times[-1]
         if tokens[-1] in eos:
             break
-    if queue:                                            # queued past the EOS
-        runner.crop(cache, runner.cache_len(cache) - len(queue))
+    if queue:                                            # queued past the EOS: dropped, then waited
+        runner.crop(cache, runner.cache_len(cache) - len(queue))   # for, outside the times
+        clock.read(queue[-1][1])
     return tokens, times
 
 
@@ -700,7 +708,8 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
         # A gamma of 0 chosen from measured costs is kept to the end (`plain`): no block is verified
         # while decoding plainly, so the acceptance estimate and the draft and verify costs it rests on
         # stay as they were; the rest is then target-only's loop, with no drafter bookkeeping.
-        plain, ended = res.drafter_sat_out, bool(eos.intersection(out))
+        # A fixed gamma of 0 is plain from the start (no block is ever drafted after the window).
+        plain, ended = res.drafter_sat_out or gamma == 0, bool(eos.intersection(out))
         while len(out) < max_new_tokens and not ended:
             if plain:             # the rest is target-only's loop
                 more, times = plain_decode(target, tcache, out[-1], max_new_tokens - len(out), eos=eos,
@@ -729,8 +738,8 @@ def parallel_prefill_decode(drafter, target: CausalLMRunner, sample: Any, *, max
             if not plain:
                 pending = side.realign(out)
 
-        # The last token's time (a plain phase's steps queued past an EOS are not waited for).
-        res.e2e_ms = tl["token_ms"][-1] if plain else now_ms(target.device) - t0
+        # When the last output token reached the host, as target-only's e2e (baselines._plain).
+        res.e2e_ms = tl["token_ms"][-1]
     except BaseException:
         if late:      # collect the drafter that sat out; the target's error is the one to raise
             with contextlib.suppress(Exception):

@@ -8,7 +8,8 @@ Per sample (same inputs for all):
   parallel     - the same with simulated acceptance alpha (labelled), for each alpha x gamma
   assisted     - last: transformers' assisted generation, or a record saying why it cannot run
 Between target_only and assisted the configurations run in an order rotated by the sample's
-position in the run, so across samples none always follows the same one: what ran just before
+position in this process's list of engine samples (a shard's share, a benchmark's duration), so
+across samples none always follows the same one: what ran just before
 moves a run's decode time by up to 3% on the H200 (sequential's target decode after the drafter's
 ran 0.13-0.14 ms a token faster than target-only's in the same process; docs/results/
 h200-queued-decode). Each record's timeline["order"] is its position in its sample's sequence.

@@ -5,7 +5,8 @@
 Each model runs its stages on its own (no overlap here: these are isolated stage costs; the engine
 measures the overlapped run), through the engine's own stages-1-4 prefix and greedy decode
 (engine.prefix_and_decode), so a stage's time and target-only's are read by one clock: on CUDA
-after the runner's stream has finished, with each decoded token on the host. A sample that fails
+after the runner's stream has finished; decode tokens at their queued steps' completion (CUDA
+events, engine.plain_decode). A sample that fails
 at any stage is recorded with its error and stage, and the loop goes on; the failed sample's
 memory is freed before the next.
 """

@@ -3,8 +3,10 @@ implementation (hf / static / cuda-graph), and whether their greedy tokens agree
 
     python3 scripts/decode_probe.py --out DIR [--quant nf4|none] [--tokens 50] [--repeats 3]
 
-Why: it shows where HF-eager decode time goes (host launches vs GPU) and what the static cache and
-CUDA graphs change; docs/results/ keeps its output. Random weights: cost only, no quality."""
+Why: it shows what the static cache and CUDA graphs change; docs/results/ keeps its output. Its
+decode goes through engine.greedy_decode, so on CUDA its steps are queued (engine.DECODE_QUEUE;
+set it to 0 for one host round trip per step, as this probe's earlier runs measured); its verify
+steps are one round trip each. Random weights: cost only, no quality."""
 from __future__ import annotations
 
 import argparse

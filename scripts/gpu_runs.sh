@@ -81,10 +81,10 @@ for step in "$@"; do
     alpha0)      # issues 5 and 19: target-only and the parallel engine (real drafter, simulated alpha 0) alternating
                  # on the same samples, per step host vs GPU time and the SM clock (scripts/overlap_probe.py);
                  # DRAFTER_PROCESS=off: the drafter in a thread; ALPHA0_ROOT: data (dsecdata's /tmp/dsec-i)
-                 # ALPHA0_ORDERS: alternate,run,run-noseq (each sample's modes as ppbench run orders them, with or
-                 # without sequential); ALPHA0_STAGES=on: the five-stage records first, as ppbench run does;
+                 # ALPHA0_ORDERS: alternate,run,rotated,run-noseq (each sample's modes as ppbench run orders them:
+                 # unrotated, rotated, or unrotated without sequential); ALPHA0_STAGES=on: the five-stage records first, as ppbench run does;
                  # ALPHA0_QUEUES=0,4: engine.DECODE_QUEUE values in turn (0: a host round trip per decode step)
-      n=alpha0${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}${ALPHA0_SAMPLER:+-sampler-$ALPHA0_SAMPLER}${ALPHA0_ORDERS:+-orders}; mkdir -p $R/$n
+      n=alpha0${DRAFTER_PROCESS:+-proc-$DRAFTER_PROCESS}${ALPHA0_SAMPLER:+-sampler-$ALPHA0_SAMPLER}${ALPHA0_ORDERS:+-orders}${ALPHA0_QUEUES:+-queues}; mkdir -p $R/$n
       timeout "$(cap "${ALPHA0_SECS:-200}")" python3 scripts/overlap_probe.py --out $R/$n \
         ${ALPHA0_ROOT:+--data-root $ALPHA0_ROOT} --durations "${ALPHA0_DURATIONS:-2s,10s,20s}" \
         --per-duration "${ALPHA0_PER:-2}" --reps "${ALPHA0_REPS:-3}" --alphas "${ALPHA0_ALPHAS:-none,0}" \

@@ -20,7 +20,9 @@ only (the host), GPU time at the same clock (the GPU's work), or a lower clock.
 with the configurations after target-only rotated per sample, as ppbench run orders them) or
 `run-noseq` (unrotated, without sequential). --queues: engine.DECODE_QUEUE per configuration (0: one host round trip per plain
 decode step, timed on the host and by CUDA events; otherwise the steps are the gaps between the
-tokens' completion times). --stage-records first runs every sample's five-stage records for both models, as
+tokens' completion times, verify blocks' gaps included in parallel runs with accepted drafts).
+The run orders always run the real drafter's configuration, as ppbench run does (it is left out
+of the summary when `none` is not in --alphas). --stage-records first runs every sample's five-stage records for both models, as
 `ppbench run` does before its engine runs.
 """
 from __future__ import annotations

@@ -5,8 +5,9 @@ parallel record: e2e and TTFT of both modes, the first decode gap after the firs
 gap, and the post-TTFT speedup; then means per simulated alpha. Separates the TTFT (host stages,
 where run-to-run noise lives) from the decode phase (where the hidden block pays or costs). Records
 that carry their position in the sample's sequence (timeline["order"], engine_suite) also give the
-order effects: the median decode-step gap of each plain-decoding mode by the mode that ran just
-before it.
+order effects: the median decode-step gap of each plain-decoding run (target-only, sequential, a
+parallel run verifying no block after its hidden one) by the mode that ran just before it, taken
+from the records' file order, so only for a run that was neither resumed nor sharded.
 
   python scripts/token_gaps.py RUN_DIR/records.jsonl [...]
 """
@@ -52,7 +53,8 @@ def order_effects(path) -> dict:
     out, before = defaultdict(list), None
     for r in engine:               # in the order they ran (records are written as runs end)
         gap = gaps(r["timeline"].get("token_ms") or [])
-        plain = r["mode"] in ("target_only", "sequential") or (r["mode"] == "parallel" and not r["alpha_simulated"])
+        plain = r["mode"] in ("target_only", "sequential") or (r["mode"] == "parallel"
+                                                               and len(r.get("accept_blocks") or []) <= 1)
         if not r.get("error") and plain and gap:
             out[(label(r), before)].append(statistics.median(gap))
         before = label(r)

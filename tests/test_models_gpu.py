@@ -1,6 +1,8 @@
 """7B-shaped pair in NF4 on the GPU: memory per model and one prefill each (timing shapes only)."""
 from __future__ import annotations
 
+import time
+
 import numpy as np
 import pytest
 import torch
@@ -173,11 +175,12 @@ def test_engine_on_cuda_with_queued_hidden_steps_is_lossless(impl, overlap):
 def test_queued_plain_decode_on_cuda_matches_one_step_at_a_time(impl):
     """Plain decode steps queued ahead of the host (the CUDA default) give one-step-at-a-time's
     tokens and cache, stopping at an EOS with the steps queued past it cropped, under every decode
-    implementation; each token's time is its step's completion on the GPU (a GPU spin per step
-    shows in every gap). Tiny fp32 target on a real sample."""
+    implementation; and they are queued: a step's host work overlaps earlier steps' GPU work.
+    Tiny fp32 target on a real sample."""
     from harness.data.synthetic import ensure_default_dataset
     from harness import data
     from harness import engine as E
+    from harness.benchsupport import _gpu_cycles_per_ms
     from harness.models.profiles import configure_decode, load_pair
 
     _, target = load_pair("tiny", device="cuda", quant="none", dtype=torch.float32)
@@ -200,14 +203,28 @@ def test_queued_plain_decode_on_cuda_matches_one_step_at_a_time(impl):
     assert a[0] == b[0] == one[0][:cut] and a[2] == b[2]
     assert torch.allclose(a[3], b[3], atol=1e-4, rtol=1e-4)
 
+    # Each step: H ms of host work before its launch, then a G ms GPU tail. One round trip per step
+    # costs about H + G a step; queued, the host's H runs while the GPU works through earlier
+    # steps, so the two overlap (a loop that waits for the queue at every read would not).
+    host_ms, gpu_ms = 3.0, 3.0
+    cycles = int(gpu_ms * _gpu_cycles_per_ms(target.device))
     inner = target.decode
-    target.decode = lambda token, cache: (torch.cuda._sleep(4_000_000), inner(token, cache))[1]   # ~2 ms each
+
+    def slowed(token, cache):
+        end = time.perf_counter() + host_ms / 1e3
+        while time.perf_counter() < end:
+            pass
+        logits = inner(token, cache)
+        torch.cuda._sleep(cycles)
+        return logits
+
+    target.decode = slowed
     try:
-        _, times, _, _ = run(E.DECODE_QUEUE, n=8)
+        gap = {d: float(np.median(np.diff(run(d, n=10)[1]))) for d in (0, E.DECODE_QUEUE)}
     finally:
         del target.decode
-    spin = [b - a for a, b in zip(times, times[1:])]
-    assert min(spin) > 1.0, spin
+    assert gap[0] > host_ms + gpu_ms - 0.5, gap
+    assert gap[E.DECODE_QUEUE] < gap[0] - 0.5 * min(host_ms, gpu_ms), gap
 
 
 def test_graphed_vision_runs_other_shapes_eagerly_and_says_so():
