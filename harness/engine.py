@@ -68,7 +68,7 @@ from .options import OVERLAP_CHOICES
 from .results import EngineResult, finish_result
 
 STAGES = ("load", "preprocess", "vision", "prefill")
-_PINNED_TOKENS = 64                      # pinned host slots for queued hidden tokens (the default cap)
+_PINNED_TOKENS = 64                      # pinned host slots for queued tokens (the default hidden cap)
 # Under yield-gpu the drafter stops when the target's host work ends (loading and preprocessing, both
 # CPU: decoding and resizing frames), just before its first GPU kernels (vision encoding): from there
 # on a drafter step in flight delays the target (on one GPU the target's stream pre-empts the

@@ -9,13 +9,13 @@ Per sample (same inputs for all):
   assisted     - last: transformers' assisted generation, or a record saying why it cannot run
 Between target_only and assisted the configurations run in an order rotated by the sample's
 position in this process's list of engine samples (a shard's share, a benchmark's duration), so
-across samples none always follows the same one: what ran just before
-moves a run's decode time by up to 3% on the H200 (sequential's target decode after the drafter's
-ran 0.13-0.14 ms a token faster than target-only's in the same process; docs/results/
-h200-queued-decode). Each record's timeline["order"] is its position in its sample's sequence.
+across samples none always follows the same one: what ran just before moves a run's decode time
+(measured: docs/results/h200-queued-decode). Each record's timeline["order"] is its position in its
+sample's sequence.
 """
 from __future__ import annotations
 
+import itertools
 import zlib
 from typing import Iterable, Iterator
 
@@ -53,7 +53,7 @@ def engine_results(drafter, target, sample, *, max_new_tokens: int = 50, gammas=
     `rotation` (see the module docstring), then assisted generation, on one sample. `drafter` is a
     runner or a DrafterProcess, which serves every mode but assisted."""
     kw = dict(max_new_tokens=max_new_tokens, stop_at_eos=stop_at_eos)
-    order = iter(range(1 << 30))
+    order = itertools.count()
     ref = _safe("target_only", lambda: baselines.target_only(target, sample, **kw))
     ref.timeline["order"] = next(order)
     if not skip("target_only", 0, None):

@@ -86,8 +86,8 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
     bad = {k: v for k, v in bad.items() if v}
     if bad:
         raise ModelLoadError(f"from_pretrained left weights unloaded: {bad}", path=path)
-    if which == "target":
-        _free_image_tower(model)
+    if which == "target" and drop_image_tower_(model) and torch.cuda.is_available():
+        torch.cuda.empty_cache()          # the freed tower's pages back to the device
     if quant == "int4":        # loaded in `dtype`, then converted layer by layer (models/quant.py)
         quantize_int4_(model, skip)
     if which == "drafter":
@@ -107,12 +107,6 @@ def load_checkpoint(which: str, path: str | Path, *, device="cpu", quant="nf4", 
     runner.prompt_template = check_template(prompt_template)
     runner.configure_processing(path)
     return runner
-
-
-def _free_image_tower(model) -> None:
-    """drop_image_tower_ on a loaded target, its freed pages handed back to the device."""
-    if drop_image_tower_(model) and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def check_event_images(n: int) -> int:

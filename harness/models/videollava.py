@@ -43,8 +43,7 @@ BNB_BLOCK = 64     # bitsandbytes' NF4 block; its CPU kernels need in_features >
 def drop_image_tower_(model) -> int:
     """Video-LLaVA keeps two CLIP towers; only the video tower sees a video (the image tower runs
     only for pixel_values_images, which ppbench never passes), so the image tower's weights are
-    dropped from the model, freeing them (0.17 GiB in NF4, 0.57 GiB in bf16 at 7B shapes).
-    Returns the bytes its parameters and buffers held."""
+    dropped from the model, freeing them. Returns the bytes its parameters and buffers held."""
     inner = model.model
     tower = getattr(inner, "image_tower", None)
     if tower is None:
