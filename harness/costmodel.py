@@ -16,7 +16,8 @@ MAX_GAMMA = 8
 class Costs:
     draft_ms: list = field(default_factory=list)     # one drafter forward of 1-2 tokens
     hidden_ms: list = field(default_factory=list)    # one queued hidden step (CUDA: GPU time)
-    verify_ms: dict = field(default_factory=dict)    # k tokens -> [ms]; k == 1 is a plain decode
+    verify_ms: dict = field(default_factory=dict)    # k tokens -> [ms], host round trips; k == 1 is a plain decode
+    plain_ms: list = field(default_factory=list)     # one queued plain decode step (CUDA: GPU time)
 
     def add_verify(self, k: int, ms: float) -> None:
         self.verify_ms.setdefault(int(k), []).append(ms)
@@ -28,13 +29,19 @@ class Costs:
         """Cost of a hidden draft step: queued steps where measured, else a synchronous draft step."""
         return statistics.fmean(self.hidden_ms) if self.hidden_ms else self.draft()
 
+    def plain(self) -> float | None:
+        """Cost of a plain decode step: queued steps where measured, else a round-trip one (verify of 1)."""
+        if self.plain_ms:
+            return statistics.fmean(self.plain_ms)
+        return self.verify(1) if 1 in self.verify_ms else None
+
     def verify(self, k: int) -> float | None:
         """Mean measured cost of a k-token target forward; unmeasured k from a least-squares line."""
         if k in self.verify_ms:
             return statistics.fmean(self.verify_ms[k])
         points = [(kk, statistics.fmean(v)) for kk, v in self.verify_ms.items()]
-        if not points:
-            return None
+        if not points:           # optimistic (memory-bound): a k-token forward costs a plain step
+            return statistics.fmean(self.plain_ms) if self.plain_ms else None
         if len(points) == 1:
             return points[0][1]          # optimistic (memory-bound): a bigger block costs the same
         slope, intercept = statistics.linear_regression(*zip(*points))

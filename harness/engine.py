@@ -183,19 +183,13 @@ class Acceptance:
         return (self.accepted + a) / (self.accepted + self.rejections + a + b)
 
 
-
-
-
-
-
-
 def _next_gamma(gamma: int | str, acc: Acceptance, costs: Costs, remaining: int) -> int:
     if gamma != "adaptive":
         g = int(gamma)
     else:
         # Only a measured plain step is the decode cost (verify(1) would extrapolate from the
         # hidden block's k-token verify).
-        decode = costs.verify(1) if 1 in costs.verify_ms else None
+        decode = costs.plain()
         if decode is None:
             g = 0                            # one plain step measures the decode cost
         elif costs.draft() is None:
@@ -279,10 +273,10 @@ class StepClock:
 def plain_decode(runner: CausalLMRunner, cache, token: int, n: int, *, eos: set[int], select=greedy,
                  t0: float = 0.0, costs: Costs | None = None, depth: int | None = None):
     """Up to n plain greedy steps after `token` (the pending one, not yet in the cache), ending
-    after an EOS -> (tokens, times in ms from t0). Each step's cost (completion to completion)
-    goes to costs as a verify of 1. `depth` (default DECODE_QUEUE on CUDA, 0 elsewhere): steps
-    queued ahead of the host, each step's token fed to the next on the device and read back
-    `depth` steps later; steps queued past an EOS are cropped from the cache. 0: decode_step."""
+    after an EOS -> (tokens, times in ms from t0). Each step's cost goes to costs: start to end
+    as a verify of 1 when it is a round trip, completion to completion as a queued plain step.
+    `depth` (default DECODE_QUEUE on CUDA, 0 elsewhere): steps queued ahead of the host, each
+    step's token fed to the next on the device and read back `depth` steps later; steps queued past an EOS are cropped from the cache. 0: decode_step."""
     depth = (DECODE_QUEUE if runner.device.type == "cuda" else 0) if depth is None else depth
     tokens, times = [], []
     if depth == 0:
@@ -310,7 +304,7 @@ def plain_decode(runner: CausalLMRunner, cache, token: int, n: int, *, eos: set[
         times.append(clock.read(mark))                   # waits for step i, and so for its token's copy
         tokens.append(int(host[i]))
         if costs is not None:
-            costs.add_verify(1, times[-1] - prev)
+            costs.plain_ms.append(times[-1] - prev)
         prev = times[-1]
         if tokens[-1] in eos:
             break
@@ -759,16 +753,10 @@ def _record_acceptance(res: EngineResult, acc: Acceptance) -> None:
     res.accept_blocks = [list(b) for b in acc.blocks]
 
 
-
-
-
-
-
-
 # -- the cost model applied to a run (harness/costmodel.py) ---------------------------------------
 def _ideal_for(res: EngineResult, hidden_cap: int, n_tokens: int) -> float | None:
     c = res.costs
-    decode = c.verify(1)
+    decode = c.plain()
     if decode is None:
         return None
     draft = c.draft() if c.draft() is not None else 0.0

@@ -8,8 +8,8 @@ Per sample (same inputs for all):
   parallel     - the same with simulated acceptance alpha (labelled), for each alpha x gamma
   assisted     - last: transformers' assisted generation, or a record saying why it cannot run
 Between target_only and assisted the configurations run in an order rotated by the sample's
-position in this process's list of engine samples (a shard's share, a benchmark's duration), so
-across samples none always follows the same one: what ran just before moves a run's decode time
+position in the run's list of engine samples (`rotations`: the same under sharding and resume; a
+benchmark's, in its duration's list), so across samples none always follows the same one: what ran just before moves a run's decode time
 (measured: docs/results/h200-queued-decode). Each record's timeline["order"] is its position in its
 sample's sequence.
 """
@@ -130,18 +130,28 @@ def samples_for_engine(samples, per_duration: int | None) -> list:
     return out
 
 
-def run_engine_suite(drafter, target, samples, writer, *, done, cfg, meta, progress=True) -> int:
-    """Every engine configuration of `cfg` (a runconfig.RunConfig) on each sample, written as it ends."""
+def rotations(samples, per_duration: int | None) -> dict:
+    """{(dataset, sample id): its position in the run's engine samples}: the rotation of its
+    configurations' order, whichever share of the run a process measures."""
+    return {(s.dataset, s.id): i for i, s in enumerate(samples_for_engine(samples, per_duration))}
+
+
+def run_engine_suite(drafter, target, samples, writer, *, done, cfg, meta, progress=True,
+                     rotation: dict | None = None) -> int:
+    """Every engine configuration of `cfg` (a runconfig.RunConfig) on each sample, written as it
+    ends; `rotation` (from `rotations`, default: positions in `samples`) orders each sample's runs."""
     samples = samples_for_engine(samples, cfg.engine_samples)
+    rotation = rotations(samples, None) if rotation is None else rotation
     if samples and cfg.warmup:
         warm_up_engine(drafter, target, samples[0], overlap=cfg.overlap)
     n = 0
     bar = tqdm(total=len(samples), desc="engine", unit="sample", disable=not progress)
-    for i, sample in enumerate(samples):
+    for sample in samples:
         for rec in engine_records_for(drafter, target, [sample], max_new_tokens=cfg.max_new_tokens,
                                       gammas=cfg.gammas, alphas=cfg.alphas,
                                       assisted=cfg.assisted, stop_at_eos=cfg.stop_at_eos,
-                                      overlap=cfg.overlap, meta=meta, done=done, start=i):
+                                      overlap=cfg.overlap, meta=meta, done=done,
+                                      start=rotation[(sample.dataset, sample.id)]):
             writer.write(rec)
             n += 1
         bar.update(1)

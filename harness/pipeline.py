@@ -25,7 +25,7 @@ from .console import EXIT_FAILURES, EXIT_INTERRUPTED, EXIT_OK, failure_lines
 from .data.default_data import ensure_default_imported
 from .drafter_process import DrafterProcess
 from .engine import resolve_overlap
-from .engine_suite import run_engine_suite
+from .engine_suite import rotations, run_engine_suite
 from .errors import DataError, UsageError
 from .gpu_memory import allocator_setting, configure_allocator, used_bytes
 from .metrics import MODELS, dedupe, precision_label
@@ -439,7 +439,8 @@ def run_main(cfg: RunConfig, argv: list[str], sharded=None, *, top: Path | None 
             bar.close()
             if cfg.engine and engine_samples:
                 run_engine_suite(drafter, target, engine_samples, writer, done=done, cfg=engine_cfg,
-                                 meta=record_meta, progress=not cfg.no_progress)
+                                 meta=record_meta, progress=not cfg.no_progress,
+                                 rotation=rotations(run_data.samples, cfg.engine_samples))
             if cfg.verify_cost and not sharded:
                 _measure_verify_cost(cfg, drafter, target, writer, records_path, record_meta, done, sampler)
     except KeyboardInterrupt:

@@ -107,7 +107,7 @@ def _prefilled(target):
 def test_queued_plain_decode_gives_the_per_step_tokens_cache_and_costs(rand, depth):
     """Steps queued ahead of the host (the CUDA default, run here on CPU) give the tokens of one
     host round trip per step, leave the cache as long, time every token in order, and count one
-    plain-decode cost per step."""
+    queued plain-step cost per step, kept apart from the round trips' verify-of-1 costs."""
     target = rand[1]
     out = {}
     for d in (0, depth):
@@ -116,7 +116,8 @@ def test_queued_plain_decode_gives_the_per_step_tokens_cache_and_costs(rand, dep
         tokens, times = E.plain_decode(target, cache, first, 9, eos=set(), t0=0.0, costs=costs, depth=d)
         out[d] = tokens, target.cache_len(cache)
         assert len(times) == 9 and times == sorted(times)
-        assert len(costs.verify_ms[1]) == 9 and min(costs.verify_ms[1]) >= 0
+        steps = costs.plain_ms if d else costs.verify_ms[1]      # queued steps apart from round trips
+        assert len(steps) == 9 and min(steps) >= 0 and (not d or 1 not in costs.verify_ms)
     assert out[depth] == out[0]
 
 
@@ -373,6 +374,21 @@ def test_costs_hidden_falls_back_to_synchronous_draft_steps():
     assert c.hidden() == 7.0
     c.hidden_ms.extend([5.0, 5.5])
     assert c.hidden() == pytest.approx(5.25) and c.draft() == 7.0
+
+
+def test_costs_plain_prefers_queued_steps_and_never_extrapolates():
+    """The plain decode cost is the queued steps' mean where measured, else the round-trip
+    verifies of 1; a k-token verify alone gives none (extrapolating it would be a formula), and
+    queued steps stay out of the verify curve."""
+    c = C.Costs(plain_ms=[4.0])
+    assert c.verify(3) == 4.0             # nothing else measured: a forward costs a plain step
+    c = C.Costs()
+    c.add_verify(5, 9.0)
+    assert c.plain() is None
+    c.add_verify(1, 6.0)
+    assert c.plain() == 6.0
+    c.plain_ms.extend([4.0, 4.5])
+    assert c.plain() == pytest.approx(4.25) and c.verify(1) == 6.0
 
 
 def test_adaptive_gamma_zero_is_kept_and_skips_the_drafter(rand):

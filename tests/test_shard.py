@@ -71,11 +71,14 @@ def two_ranks(tmp_path_factory):
 @pytest.mark.slow
 def test_two_processes_write_the_records_of_one(single, two_ranks):
     """torchrun --nproc_per_node 2: the merged records.jsonl equals a one-process run key by key
-    (timings aside); each record names its rank, host and devices, each rank measured its share
-    only, and the report lists the host and its ranks."""
+    (timings aside), each sample's engine runs in the same order (rotated by its position in the
+    run, not in a rank's share); each record names its rank, host and devices, each rank measured
+    its share only, and the report lists the host and its ranks."""
     out, proc = two_ranks
     merged = by_key(out / "records.jsonl")
     assert_same_records(merged, single)
+    orders = {k: r["timeline"]["order"] for k, r in merged.items() if "order" in (r.get("timeline") or {})}
+    assert len(orders) >= 8 and orders == {k: single[k]["timeline"]["order"] for k in orders}
     plan = json.loads(next((out / "shards").glob("*/plan.json")).read_text())
     assert len(plan["shares"]) == 2 and all(plan["shares"])
     for key, rec in merged.items():
