@@ -40,8 +40,8 @@ class Costs:
         if k in self.verify_ms:
             return statistics.fmean(self.verify_ms[k])
         points = [(kk, statistics.fmean(v)) for kk, v in self.verify_ms.items()]
-        if not points:           # optimistic (memory-bound): a k-token forward costs a plain step
-            return statistics.fmean(self.plain_ms) if self.plain_ms else None
+        if not points:
+            return None
         if len(points) == 1:
             return points[0][1]          # optimistic (memory-bound): a bigger block costs the same
         slope, intercept = statistics.linear_regression(*zip(*points))
@@ -92,7 +92,7 @@ def ideal_e2e_ms(*, drafter_ready_ms: float, target_ready_ms: float, draft_ms: f
     step = draft_ms if hidden_step_ms is None else hidden_step_ms
     n_h = int(min(hidden_cap, n_tokens, 1 + window // step)) if step > 0 else 1
     tokens_h = 1 + sum(rate(j) for j in range(n_h))
-    hidden_cost = rate(0) * verify_ms(n_h)
+    hidden_cost = rate(0) * verify_ms(n_h) if rate(0) else 0.0    # d1 rejected: no forward to verify
     rest = max(0.0, n_tokens - tokens_h)
     if gamma == 0:
         rest_cost = rest * decode_ms

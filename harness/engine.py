@@ -37,8 +37,8 @@ Bookkeeping conventions (the two models have different prompt lengths Pd and Pt)
     drafter reads changes; such a token can never be drafted, so a draft at its position is rejected.
 
 Timing: one clock everywhere (`now_ms`: host perf_counter after the calling thread's stream has
-finished; CUDA events read back against it where steps are queued), one stages-1-4 prefix (`run_stages_1_to_4`) and one plain greedy decode (`plain_decode`),
-used by the five-stage records (stages.run_sample), the baselines (harness/baselines.py) and this
+finished; CUDA events read back against it where steps are queued), one stages-1-4 prefix
+(`run_stages_1_to_4`) and one plain greedy decode (`plain_decode`), used by the five-stage records (stages.run_sample), the baselines (harness/baselines.py) and this
 engine alike. On CUDA plain decode steps are queued ahead of the host, as gpt-fast's decode loop
 runs: each step's token stays on the GPU and feeds the next step there, is copied to pinned host
 memory behind its step, and is read back DECODE_QUEUE steps later with its completion time (a CUDA
@@ -276,7 +276,8 @@ def plain_decode(runner: CausalLMRunner, cache, token: int, n: int, *, eos: set[
     after an EOS -> (tokens, times in ms from t0). Each step's cost goes to costs: start to end
     as a verify of 1 when it is a round trip, completion to completion as a queued plain step.
     `depth` (default DECODE_QUEUE on CUDA, 0 elsewhere): steps queued ahead of the host, each
-    step's token fed to the next on the device and read back `depth` steps later; steps queued past an EOS are cropped from the cache. 0: decode_step."""
+    step's token fed to the next on the device and read back `depth` steps later; steps queued
+    past an EOS are cropped from the cache. 0: decode_step."""
     depth = (DECODE_QUEUE if runner.device.type == "cuda" else 0) if depth is None else depth
     tokens, times = [], []
     if depth == 0:

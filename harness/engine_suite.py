@@ -9,8 +9,8 @@ Per sample (same inputs for all):
   assisted     - last: transformers' assisted generation, or a record saying why it cannot run
 Between target_only and assisted the configurations run in an order rotated by the sample's
 position in the run's list of engine samples (`rotations`: the same under sharding and resume; a
-benchmark's, in its duration's list), so across samples none always follows the same one: what ran just before moves a run's decode time
-(measured: docs/results/h200-queued-decode). Each record's timeline["order"] is its position in its
+benchmark's, in its duration's list), so across samples none always follows the same one: what
+ran just before moves a run's decode time (measured: docs/results/h200-queued-decode). Each record's timeline["order"] is its position in its
 sample's sequence.
 """
 from __future__ import annotations

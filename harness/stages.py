@@ -6,9 +6,8 @@ Each model runs its stages on its own (no overlap here: these are isolated stage
 measures the overlapped run), through the engine's own stages-1-4 prefix and greedy decode
 (engine.prefix_and_decode), so a stage's time and target-only's are read by one clock: on CUDA
 after the runner's stream has finished; decode tokens at their queued steps' completion (CUDA
-events, engine.plain_decode). A sample that fails
-at any stage is recorded with its error and stage, and the loop goes on; the failed sample's
-memory is freed before the next.
+events, engine.plain_decode). A sample that fails at any stage is recorded with its error and
+stage, and the loop goes on; the failed sample's memory is freed before the next.
 """
 from __future__ import annotations
 

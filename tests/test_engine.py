@@ -381,8 +381,7 @@ def test_costs_plain_prefers_queued_steps_and_never_extrapolates():
     """The plain decode cost is the queued steps' mean where measured, else the round-trip
     verifies of 1; a k-token verify alone gives none (extrapolating it would be a formula), and
     queued steps stay out of the verify curve."""
-    c = C.Costs(plain_ms=[4.0])
-    assert c.verify(3) == 4.0             # nothing else measured: a forward costs a plain step
+    assert C.Costs(plain_ms=[4.0]).verify(3) is None
     c = C.Costs()
     c.add_verify(5, 9.0)
     assert c.plain() is None
@@ -390,6 +389,10 @@ def test_costs_plain_prefers_queued_steps_and_never_extrapolates():
     assert c.plain() == 6.0
     c.plain_ms.extend([4.0, 4.5])
     assert c.plain() == pytest.approx(4.25) and c.verify(1) == 6.0
+    # a hidden block rejected at its first token ran no verify forward, and its ideal needs none
+    ideal = C.ideal_e2e_ms(drafter_ready_ms=10, target_ready_ms=50, draft_ms=5, verify_ms=lambda k: None,
+                           decode_ms=4.0, accept_per_position=[[0, 1]], n_tokens=6, gamma=0)
+    assert ideal == 50 + 5 * 4.0
 
 
 def test_adaptive_gamma_zero_is_kept_and_skips_the_drafter(rand):
